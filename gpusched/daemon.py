@@ -1,0 +1,490 @@
+"""gpuschedd: wires the spool, the store, the policy, systemd, the GPU probe and the bus API together.
+
+Everything runs on one GLib main loop thread (the spool watcher thread only posts names to it), so the job
+table needs no locks. Side effects live in the adapters; the decisions in policy.py and lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import json
+import os
+import pwd
+import signal
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from typing import Any, Callable
+
+from gi.repository import GLib
+
+from gpusched import config as configmod
+from gpusched import journal, launch, lifecycle, policy
+from gpusched.gpus import GpuProbeError, Probe, device_nodes, make_probe
+from gpusched.jobfile import JobFileError, parse as parse_jobfile
+from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
+from gpusched.spool import Spool, SpoolWatcher, Taken, ignored
+from gpusched.store import Store
+from gpusched.systemd import SystemdError, Units
+
+RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
+MONITOR = [sys.executable, "-m", "gpusched.monitor"]
+
+
+def log(message: str, priority: int = 6, job: Job | None = None, **fields: Any) -> None:
+    if job is not None:
+        fields.setdefault("GPUSCHED_JOB_ID", job.id)
+        fields.setdefault("GPUSCHED_USER", job.user)
+        fields.setdefault("GPUSCHED_JOB_NAME", job.name)
+    journal.send(message, priority, SYSLOG_IDENTIFIER="gpusched", **fields)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A main-loop callback that logs its exception instead of dying; returns False (one-shot) on error."""
+    def wrapper(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001 - the daemon must outlive any one bad event
+            log(f"internal error in {fn.__name__}: {traceback.format_exc()}", 3)
+            return False
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+class Daemon:
+    def __init__(self, cfg: configmod.Config, store: Store, spool: Spool, units: Units, probe: Probe):
+        self.cfg = cfg
+        self.store = store
+        self.spool = spool
+        self.units = units
+        self.probe = probe
+        self.jobs: dict[int, Job] = {}
+        self.live: dict[int, Job] = {}                 # jobs not yet final
+        self.gpus: list[Gpu] | None = []
+        self.gpu_error: str | None = None
+        self.monitors: dict[int, int] = {}             # monitor pid -> job id (our own children)
+        self.submissions: OrderedDict[tuple[int, str, int], int] = OrderedDict()   # (uid, name, ino) -> id
+        self._pass_pending = False
+        self._last_probe = 0.0
+        self._last_rescan = time.monotonic()
+        self._last_status = ""
+
+    # --- bookkeeping -----------------------------------------------------------------------------------
+
+    def _save(self, job: Job) -> None:
+        self.jobs[job.id] = job
+        if job.state in FINAL:
+            self.live.pop(job.id, None)
+        else:
+            self.live[job.id] = job
+        self.store.save_status(job)
+
+    def request_pass(self) -> None:
+        if not self._pass_pending:
+            self._pass_pending = True
+            GLib.idle_add(self._scheduling_pass)
+
+    # --- recovery --------------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        self.store.init()
+        self.spool.init()
+        for job in self.store.load_jobs_safely(lambda name, e: log(f"status file {name} unreadable: {e}", 3)):
+            self.jobs[job.id] = job
+            if job.state not in FINAL:
+                self.live[job.id] = job
+        for job_id, name in self.spool.work_entries():          # entries taken when the daemon died
+            job = self.jobs.get(job_id)
+            if job is None:
+                taken = self.spool.read_taken(job_id, name)
+                if taken:
+                    self._process(job_id, taken)
+            elif job.state == State.REJECTED:
+                self.spool.finish_rejected(job_id, name)
+            else:
+                self.spool.finish_accepted(job_id, name)
+        self._probe_gpus()
+        for job in [j for j in self.live.values() if j.state in ACTIVE]:
+            self._reconcile(job, recovering=True)
+        for name in self.spool.entries():
+            self.ingest(name)
+        n_active = sum(1 for j in self.live.values() if j.state in ACTIVE)
+        log(f"recovered {len(self.jobs)} job(s): {n_active} active, {len(self.live) - n_active} queued")
+
+    def _reconcile(self, job: Job, recovering: bool = False) -> None:
+        """Bring an active job's record in line with reality: its scope and its monitor's result."""
+        alive = self.units.alive(job.unit)
+        result = self.store.read_result(job.id, job.attempt)
+        if result is not None:
+            self._finish(job, result)
+        elif alive:
+            if job.state == State.STARTING:
+                lifecycle.running(job)
+                self._save(job)
+                log(f"job {job.id} re-adopted: running in {job.unit}", job=job)
+            elif job.state == State.STOPPING and recovering:
+                self.units.stop(job.unit)                        # in case the daemon died before asking
+            elif recovering:
+                log(f"job {job.id} re-adopted: running in {job.unit}", job=job)
+        elif job.state == State.STARTING:
+            lifecycle.never_started(job, "requeued: the daemon stopped before the job began")
+            self._save(job)
+            log(f"job {job.id} never started; requeued", job=job)
+        else:
+            self._finish(job, None)
+
+    # --- spool -----------------------------------------------------------------------------------------
+
+    def on_spool_entry(self, name: str) -> None:
+        """From the watcher thread."""
+        GLib.idle_add(guarded(self.ingest), name)
+
+    def ingest(self, name: str) -> bool:
+        if ignored(name):
+            return False
+        try:
+            os.lstat(os.path.join(self.spool.root, name))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        job_id = self.store.allocate_id()
+        taken = self.spool.take(name, job_id)
+        if taken is not None:
+            self._process(job_id, taken)
+        return False
+
+    def _process(self, job_id: int, taken: Taken) -> None:
+        uid = taken.st.st_uid
+        try:
+            owner = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            owner = str(uid)
+        problem = f"{taken.name}: {taken.problem}" if taken.problem else None
+        spec = None
+        if problem is None:
+            try:
+                spec = parse_jobfile(taken.data or b"", taken.name, owner_is_root=uid == 0)
+            except JobFileError as e:
+                problem = str(e)
+        account = None
+        if spec is not None:
+            try:
+                account = pwd.getpwnam(spec.user) if spec.user else pwd.getpwuid(uid)
+            except KeyError:
+                problem = f"{taken.name}: " + (f"user: no such user {spec.user!r}" if spec.user
+                                               else f"the file's owner (uid {uid}) has no account")
+        now = time.time()
+        self.submissions[(uid, taken.name, taken.st.st_ino)] = job_id
+        while len(self.submissions) > 10000:
+            self.submissions.popitem(last=False)
+        if problem is not None or spec is None or account is None:
+            job = lifecycle.rejected(job_id, owner, uid, taken.name, problem or "rejected", now)
+            self._save(job)
+            kept = self.spool.finish_rejected(job_id, taken.name)
+            log(f"rejected job {job_id} from {owner}: {problem} (kept as {kept})", 4, job=job,
+                GPUSCHED_EVENT="reject")
+            return
+        job = lifecycle.accepted(job_id, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name, now)
+        self.store.save_source(job_id, taken.data or b"", account.pw_uid)
+        self._save(job)
+        self.spool.finish_accepted(job_id, taken.name)
+        gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
+        log(f"accepted job {job_id} {spec.name!r} from {account.pw_name}: {gpus}, priority {spec.priority}",
+            job=job, GPUSCHED_EVENT="accept")
+        self.request_pass()
+
+    def _rescan(self) -> None:
+        now = time.time()
+        for name in self.spool.entries():
+            try:
+                st = os.lstat(os.path.join(self.spool.root, name))
+            except FileNotFoundError:
+                continue
+            if now - st.st_mtime > 2:                 # a missed event, not a file still being written
+                self.ingest(name)
+
+    # --- scheduling ------------------------------------------------------------------------------------
+
+    def _probe_gpus(self) -> None:
+        self._last_probe = time.monotonic()
+        try:
+            gpus = self.probe.probe()
+        except GpuProbeError as e:
+            if self.gpu_error is None:
+                log(f"GPU probe failed: {e}; no new GPU jobs start until it recovers", 3)
+            self.gpu_error, self.gpus = str(e), None
+            return
+        if self.gpu_error is not None:
+            log("GPU probe recovered")
+            self.gpu_error = None
+        if gpus != self.gpus:
+            self.gpus = gpus
+            self.request_pass()
+
+    def _scheduling_pass(self) -> bool:
+        self._pass_pending = False
+        try:
+            self._schedule()
+        except Exception:  # noqa: BLE001
+            log(f"internal error in scheduling pass: {traceback.format_exc()}", 3)
+        self._update_status()
+        return False
+
+    def _schedule(self) -> None:
+        queued, holders = [], []
+        for job in self.live.values():
+            spec = job.spec
+            assert spec is not None
+            if job.state == State.QUEUED:
+                queued.append(policy.Request(job.id, spec.priority, spec.gpus, spec.gpu_memory, spec.gpu_type,
+                                             spec.gpu_ids))
+            elif job.state in ACTIVE:
+                holders.append(policy.Holder(job.id, spec.priority, tuple(g.index for g in job.gpus),
+                                             spec.preemptible, job.state == State.STOPPING))
+        if not queued:
+            return
+        d = policy.schedule(queued, holders, self.gpus, max_running=self.cfg.max_running,
+                            preempt_margin=self.cfg.preempt_margin)
+        for victim, for_job in d.preempts:
+            self._stop(self.jobs[victim], "preempt",
+                       f"preempted by job {for_job} (priority {self.jobs[for_job].spec.priority})")  # type: ignore
+        by_index = {g.index: g for g in self.gpus or ()}
+        for job_id, indices in d.starts:
+            self._start(self.jobs[job_id], [by_index[i] for i in indices])
+        for job_id, reason in d.waiting.items():
+            job = self.jobs[job_id]
+            if lifecycle.waiting(job, reason):
+                self._save(job)
+
+    # --- starting and stopping -------------------------------------------------------------------------
+
+    def _start(self, job: Job, gpus: list[Gpu]) -> None:
+        spec = job.spec
+        assert spec is not None
+        try:
+            pw = pwd.getpwuid(job.uid)
+        except KeyError:
+            lifecycle.start_failed(job, f"user {job.user} (uid {job.uid}) no longer exists", time.time())
+            self._save(job)
+            return
+        account = launch.Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
+        unit = launch.unit_name(job.id)
+        lifecycle.starting(job, gpus, unit, self.store.log_path(job.id), time.time())
+        self._save(job)                                  # on disk before the scope exists
+        plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log,
+                           self.store.result_path(job.id, job.attempt))
+        r, w = os.pipe()
+        try:
+            pid = os.posix_spawn(MONITOR[0], MONITOR, {"PATH": launch.CLEAN_PATH, "LANG": "C.UTF-8"},
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)], setsid=True)
+        finally:
+            os.close(r)
+        self.monitors[pid] = job.id
+        GLib.child_watch_add(GLib.PRIORITY_DEFAULT, pid, guarded(self._monitor_exited))
+        try:
+            self.units.start_scope(unit, pid, plan.properties)
+            self._wait_in_unit(pid, unit)
+        except (SystemdError, TimeoutError) as e:
+            os.close(w)                                  # EOF: the monitor exits without running anything
+            if "already exists" in str(e):
+                lifecycle.never_started(job, f"waiting for the previous {unit} to go away")
+            else:
+                lifecycle.start_failed(job, f"could not create {unit}: {e}", time.time())
+            self._save(job)
+            log(f"job {job.id} not started: {e}", 3, job=job)
+            return
+        with os.fdopen(w, "wb") as f:
+            f.write(json.dumps(plan.monitor).encode())
+        lifecycle.running(job)
+        self._save(job)
+        where = "GPU " + ",".join(str(g.index) for g in gpus) if gpus else "no GPU"
+        log(f"started job {job.id} {spec.name!r} of {job.user} in {unit} on {where} (attempt {job.attempt})",
+            job=job, GPUSCHED_EVENT="start", GPUSCHED_UNIT=unit)
+
+    @staticmethod
+    def _wait_in_unit(pid: int, unit: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while time.monotonic() < deadline:
+            with open(f"/proc/{pid}/cgroup") as f:
+                if f"/{unit}" in f.read():
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        raise TimeoutError(f"monitor {pid} did not appear in {unit}")
+
+    def _stop(self, job: Job, intent: str, reason: str) -> None:
+        lifecycle.stopping(job, intent, reason, time.time())
+        self._save(job)
+        log(f"stopping job {job.id}: {reason}", job=job, GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
+        if not self.units.stop(job.unit):
+            self._reconcile(job)
+
+    def _monitor_exited(self, pid: int, status: int) -> None:
+        job_id = self.monitors.pop(pid, None)
+        job = self.live.get(job_id) if job_id is not None else None
+        if job is None or job.state not in ACTIVE:
+            return
+        result = self.store.read_result(job.id, job.attempt)
+        if result is None and job.state == State.STARTING:
+            return                                       # start failed and was handled in _start
+        self._finish(job, result)
+
+    def _finish(self, job: Job, result: dict[str, Any] | None) -> None:
+        if job.unit and self.units.alive(job.unit):
+            self.units.stop(job.unit)                    # leftovers of the job must not keep its GPUs
+        lifecycle.ended(job, result, time.time())
+        self._save(job)
+        event = "requeue" if job.state == State.QUEUED else "end"
+        text = f"job {job.id} {job.state}" + (f": {job.reason}" if job.reason else "")
+        log(text, 6 if job.state in (State.SUCCEEDED, State.QUEUED, State.CANCELLED) else 4, job=job,
+            GPUSCHED_EVENT=event, GPUSCHED_EXIT_CODE=job.exit_code, GPUSCHED_SIGNAL=job.signal)
+        self.request_pass()
+
+    # --- periodic work ---------------------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        try:
+            now = time.monotonic()
+            if now - self._last_probe >= self.cfg.gpu_poll_interval:
+                self._probe_gpus()
+            adopted = set(self.monitors.values())
+            for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in adopted]:
+                self._reconcile(job)
+            if now - self._last_rescan >= RESCAN_EVERY:
+                self._last_rescan = now
+                self._rescan()
+            if any(j.state == State.QUEUED for j in self.live.values()):
+                self.request_pass()
+            self._update_status()
+        except Exception:  # noqa: BLE001
+            log(f"internal error in tick: {traceback.format_exc()}", 3)
+        return True
+
+    def status_line(self) -> str:
+        running = sum(1 for j in self.live.values() if j.state in ACTIVE)
+        queued = sum(1 for j in self.live.values() if j.state == State.QUEUED)
+        if self.gpus is None:
+            gpus = f"GPUs unknown ({self.gpu_error})"
+        else:
+            held = {g.index for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
+            free = sum(1 for g in self.gpus if g.index not in held and not g.foreign_pids)
+            gpus = f"GPUs {free}/{len(self.gpus)} free" + (" (simulated)" if self.probe.simulated else "")
+        return f"{running} running, {queued} queued, {gpus}"
+
+    def _update_status(self) -> None:
+        line = self.status_line()
+        if line != self._last_status:
+            self._last_status = line
+            journal.notify(f"STATUS={line}")
+
+    # --- what the bus API asks ------------------------------------------------------------------------
+
+    def may_act(self, caller: int, job: Job) -> bool:
+        if caller in (0, job.uid):
+            return True
+        if not self.cfg.admin_group:
+            return False
+        try:
+            gid = grp.getgrnam(self.cfg.admin_group).gr_gid
+            pw = pwd.getpwuid(caller)
+        except KeyError:
+            return False
+        return gid in os.getgrouplist(pw.pw_name, pw.pw_gid)
+
+    def cancel(self, job_id: int, caller: int) -> str:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if not self.may_act(caller, job):
+            raise PermissionError(f"job {job_id} belongs to {job.user}; only its owner or root may cancel it")
+        who = _user_name(caller)
+        if job.state == State.QUEUED:
+            lifecycle.cancel_queued(job, f"cancelled by {who}", time.time())
+            self._save(job)
+            log(f"job {job.id} cancelled by {who} while queued", job=job, GPUSCHED_EVENT="cancel")
+            self.request_pass()
+            return "cancelled"
+        if job.state in (State.RUNNING, State.STARTING):
+            self._stop(job, "cancel", f"cancelled by {who}")
+            return "stopping"
+        if job.state == State.STOPPING:
+            return "stopping"
+        raise ValueError(f"job {job_id} has already ended ({job.state})")
+
+    def lookup(self, caller: int, name: str, ino: int) -> int:
+        return self.submissions.get((caller, name, ino), 0)
+
+    def gpu_table(self) -> list[dict[str, Any]]:
+        holders = {g.index: j.id for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
+        out = []
+        for g in self.gpus or ():
+            state = f"job {holders[g.index]}" if g.index in holders else "foreign" if g.foreign_pids else "free"
+            out.append({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total": g.memory_total,
+                        "memory_free": g.memory_free, "simulated": g.simulated, "state": state,
+                        "job": holders.get(g.index), "foreign_pids": list(g.foreign_pids)})
+        return out
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gpuschedd", description="gpusched daemon (run by gpusched.service)")
+    ap.add_argument("--config", default=os.environ.get("GPUSCHED_CONFIG", configmod.DEFAULT_PATH))
+    args = ap.parse_args(argv)
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        print(f"gpuschedd: {e}", file=sys.stderr)
+        return 2
+    from pydbus import SystemBus
+
+    from gpusched.api import publish
+    from gpusched.systemd import Systemd
+
+    bus = SystemBus()
+    probe, what = make_probe(cfg.simulated_gpus)
+    log(f"gpusched starting: spool {cfg.spool_dir}, state {cfg.state_dir}, {what}")
+    daemon = Daemon(cfg, Store(cfg.state_dir), Spool(cfg.spool_dir), Systemd(bus), probe)
+    watcher = SpoolWatcher(cfg.spool_dir, daemon.on_spool_entry) if _spool_ready(daemon) else None
+    daemon.recover()
+    if watcher is None:
+        watcher = SpoolWatcher(cfg.spool_dir, daemon.on_spool_entry)
+    watcher.start()
+    publication = publish(bus, daemon)
+    daemon.request_pass()
+
+    loop = GLib.MainLoop()
+    GLib.timeout_add(1000, daemon.tick)
+    interval = journal.watchdog_interval()
+    if interval:
+        GLib.timeout_add(int(interval * 1000), lambda: journal.notify("WATCHDOG=1") or True)
+
+    def quit_loop() -> bool:
+        journal.notify("STOPPING=1")
+        log("gpusched stopping; running jobs keep running")
+        loop.quit()
+        return False
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_HIGH, sig, quit_loop)
+    journal.notify(f"READY=1\nSTATUS={daemon.status_line()}")
+    log(f"gpusched ready: {daemon.status_line()}")
+    loop.run()
+    publication.unpublish()
+    return 0
+
+
+def _spool_ready(daemon: Daemon) -> bool:
+    """Start watching before the first scan when the spool exists, so nothing dropped meanwhile is missed."""
+    return os.path.isdir(daemon.spool.root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

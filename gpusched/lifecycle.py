@@ -1,0 +1,136 @@
+"""The job state machine: every change of a Job record goes through one of these functions. Pure.
+
+    queued -> starting -> running -> succeeded | failed
+                 |           \\-> stopping -> cancelled | queued (preempted: same id, back in the queue)
+                 \\-> queued (the scope never started: daemon died mid-start)
+    queued -> cancelled;  (spool entry) -> rejected
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from gpusched.jobfile import JobSpec
+from gpusched.model import Gpu, GpuRef, Job, State
+from gpusched.units import format_duration
+
+ALLOWED = {
+    State.QUEUED: {State.STARTING, State.CANCELLED},
+    State.STARTING: {State.RUNNING, State.QUEUED, State.STOPPING, State.FAILED, State.SUCCEEDED},
+    State.RUNNING: {State.STOPPING, State.SUCCEEDED, State.FAILED},
+    State.STOPPING: {State.CANCELLED, State.QUEUED, State.SUCCEEDED, State.FAILED},
+}
+
+
+class TransitionError(Exception):
+    pass
+
+
+def _move(job: Job, to: State) -> None:
+    if to not in ALLOWED.get(job.state, set()):
+        raise TransitionError(f"job {job.id}: {job.state} -> {to} is not allowed")
+    job.state = to
+
+
+def accepted(job_id: int, spec: JobSpec, user: str, uid: int, gid: int, source: str, now: float) -> Job:
+    return Job(id=job_id, user=user, uid=uid, gid=gid, source=source, state=State.QUEUED, submitted=now,
+               spec=spec, reason="queued")
+
+
+def rejected(job_id: int, user: str, uid: int, source: str, reason: str, now: float) -> Job:
+    return Job(id=job_id, user=user, uid=uid, source=source, state=State.REJECTED, submitted=now, ended=now,
+               reason=reason)
+
+
+def waiting(job: Job, reason: str) -> bool:
+    """Set a queued job's reason. True if it changed (so the status file needs writing)."""
+    if job.reason == reason:
+        return False
+    job.reason = reason
+    return True
+
+
+def starting(job: Job, gpus: Sequence[Gpu], unit: str, log: str, now: float) -> None:
+    _move(job, State.STARTING)
+    job.attempt += 1
+    job.gpus = tuple(GpuRef(g.index, g.uuid) for g in gpus)
+    job.unit, job.log, job.started, job.reason = unit, log, now, ""
+    job.exit_code = job.signal = None
+    job.stop_intent = job.stop_requested = None
+
+
+def running(job: Job) -> None:
+    _move(job, State.RUNNING)
+    job.reason = ""
+
+
+def never_started(job: Job, why: str) -> None:
+    """The scope never came up (or the daemon died before the job began): back to the queue."""
+    _move(job, State.QUEUED)
+    job.attempt -= 1
+    job.gpus, job.started, job.unit, job.reason = (), None, "", why
+
+
+def start_failed(job: Job, why: str, now: float) -> None:
+    _move(job, State.FAILED)
+    job.ended, job.reason, job.gpus = now, why, ()
+
+
+def stopping(job: Job, intent: str, reason: str, now: float) -> None:
+    _move(job, State.STOPPING)
+    job.stop_intent, job.stop_requested, job.reason = intent, now, reason
+
+
+def cancel_queued(job: Job, reason: str, now: float) -> None:
+    _move(job, State.CANCELLED)
+    job.ended, job.reason = now, reason
+
+
+def describe(result: dict[str, Any] | None, killed_after_grace: bool) -> str:
+    if result is None:
+        return "killed by SIGKILL after its grace period" if killed_after_grace else \
+            "its scope ended without a result (the monitor was killed)"
+    if "error" in result:
+        return f"could not start: {result['error']}"
+    if "signal" in result:
+        return f"killed by {result['signal']}"
+    return f"exited with code {result['exit_code']}"
+
+
+def ended(job: Job, result: dict[str, Any] | None, now: float) -> None:
+    """The job's attempt is over: result is what its monitor recorded, None if the monitor was killed too."""
+    stopped = job.state == State.STOPPING
+    if result is None and stopped:
+        result = {"signal": "SIGKILL"}
+        text = describe(None, True)
+    else:
+        text = describe(result, False)
+    exit_code = result.get("exit_code") if result else None
+    sig = result.get("signal") if result else None
+    end = float(result.get("ended", now)) if result else now
+    attempt = {"attempt": job.attempt, "started": job.started or now, "ended": end, "outcome": text}
+    if job.gpus:
+        attempt["gpus"] = [g.index for g in job.gpus]
+
+    if stopped and job.stop_intent == "preempt":
+        _move(job, State.QUEUED)
+        job.history.append(attempt | {"preempted": True})
+        job.preemptions += 1
+        job.reason = f"preempted ({job.reason}); {text}; requeued"
+        job.gpus, job.unit, job.started = (), "", None
+        job.stop_intent = job.stop_requested = None
+        return
+    job.exit_code, job.signal, job.ended = exit_code, sig, end
+    if stopped and job.stop_intent == "cancel":
+        _move(job, State.CANCELLED)
+        job.reason = f"{job.reason}; {text}"
+    elif exit_code == 0 and not sig:
+        _move(job, State.SUCCEEDED)
+        job.reason = ""
+    else:
+        _move(job, State.FAILED)
+        spec = job.spec
+        if spec and spec.time_limit and job.started and end - job.started >= spec.time_limit - 1:
+            text += f" (time limit {format_duration(spec.time_limit)} reached)"
+        job.reason = text
+    job.history.append(attempt)

@@ -1,0 +1,116 @@
+"""Plain data shared by the core and the adapters: job states, job records, GPUs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from gpusched.jobfile import JobSpec
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    STARTING = "starting"      # scope being created; the job may or may not have begun
+    RUNNING = "running"
+    STOPPING = "stopping"      # StopUnit sent (cancel or preemption); waiting for the scope to empty
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+
+ACTIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTED})
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+    memory_total: int
+    memory_free: int
+    minor: int | None = None                 # /dev/nvidia<minor>; None for simulated GPUs
+    foreign_pids: tuple[int, ...] = ()       # compute processes gpusched did not start
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
+class GpuRef:
+    index: int
+    uuid: str
+
+
+@dataclass
+class Job:
+    """A job's record: what the status file holds. Mutable runtime state, changed only by lifecycle.py."""
+    id: int
+    user: str
+    uid: int
+    source: str                           # the spool file's name
+    state: State
+    submitted: float
+    spec: JobSpec | None = None           # None for a rejected file
+    reason: str = ""
+    gid: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    gpus: tuple[GpuRef, ...] = ()
+    unit: str = ""
+    log: str = ""
+    attempt: int = 0                      # how many times it was started
+    preemptions: int = 0
+    stop_intent: str | None = None        # "cancel" or "preempt" while STOPPING
+    stop_requested: float | None = None
+    history: list[dict] = field(default_factory=list)   # earlier attempts' outcomes
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec else self.source
+
+
+# --- the record's dict form: what status files hold and what `gpuschedctl --json` prints ---------------------
+
+def _dt(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).replace(microsecond=int(t % 1 * 1e6))
+
+
+def _epoch(v: object) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, datetime):
+        return v.timestamp()
+    return float(v)  # type: ignore[arg-type]
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "id": job.id, "name": job.name, "user": job.user, "uid": job.uid, "state": str(job.state),
+        "reason": job.reason, "source": job.source, "submitted": _dt(job.submitted), "started": _dt(job.started),
+        "ended": _dt(job.ended), "exit_code": job.exit_code, "signal": job.signal,
+        "gpus": [{"index": g.index, "uuid": g.uuid} for g in job.gpus], "unit": job.unit, "log": job.log,
+        "attempt": job.attempt, "preemptions": job.preemptions, "stop_intent": job.stop_intent,
+        "stop_requested": _dt(job.stop_requested), "gid": job.gid, "history": job.history,
+    }
+    if job.spec:
+        d["priority"] = job.spec.priority
+        d["gpus_requested"] = job.spec.gpus
+        d["preemptible"] = job.spec.preemptible
+        d["tags"] = list(job.spec.tags)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
+    return Job(
+        id=int(d["id"]), user=d["user"], uid=int(d["uid"]), source=d.get("source", ""), state=State(d["state"]),
+        submitted=_epoch(d.get("submitted")) or 0.0, spec=spec, reason=d.get("reason", ""), gid=d.get("gid"),
+        started=_epoch(d.get("started")), ended=_epoch(d.get("ended")), exit_code=d.get("exit_code"),
+        signal=d.get("signal"), gpus=tuple(GpuRef(g["index"], g["uuid"]) for g in d.get("gpus", [])),
+        unit=d.get("unit", ""), log=d.get("log", ""), attempt=d.get("attempt", 0),
+        preemptions=d.get("preemptions", 0), stop_intent=d.get("stop_intent"),
+        stop_requested=_epoch(d.get("stop_requested")), history=list(d.get("history", [])),
+    )

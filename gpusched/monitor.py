@@ -1,0 +1,179 @@
+"""The per-job monitor (the conmon pattern): one short-lived process per job, exec'd fresh by the daemon.
+
+It reads the job's launch spec (JSON) from stdin. The daemon writes it only after it has moved this process
+into the job's scope, so the job starts inside the scope; an empty stdin means the daemon gave up (or died),
+and nothing runs. The monitor then starts the job as its user in a new session, copies its output to journald
+and the job's log file, reaps it and writes the exit code or signal to the result file atomically. It stays
+root (to write the result) and ignores the stop signal, so it outlives a StopUnit long enough to record how
+the job ended; it lives outside gpusched.service, so the daemon can restart or die without touching the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+from gpusched import journal
+from gpusched.atomicfile import atomic_write
+
+SETUP_FAILED = 127
+
+
+def _in_unit(unit: str) -> bool:
+    with open("/proc/self/cgroup") as f:
+        return f"/{unit}" in f.read()
+
+
+def _child(spec: dict, out_fd: int, err_w: int) -> None:
+    """In the forked child: become the user, enter the workdir, exec. Never returns."""
+    try:
+        os.setsid()                                   # own session and process group
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        uid, gid = spec["uid"], spec["gid"]
+        if os.getuid() == 0:
+            os.initgroups(spec["user"], gid)
+            os.setgid(gid)
+            os.setuid(uid)
+        os.umask(0o022)
+        try:
+            os.chdir(spec["workdir"])                 # as the user: they must be able to enter it
+        except OSError as e:
+            raise OSError(f"cannot enter workdir {spec['workdir']}: {e.strerror}") from None
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
+                  signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        argv = spec["argv"]
+        try:
+            os.execvpe(argv[0], argv, spec["env"])
+        except OSError as e:
+            raise OSError(f"cannot run {argv[0]}: {e.strerror}") from None
+    except BaseException as e:  # noqa: BLE001 - anything here must reach the parent, then exit
+        try:
+            os.write(err_w, str(e).encode()[:4000])
+        finally:
+            os._exit(SETUP_FAILED)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def run(spec: dict) -> dict:
+    fields = {"GPUSCHED_JOB_ID": spec["id"], "GPUSCHED_JOB_NAME": spec["name"], "GPUSCHED_USER": spec["user"],
+              "GPUSCHED_ATTEMPT": spec["attempt"], "SYSLOG_IDENTIFIER": spec["ident"]}
+    log_fd = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchown(log_fd, spec["uid"], 0)
+    os.fchmod(log_fd, 0o600)
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)    # wakes the select below when the job exits
+    started = time.time()
+    pid = os.fork()
+    if pid == 0:
+        os.close(out_r)
+        os.close(err_r)
+        _child(spec, out_w, err_w)
+    os.close(out_w)
+    os.close(err_w)
+    error = b""
+    while chunk := os.read(err_r, 4096):             # EOF at a successful exec (CLOEXEC) or the child's exit
+        error += chunk
+    os.close(err_r)
+    fields["SYSLOG_PID"] = pid
+
+    def emit(line: bytes) -> None:
+        os.write(log_fd, line + b"\n")
+        journal.send(line, 6, **fields)
+
+    if error:
+        emit(b"gpusched: " + error)
+
+    # Copy output until the job has exited and the pipe is drained. Background children that keep the pipe
+    # open don't hold the monitor for long: once the job itself is reaped, read what comes within a second.
+    os.set_blocking(out_r, False)
+    buf = b""
+    status = None
+    deadline = None
+    while True:
+        ready, _, _ = select.select([out_r, wake_r], [], [], None if status is None else 0.1)
+        if wake_r in ready:
+            _drain(wake_r)
+        if status is None:
+            done, raw_status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status, deadline = raw_status, time.monotonic() + 1.0
+        if out_r in ready:
+            try:
+                data = os.read(out_r, 65536)
+            except BlockingIOError:
+                data = None
+            if data == b"":                           # EOF: every writer is gone
+                if status is None:
+                    status = os.waitpid(pid, 0)[1]
+                break
+            if data:
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    emit(line)
+                if deadline is None or time.monotonic() < deadline:
+                    continue
+        if status is not None and (out_r not in ready or time.monotonic() >= deadline):
+            break
+    os.close(out_r)
+    if buf:
+        emit(buf)
+
+    ended = time.time()
+    result: dict = {"pid": pid, "started": started, "ended": ended}
+    if error:
+        result["exit_code"] = SETUP_FAILED
+        result["error"] = error.decode("utf-8", "replace")
+        summary = f"could not start: {result['error']}"
+    elif os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status))
+        result["signal"] = sig.name
+        summary = f"killed by {sig.name}"
+    else:
+        result["exit_code"] = os.WEXITSTATUS(status)
+        summary = f"exited with code {result['exit_code']}"
+    emit(f"gpusched: job {spec['id']} {summary}".encode())
+    os.close(log_fd)
+    atomic_write(spec["result"], json.dumps(result).encode(), mode=0o600)
+    return result
+
+
+def main() -> int:
+    raw = sys.stdin.buffer.read()
+    if not raw:
+        return 0                                      # the daemon gave up on this start: run nothing
+    spec = json.loads(raw)
+    if not _in_unit(spec["unit"]):
+        journal.send(f"gpusched monitor for job {spec['id']} is not in {spec['unit']}; not starting it", 3,
+                     GPUSCHED_JOB_ID=spec["id"])
+        return 1
+    # Survive the stop signal long enough to record how the job ended; systemd sends SIGKILL after the grace.
+    for s in {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
+              signal.Signals(spec.get("stop_signal", 15))}:
+        signal.signal(s, lambda *_: None)
+    run(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The state directory: job ids, each job's original file, status file, exit result and log.
+
+Every write is atomic (temp file, fsync, rename, fsync of the directory), so the daemon can be SIGKILLed at
+any instant. Layout under state_dir (default /var/lib/gpusched):
+
+    next-id               the next job id (ids never repeat, across restarts)
+    jobs/<id>.toml        the accepted job file, byte for byte
+    status/<id>.toml      the job's status file (TOML), readable by its owner and root
+    results/<id>.<n>.json written by the job's monitor when attempt n ends: exit code or signal
+    logs/<id>.log         the job's output, readable by its owner and root
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from typing import Any, Callable, Iterator
+
+import tomli_w
+
+from gpusched import jobfile
+from gpusched.atomicfile import atomic_write
+from gpusched.model import Job, job_from_dict, job_to_dict
+
+
+class Store:
+    def __init__(self, root: str):
+        self.root = root
+        self.jobs_dir = os.path.join(root, "jobs")
+        self.status_dir = os.path.join(root, "status")
+        self.results_dir = os.path.join(root, "results")
+        self.logs_dir = os.path.join(root, "logs")
+        self._next_id = 1
+
+    def init(self) -> None:
+        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        for d, mode in ((self.jobs_dir, 0o700), (self.status_dir, 0o755), (self.results_dir, 0o700),
+                        (self.logs_dir, 0o755)):
+            os.makedirs(d, mode=mode, exist_ok=True)
+            os.chmod(d, mode)
+        try:
+            with open(os.path.join(self.root, "next-id")) as f:
+                self._next_id = int(f.read().strip())
+        except FileNotFoundError:
+            self._next_id = 1
+        # never reuse an id, even if next-id was lost or is behind
+        highest = max((int(n.split(".")[0]) for n in os.listdir(self.status_dir) if n[0].isdigit()), default=0)
+        self._next_id = max(self._next_id, highest + 1)
+
+    def allocate_id(self) -> int:
+        job_id = self._next_id
+        self._next_id += 1
+        atomic_write(os.path.join(self.root, "next-id"), f"{self._next_id}\n".encode(), mode=0o644)
+        return job_id
+
+    # paths
+    def status_path(self, job_id: int) -> str:
+        return os.path.join(self.status_dir, f"{job_id}.toml")
+
+    def source_path(self, job_id: int) -> str:
+        return os.path.join(self.jobs_dir, f"{job_id}.toml")
+
+    def result_path(self, job_id: int, attempt: int) -> str:
+        return os.path.join(self.results_dir, f"{job_id}.{attempt}.json")
+
+    def log_path(self, job_id: int) -> str:
+        return os.path.join(self.logs_dir, f"{job_id}.log")
+
+    # writes
+    def save_source(self, job_id: int, data: bytes, uid: int) -> None:
+        atomic_write(self.source_path(job_id), data, mode=0o400, uid=uid, gid=0)
+
+    def save_status(self, job: Job) -> None:
+        data = tomli_w.dumps(job_to_dict(job)).encode()
+        atomic_write(self.status_path(job.id), data, mode=0o400, uid=job.uid, gid=0)
+
+    # reads
+    def read_result(self, job_id: int, attempt: int) -> dict[str, Any] | None:
+        try:
+            with open(self.result_path(job_id, attempt), "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return {"error": "unreadable result file"}
+
+    def load_job(self, name: str) -> Job:
+        with open(os.path.join(self.status_dir, name), "rb") as f:
+            d = tomllib.load(f)
+        spec = None
+        if d.get("state") != "rejected":
+            with open(self.source_path(int(d["id"])), "rb") as f:
+                spec = jobfile.parse(f.read(), d.get("source", ""), owner_is_root=True, default_name=d.get("name"))
+        return job_from_dict(d, spec)
+
+    def load_jobs_safely(self, on_error: Callable[[str, Exception], None]) -> Iterator[Job]:
+        """Every job with a status file; the spec is re-read from the stored original file. A file that
+        can't be read is reported through on_error and skipped, never fatal."""
+        for name in sorted(os.listdir(self.status_dir)):
+            if not name.endswith(".toml") or not name[0].isdigit():
+                continue
+            try:
+                yield self.load_job(name)
+            except Exception as e:  # noqa: BLE001
+                on_error(name, e)

@@ -1,0 +1,59 @@
+"""systemd over the system bus (pydbus): start a job's scope, stop it, ask whether it still runs."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+from gi.repository import GLib
+
+
+class Units(Protocol):
+    def start_scope(self, unit: str, pid: int, properties: Sequence[tuple[str, str, Any]]) -> None: ...
+    def stop(self, unit: str) -> bool: ...
+    def alive(self, unit: str) -> bool: ...
+
+
+class SystemdError(Exception):
+    pass
+
+
+def _short(e: Exception) -> str:
+    msg = str(e)
+    return msg.split(": ", 1)[-1] if msg.startswith("g-dbus-error") or "GDBus.Error" in msg else msg
+
+
+class Systemd:
+    def __init__(self, bus: Any):
+        self._bus = bus
+        self._manager = bus.get("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
+
+    def start_scope(self, unit: str, pid: int, properties: Sequence[tuple[str, str, Any]]) -> None:
+        props = [("PIDs", GLib.Variant("au", [pid]))]
+        props += [(name, GLib.Variant(sig, value)) for name, sig, value in properties]
+        try:
+            self._manager.StartTransientUnit(unit, "fail", props, [])
+        except GLib.Error as e:
+            raise SystemdError(f"StartTransientUnit {unit}: {_short(e)}") from None
+
+    def stop(self, unit: str) -> bool:
+        """StopUnit: systemd sends the unit's KillSignal, waits TimeoutStopUSec, then SIGKILL. False if gone."""
+        try:
+            self._manager.StopUnit(unit, "replace")
+            return True
+        except GLib.Error as e:
+            if "NoSuchUnit" in str(e) or "not loaded" in str(e):
+                return False
+            raise SystemdError(f"StopUnit {unit}: {_short(e)}") from None
+
+    def alive(self, unit: str) -> bool:
+        try:
+            path = self._manager.GetUnit(unit)
+        except GLib.Error as e:
+            if "NoSuchUnit" in str(e):
+                return False
+            raise SystemdError(f"GetUnit {unit}: {_short(e)}") from None
+        try:
+            state = self._bus.get("org.freedesktop.systemd1", path)["org.freedesktop.systemd1.Unit"].ActiveState
+        except (GLib.Error, KeyError):
+            return False
+        return state in ("active", "activating", "deactivating", "reloading")
