@@ -171,10 +171,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     client = Client()
     job = client.call("Show", args.id)
+    while args.follow and job["state"] == "queued" and not job.get("log"):
+        time.sleep(0.25)                               # wait for it to start
+        job = client.call("Show", args.id)
     path = job.get("log")
     if not path:
-        raise CtlError(f"job {args.id} has no log you may read" + ("" if job["state"] != "queued" else
-                                                                   " yet: it hasn't started"))
+        if "source" not in job:                        # the daemon hides private fields from others
+            raise CtlError(f"job {args.id} belongs to {job['user']}; its log is readable only by "
+                           f"{job['user']} and root")
+        raise CtlError(f"job {args.id} has no log yet: it hasn't started")
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -191,7 +196,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 continue
             if not args.follow:
                 return 0
-            if client.call("Show", args.id)["state"] in FINAL_STATES | {"queued"}:
+            if client.call("Show", args.id)["state"] in FINAL_STATES | {"queued"}:   # ended or requeued
                 rest = f.read()
                 out.write(rest)
                 out.flush()
