@@ -35,6 +35,7 @@ class Api:
         <method name="Cancel"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Gpus"><arg type="s" direction="out"/></method>
         <method name="Status"><arg type="s" direction="out"/></method>
+        <method name="Stats"><arg type="s" direction="out"/></method>
         <method name="Lookup">
           <arg type="s" name="source" direction="in"/><arg type="t" name="inode" direction="in"/>
           <arg type="s" direction="out"/>
@@ -92,6 +93,9 @@ class Api:
 
     def Status(self, dbus_context: Any = None) -> str:
         return self._call(self._d.status_line)
+
+    def Stats(self, dbus_context: Any = None) -> str:
+        return self._call(self._d.stats_snapshot)
 
     def Lookup(self, source: str, inode: int, dbus_context: Any = None) -> str:
         caller = self._caller(dbus_context)

@@ -31,6 +31,7 @@ from gpusched.systemd import SystemdError, Units
 
 RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
 MONITOR = [sys.executable, "-m", "gpusched.monitor"]
+PASS_DELAY_MS = 5
 
 
 def log(message: str, priority: int = 6, job: Job | None = None, **fields: Any) -> None:
@@ -70,6 +71,8 @@ class Daemon:
         self._last_probe = 0.0
         self._last_rescan = time.monotonic()
         self._last_status = ""
+        self._retry = False                            # a start must be tried again on the next tick
+        self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0}
 
     # --- bookkeeping -----------------------------------------------------------------------------------
 
@@ -82,9 +85,10 @@ class Daemon:
         self.store.save_status(job)
 
     def request_pass(self) -> None:
+        # a short delay coalesces bursts (many files dropped at once, many jobs ending) into one pass
         if not self._pass_pending:
             self._pass_pending = True
-            GLib.idle_add(self._scheduling_pass)
+            GLib.timeout_add(PASS_DELAY_MS, self._scheduling_pass)
 
     # --- recovery --------------------------------------------------------------------------------------
 
@@ -218,16 +222,19 @@ class Daemon:
         if self.gpu_error is not None:
             log("GPU probe recovered")
             self.gpu_error = None
-        if gpus != self.gpus:
-            self.gpus = gpus
-            self.request_pass()
+        if self.gpus is None or _gpu_key(gpus) != _gpu_key(self.gpus):
+            self.request_pass()                          # only what can change a decision wakes the policy
+        self.gpus = gpus
 
     def _scheduling_pass(self) -> bool:
         self._pass_pending = False
+        t0 = time.perf_counter()
         try:
             self._schedule()
         except Exception:  # noqa: BLE001
             log(f"internal error in scheduling pass: {traceback.format_exc()}", 3)
+        self.stats["last_pass_seconds"] = time.perf_counter() - t0
+        self.stats["passes"] += 1
         self._update_status()
         return False
 
@@ -289,6 +296,7 @@ class Daemon:
             os.close(w)                                  # EOF: the monitor exits without running anything
             if "already exists" in str(e):
                 lifecycle.never_started(job, f"waiting for the previous {unit} to go away")
+                self._retry = True
             else:
                 lifecycle.start_failed(job, f"could not create {unit}: {e}", time.time())
             self._save(job)
@@ -352,11 +360,12 @@ class Daemon:
             adopted = set(self.monitors.values())
             for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in adopted]:
                 self._reconcile(job)
+            if self._retry:
+                self._retry = False
+                self.request_pass()
             if now - self._last_rescan >= RESCAN_EVERY:
                 self._last_rescan = now
                 self._rescan()
-            if any(j.state == State.QUEUED for j in self.live.values()):
-                self.request_pass()
             self._update_status()
         except Exception:  # noqa: BLE001
             log(f"internal error in tick: {traceback.format_exc()}", 3)
@@ -413,6 +422,12 @@ class Daemon:
             return "stopping"
         raise ValueError(f"job {job_id} has already ended ({job.state})")
 
+    def stats_snapshot(self) -> dict[str, Any]:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {"status": self.status_line(), "jobs": len(self.jobs), "live": len(self.live),
+                "rss_bytes": rss, **self.stats}
+
     def lookup(self, caller: int, name: str, ino: int) -> int:
         return self.submissions.get((caller, name, ino), 0)
 
@@ -425,6 +440,10 @@ class Daemon:
                         "memory_free": g.memory_free, "simulated": g.simulated, "state": state,
                         "job": holders.get(g.index), "foreign_pids": list(g.foreign_pids)})
         return out
+
+
+def _gpu_key(gpus: list[Gpu]) -> list[tuple]:
+    return [(g.index, g.uuid, g.foreign_pids, g.memory_free >> 28) for g in gpus]   # 256 MiB steps
 
 
 def _user_name(uid: int) -> str:

@@ -94,14 +94,15 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "ended": _dt(job.ended), "exit_code": job.exit_code, "signal": job.signal,
         "gpus": [{"index": g.index, "uuid": g.uuid} for g in job.gpus], "unit": job.unit, "log": job.log,
         "attempt": job.attempt, "preemptions": job.preemptions, "stop_intent": job.stop_intent,
-        "stop_requested": _dt(job.stop_requested), "gid": job.gid, "history": job.history,
+        "stop_requested": _dt(job.stop_requested), "gid": job.gid,
+        "history": [{k: _dt(v) if k in ("started", "ended") else v for k, v in h.items()} for h in job.history],
     }
     if job.spec:
         d["priority"] = job.spec.priority
         d["gpus_requested"] = job.spec.gpus
         d["preemptible"] = job.spec.preemptible
         d["tags"] = list(job.spec.tags)
-    return {k: v for k, v in d.items() if v is not None}
+    return {k: v for k, v in d.items() if v is not None and (v != [] or k == "gpus")}
 
 
 def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
@@ -112,5 +113,7 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
         signal=d.get("signal"), gpus=tuple(GpuRef(g["index"], g["uuid"]) for g in d.get("gpus", [])),
         unit=d.get("unit", ""), log=d.get("log", ""), attempt=d.get("attempt", 0),
         preemptions=d.get("preemptions", 0), stop_intent=d.get("stop_intent"),
-        stop_requested=_epoch(d.get("stop_requested")), history=list(d.get("history", [])),
+        stop_requested=_epoch(d.get("stop_requested")),
+        history=[{k: _epoch(v) if k in ("started", "ended") else v for k, v in h.items()}
+                 for h in d.get("history", [])],
     )
