@@ -78,8 +78,10 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
             raise err(f"gpus.{key}", "unknown key")
     sims = []
     for i, g in enumerate(gpus.get("simulated", [])):
-        if not isinstance(g, dict) or set(g) - {"name", "memory"}:
-            raise err("gpus.simulated", f"entry {i}: only 'name' and 'memory' are allowed")
+        if not isinstance(g, dict):
+            raise err("gpus.simulated", f"entry {i}: expected a table")
+        for key in sorted(set(g) - {"name", "memory"}):
+            raise err(key, f"[[gpus.simulated]] entry {i}: unknown key {key!r} (only 'name' and 'memory')")
         name = g.get("name", "Simulated GPU")
         if not isinstance(name, str):
             raise err("gpus.simulated", f"entry {i}: name must be a string")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -76,7 +76,10 @@ class Job:
 # --- the record's dict form: what status files hold and what `gpuschedctl --json` prints ---------------------
 
 def _dt(t: float | None) -> datetime | None:
-    return None if t is None else datetime.fromtimestamp(t, timezone.utc).replace(microsecond=int(t % 1 * 1e6))
+    if t is None:
+        return None
+    whole = int(t)                 # not fromtimestamp(t): its rounding can carry into the next second
+    return datetime.fromtimestamp(whole, timezone.utc) + timedelta(microseconds=int((t - whole) * 1e6))
 
 
 def _epoch(v: object) -> float | None:

@@ -74,7 +74,8 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
     held = {i for h in holders for i in h.gpus}
     by_index = {g.index: g for g in gpus or ()}
     free = [g for g in gpus or () if g.index not in held and not g.foreign_pids]
-    coming = {i for h in holders if h.stopping for i in h.gpus}    # free once their stop completes
+    # free once their stop completes; a held GPU the probe no longer lists can't be counted on
+    coming = {i for h in holders if h.stopping for i in h.gpus if i in by_index}
     victims = sorted((h for h in holders if h.preemptible and not h.stopping),
                      key=lambda h: (-h.priority, -h.id))
     active = len(holders)
@@ -117,7 +118,7 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
         for h in victims:
             if h.priority - req.priority < margin:
                 continue
-            n = sum(1 for i in h.gpus if fits(req, by_index[i], assume_empty=True)) if h.gpus else 0
+            n = sum(1 for i in h.gpus if i in by_index and fits(req, by_index[i], assume_empty=True))
             if n == 0:
                 continue
             chosen.append(h)

@@ -8,7 +8,7 @@ import signal
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)\s*$", re.IGNORECASE)
 _SIZE_MULT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)", re.IGNORECASE)
 _DURATION_FULL = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:d|h|ms|m|s)\s*)+$", re.IGNORECASE)
 _DURATION_MULT = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
@@ -53,18 +53,19 @@ def parse_signal(value: object) -> signal.Signals:
         raise ValueError("expected a signal name such as \"SIGTERM\"")
     if isinstance(value, int):
         try:
-            return signal.Signals(value)
+            sig = signal.Signals(value)
         except ValueError:
             raise ValueError(f"no such signal number: {value}") from None
-    if not isinstance(value, str):
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        try:
+            sig = signal.Signals[name]
+        except KeyError:
+            raise ValueError(f"no such signal: {value!r}") from None
+    else:
         raise ValueError(f"expected a signal name such as \"SIGTERM\", got {type(value).__name__}")
-    name = value.strip().upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        sig = signal.Signals[name]
-    except KeyError:
-        raise ValueError(f"no such signal: {value!r}") from None
     if sig in (signal.SIGKILL, signal.SIGSTOP):
         # SIGKILL leaves no grace at all and SIGSTOP never ends the job; systemd sends SIGKILL itself after the grace
         raise ValueError(f"{sig.name} can't be a stop signal: the job would get no grace")

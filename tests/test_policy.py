@@ -336,10 +336,6 @@ def test_stopping_holders_are_not_victims():
     assert d.waiting[3] == "waiting for GPUs being freed by stopping jobs"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: schedule() looks holders' GPU indices up in by_index without a "
-                                       "guard; a holder still on a GPU the probe no longer lists (GPU gone, "
-                                       "simulated list changed across a restart) raises KeyError and every "
-                                       "scheduling pass fails, so no queued job ever starts")
 def test_holder_on_a_gpu_no_longer_listed_does_not_break_scheduling():
     # a stopping holder on GPU 7, which the probe no longer lists: looked up when counting GPUs coming free
     holders = [Holder(1, 100, (0,), preemptible=False), Holder(2, 100, (7,), stopping=True)]
@@ -348,9 +344,6 @@ def test_holder_on_a_gpu_no_longer_listed_does_not_break_scheduling():
     assert d.starts == [(4, ())]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: schedule() looks a preemption victim's GPU indices up in by_index "
-                                       "without a guard; a running holder on a GPU the probe no longer lists "
-                                       "raises KeyError whenever a more urgent job needs to preempt")
 def test_victim_on_a_gpu_no_longer_listed_does_not_break_scheduling():
     holders = [Holder(1, 100, (7,)), Holder(2, 100, (0,), preemptible=False)]
     d = schedule([Request(3, 0, 2), Request(4, 100, 0)], holders, gpus(2))

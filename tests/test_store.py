@@ -1,0 +1,286 @@
+import json
+import os
+import stat
+
+import pytest
+
+from gpusched import jobfile, lifecycle
+from gpusched.atomicfile import atomic_write
+from gpusched.model import Gpu, State
+from gpusched.store import Store
+
+T0 = 1_700_000_000.25
+# save_source/save_status chown their files to the job's owner (and group 0): only root may do that
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid / gid 0 needs root")
+
+
+def make_store(path) -> Store:
+    s = Store(str(path))
+    s.init()
+    return s
+
+
+def leftovers(d):
+    return [n for n in os.listdir(d) if n.endswith(".tmp")]
+
+
+# --- atomic writes --------------------------------------------------------------------------------------------
+
+def test_atomic_write_creates_with_mode(tmp_path):
+    p = tmp_path / "f"
+    atomic_write(str(p), b"hello\n", mode=0o640)
+    assert p.read_bytes() == b"hello\n"
+    assert stat.S_IMODE(os.lstat(p).st_mode) == 0o640
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_write_replaces_and_mode_is_not_masked(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"old contents that are longer")
+    old = os.umask(0o077)
+    try:
+        atomic_write(str(p), b"new", mode=0o644)
+    finally:
+        os.umask(old)
+    assert p.read_bytes() == b"new"
+    assert stat.S_IMODE(os.lstat(p).st_mode) == 0o644
+
+
+def test_atomic_write_large_data(tmp_path):
+    data = os.urandom(3 << 20)
+    atomic_write(str(tmp_path / "big"), data)
+    assert (tmp_path / "big").read_bytes() == data
+
+
+def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        atomic_write(str(p), "not bytes")  # type: ignore[arg-type]
+    assert p.read_bytes() == b"old"
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_write_does_not_follow_a_planted_temp_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    os.symlink(victim, tmp_path / f".f.{os.getpid()}.tmp")
+    with pytest.raises(OSError):
+        atomic_write(str(tmp_path / "f"), b"evil")
+    assert victim.read_bytes() == b"precious"
+    assert not (tmp_path / "f").exists()
+
+
+# --- ids ------------------------------------------------------------------------------------------------------------
+
+def test_init_creates_the_layout(tmp_path):
+    s = make_store(tmp_path / "state")
+    for d, mode in ((s.jobs_dir, 0o700), (s.status_dir, 0o755), (s.results_dir, 0o700), (s.logs_dir, 0o755)):
+        st = os.lstat(d)
+        assert stat.S_ISDIR(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == mode
+
+
+def test_ids_start_at_one_and_increase(tmp_path):
+    s = make_store(tmp_path)
+    assert [s.allocate_id() for _ in range(3)] == [1, 2, 3]
+    assert (tmp_path / "next-id").read_text() == "4\n"
+
+
+def test_ids_never_repeat_across_a_new_store(tmp_path):
+    seen = []
+    for _ in range(4):
+        s = make_store(tmp_path)
+        seen += [s.allocate_id() for _ in range(3)]
+    assert seen == list(range(1, 13))
+    assert leftovers(tmp_path) == []
+
+
+def test_lost_next_id_resumes_after_highest_status_file(tmp_path):
+    s = make_store(tmp_path)
+    for _ in range(5):
+        s.allocate_id()
+    (tmp_path / "status" / "17.toml").write_text("")
+    os.unlink(tmp_path / "next-id")
+    assert make_store(tmp_path).allocate_id() == 18
+
+
+def test_next_id_behind_status_files_is_corrected(tmp_path):
+    s = make_store(tmp_path)
+    (tmp_path / "status" / "9.toml").write_text("")
+    (tmp_path / "status" / ".10.toml.123.tmp").write_text("")   # an interrupted write is not a job
+    (tmp_path / "next-id").write_text("3\n")
+    assert make_store(tmp_path).allocate_id() == 10
+    assert s.allocate_id() == 1   # the old instance is stale by design; only one store runs at a time
+
+
+def test_next_id_ahead_is_kept(tmp_path):
+    make_store(tmp_path)
+    (tmp_path / "next-id").write_text("100\n")
+    assert make_store(tmp_path).allocate_id() == 100
+
+
+# --- results ------------------------------------------------------------------------------------------------------
+
+def test_read_result(tmp_path):
+    s = make_store(tmp_path)
+    assert s.read_result(1, 1) is None
+    with open(s.result_path(1, 1), "w") as f:
+        json.dump({"exit_code": 3, "ended": T0}, f)
+    assert s.read_result(1, 1) == {"exit_code": 3, "ended": T0}
+    with open(s.result_path(1, 2), "w") as f:
+        f.write("{truncated")
+    assert s.read_result(1, 2) == {"error": "unreadable result file"}
+
+
+def test_paths(tmp_path):
+    s = Store(str(tmp_path))
+    assert s.status_path(5) == str(tmp_path / "status" / "5.toml")
+    assert s.source_path(5) == str(tmp_path / "jobs" / "5.toml")
+    assert s.result_path(5, 2) == str(tmp_path / "results" / "5.2.json")
+    assert s.log_path(5) == str(tmp_path / "logs" / "5.log")
+
+
+# --- status round trip ----------------------------------------------------------------------------------------------
+
+SOURCE = b'''command = ["python", "train.py"]
+name = "resnet"
+gpus = 2
+gpu_type = "A100"
+priority = 20
+tags = ["vision", "sweep-3"]
+time_limit = "2h"
+
+[env]
+WANDB_MODE = "offline"
+'''
+
+
+def gpu(i):
+    return Gpu(index=i, uuid=f"GPU-{i}-abcd", name="A100", memory_total=1 << 30, memory_free=1 << 30)
+
+
+def load_all(s):
+    errors = []
+    jobs = list(s.load_jobs_safely(lambda name, e: errors.append((name, e))))
+    return jobs, errors
+
+
+def assert_same(a, b):
+    for f in ("id", "user", "uid", "gid", "source", "state", "reason", "exit_code", "signal", "gpus", "unit", "log",
+              "attempt", "preemptions", "stop_intent", "spec"):
+        assert getattr(a, f) == getattr(b, f), f
+    for f in ("submitted", "started", "ended", "stop_requested"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert (x is None) == (y is None), f
+        if x is not None:
+            assert y == pytest.approx(x, abs=1e-5), f
+    assert len(a.history) == len(b.history)
+    for ha, hb in zip(a.history, b.history):
+        assert ha.keys() == hb.keys()
+        for k in ha:
+            assert hb[k] == pytest.approx(ha[k]) if isinstance(ha[k], float) else hb[k] == ha[k]
+
+
+@needs_root
+def test_status_round_trip_through_load_jobs_safely(tmp_path):
+    s = make_store(tmp_path)
+    job_id = s.allocate_id()
+    spec = jobfile.parse(SOURCE, "resnet.toml", owner_is_root=False)
+    job = lifecycle.accepted(job_id, spec, "alice", 1000, 1000, "resnet.toml", T0)
+    s.save_source(job_id, SOURCE, 1000)
+    s.save_status(job)
+    (loaded,), errors = load_all(s)
+    assert errors == []
+    assert_same(job, loaded)
+
+    # a job with a history: started, preempted, restarted, running
+    lifecycle.starting(job, [gpu(0), gpu(1)], "gpusched-job-1.scope", s.log_path(job_id), T0 + 10.5)
+    lifecycle.running(job)
+    lifecycle.stopping(job, "preempt", "preempted by job 9 (priority 0)", T0 + 20.125)
+    lifecycle.ended(job, {"signal": "SIGTERM", "ended": T0 + 21.5}, T0 + 22)
+    lifecycle.starting(job, [gpu(3), gpu(1)], "gpusched-job-1.scope", s.log_path(job_id), T0 + 30.75)
+    lifecycle.running(job)
+    s.save_status(job)
+    (loaded,), errors = load_all(s)
+    assert errors == []
+    assert loaded.state == State.RUNNING
+    assert loaded.preemptions == 1 and loaded.attempt == 2
+    assert_same(job, loaded)
+
+
+@needs_root
+def test_final_job_round_trip(tmp_path):
+    s = make_store(tmp_path)
+    job_id = s.allocate_id()
+    spec = jobfile.parse(b'command = "exit 3"\n', "fail.toml", owner_is_root=False)
+    job = lifecycle.accepted(job_id, spec, "bob", 1001, 1001, "fail.toml", T0)
+    lifecycle.starting(job, [], "gpusched-job-1.scope", s.log_path(job_id), T0 + 1)
+    lifecycle.running(job)
+    lifecycle.ended(job, {"exit_code": 3, "ended": T0 + 2}, T0 + 3)
+    s.save_source(job_id, b'command = "exit 3"\n', 1001)
+    s.save_status(job)
+    (loaded,), _ = load_all(s)
+    assert loaded.state == State.FAILED and loaded.exit_code == 3
+    assert loaded.name == "fail"
+    assert_same(job, loaded)
+
+
+@needs_root
+def test_status_file_permissions(tmp_path):
+    s = make_store(tmp_path)
+    job = lifecycle.accepted(s.allocate_id(), jobfile.parse(b'command = "x"\n', "x.toml", owner_is_root=False),
+                             "alice", 1000, 1000, "x.toml", T0)
+    s.save_source(job.id, b'command = "x"\n', 1000)
+    s.save_status(job)
+    for p in (s.status_path(job.id), s.source_path(job.id)):
+        st = os.lstat(p)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 0, 0o400)
+    assert leftovers(s.status_dir) == [] and leftovers(s.jobs_dir) == []
+
+
+@needs_root
+def test_rejected_job_round_trips_without_a_source(tmp_path):
+    s = make_store(tmp_path)
+    job = lifecycle.rejected(s.allocate_id(), "bob", 1001, "bad.toml", "bad.toml:1: invalid TOML", T0)
+    s.save_status(job)
+    (loaded,), errors = load_all(s)
+    assert errors == []
+    assert loaded.state == State.REJECTED and loaded.spec is None
+    assert_same(job, loaded)
+
+
+@needs_root
+def test_unreadable_status_files_are_reported_and_skipped(tmp_path):
+    s = make_store(tmp_path)
+    good = []
+    for text in (b'command = "a"\n', b'command = "b"\n'):
+        job = lifecycle.accepted(s.allocate_id(), jobfile.parse(text, "j.toml", owner_is_root=False),
+                                 "alice", 1000, 1000, "j.toml", T0)
+        s.save_source(job.id, text, 1000)
+        s.save_status(job)
+        good.append(job.id)
+    bad_toml = s.allocate_id()
+    with open(s.status_path(bad_toml), "w") as f:
+        f.write("id = = 3\n")
+    no_source = lifecycle.accepted(s.allocate_id(), jobfile.parse(b'command = "c"\n', "c.toml", owner_is_root=False),
+                                   "alice", 1000, 1000, "c.toml", T0)
+    s.save_status(no_source)
+    with open(os.path.join(s.status_dir, "notes.txt"), "w") as f:
+        f.write("not a status file")
+    jobs, errors = load_all(s)
+    assert [j.id for j in jobs] == good
+    assert sorted(name for name, _ in errors) == sorted([f"{bad_toml}.toml", f"{no_source.id}.toml"])
+    assert all(isinstance(e, Exception) for _, e in errors)
+
+
+@needs_root
+def test_times_just_below_a_whole_second_round_trip(tmp_path):
+    s = make_store(tmp_path)
+    t = 1_700_000_000.9999996
+    job = lifecycle.accepted(s.allocate_id(), jobfile.parse(b'command = "x"\n', "x.toml", owner_is_root=False),
+                             "alice", 1000, 1000, "x.toml", t)
+    s.save_source(job.id, b'command = "x"\n', 1000)
+    s.save_status(job)
+    (loaded,), _ = load_all(s)
+    assert loaded.submitted == pytest.approx(t, abs=1e-5)
