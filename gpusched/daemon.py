@@ -25,12 +25,12 @@ from gpusched import journal, launch, lifecycle, policy
 from gpusched.gpus import GpuProbeError, Probe, device_nodes, make_probe
 from gpusched.jobfile import JobFileError, parse as parse_jobfile
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
+from gpusched.spawner import Spawner
 from gpusched.spool import Spool, SpoolWatcher, Taken, ignored
 from gpusched.store import Store
 from gpusched.systemd import SystemdError, Units
 
 RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
-MONITOR = [sys.executable, "-m", "gpusched.monitor"]
 PASS_DELAY_MS = 5
 
 
@@ -55,8 +55,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Daemon:
-    def __init__(self, cfg: configmod.Config, store: Store, spool: Spool, units: Units, probe: Probe):
+    def __init__(self, cfg: configmod.Config, store: Store, spool: Spool, units: Units, probe: Probe,
+                 spawner: Spawner | None = None):
         self.cfg = cfg
+        self.spawner = spawner or Spawner()
         self.store = store
         self.spool = spool
         self.units = units
@@ -283,12 +285,10 @@ class Daemon:
                            self.store.result_path(job.id, job.attempt))
         r, w = os.pipe()
         try:
-            pid = os.posix_spawn(MONITOR[0], MONITOR, {"PATH": launch.CLEAN_PATH, "LANG": "C.UTF-8"},
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)], setsid=True)
+            pid = self.spawner.spawn(r)
         finally:
             os.close(r)
-        self.monitors[pid] = job.id
-        GLib.child_watch_add(GLib.PRIORITY_DEFAULT, pid, guarded(self._monitor_exited))
+        self._watch_monitor(pid, job.id)
         try:
             self.units.start_scope(unit, pid, plan.properties)
             self._wait_in_unit(pid, unit)
@@ -329,7 +329,18 @@ class Daemon:
         if not self.units.stop(job.unit):
             self._reconcile(job)
 
-    def _monitor_exited(self, pid: int, status: int) -> None:
+    def _watch_monitor(self, pid: int, job_id: int) -> None:
+        """Call _monitor_exited when it exits: a pidfd works for the zygote's children as for our own."""
+        self.monitors[pid] = job_id
+        pidfd = os.pidfd_open(pid)
+
+        def exited(fd: int, _cond: Any) -> bool:
+            os.close(fd)
+            guarded(self._monitor_exited)(pid)
+            return False
+        GLib.unix_fd_add_full(GLib.PRIORITY_DEFAULT, pidfd, GLib.IOCondition.IN, exited)
+
+    def _monitor_exited(self, pid: int) -> None:
         job_id = self.monitors.pop(pid, None)
         job = self.live.get(job_id) if job_id is not None else None
         if job is None or job.state not in ACTIVE:
@@ -360,6 +371,7 @@ class Daemon:
             adopted = set(self.monitors.values())
             for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in adopted]:
                 self._reconcile(job)
+            self.spawner.reap()
             if self._retry:
                 self._retry = False
                 self.request_pass()

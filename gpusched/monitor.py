@@ -159,7 +159,10 @@ def run(spec: dict) -> dict:
 
 
 def main() -> int:
-    raw = sys.stdin.buffer.read()
+    chunks = []
+    while chunk := os.read(0, 65536):                 # fd 0, not sys.stdin: a zygote's child has no fresh one
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw:
         return 0                                      # the daemon gave up on this start: run nothing
     spec = json.loads(raw)
