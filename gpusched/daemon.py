@@ -31,7 +31,6 @@ from gpusched.store import Store
 from gpusched.systemd import SystemdError, Units
 
 RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
-PASS_DELAY_MS = 5
 
 
 def log(message: str, priority: int = 6, job: Job | None = None, **fields: Any) -> None:
@@ -87,10 +86,11 @@ class Daemon:
         self.store.save_status(job)
 
     def request_pass(self) -> None:
-        # a short delay coalesces bursts (many files dropped at once, many jobs ending) into one pass
+        # at idle priority: runs once the pending events (a burst of files, many jobs ending) are handled,
+        # so a burst costs one pass, and a lone event costs no delay
         if not self._pass_pending:
             self._pass_pending = True
-            GLib.timeout_add(PASS_DELAY_MS, self._scheduling_pass)
+            GLib.idle_add(self._scheduling_pass, priority=GLib.PRIORITY_DEFAULT_IDLE)
 
     # --- recovery --------------------------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ class Daemon:
 
     def on_spool_entry(self, name: str) -> None:
         """From the watcher thread."""
-        GLib.idle_add(guarded(self.ingest), name)
+        GLib.idle_add(guarded(self.ingest), name, priority=GLib.PRIORITY_DEFAULT)
 
     def ingest(self, name: str) -> bool:
         if ignored(name):

@@ -24,6 +24,9 @@ from gpusched.atomicfile import atomic_write
 from gpusched.model import Job, job_from_dict, job_to_dict
 
 
+ID_BLOCK = 100
+
+
 class Store:
     def __init__(self, root: str):
         self.root = root
@@ -32,6 +35,7 @@ class Store:
         self.results_dir = os.path.join(root, "results")
         self.logs_dir = os.path.join(root, "logs")
         self._next_id = 1
+        self._ceiling = 0
 
     def init(self) -> None:
         os.makedirs(self.root, mode=0o755, exist_ok=True)
@@ -47,11 +51,16 @@ class Store:
         # never reuse an id, even if next-id was lost or is behind
         highest = max((int(n.split(".")[0]) for n in os.listdir(self.status_dir) if n[0].isdigit()), default=0)
         self._next_id = max(self._next_id, highest + 1)
+        self._ceiling = self._next_id - 1
 
     def allocate_id(self) -> int:
+        # next-id holds a ceiling reserved ahead, written once per ID_BLOCK ids: a restart continues from
+        # the ceiling, so an id is never handed out twice (a crash costs at most a gap in the numbers)
         job_id = self._next_id
         self._next_id += 1
-        atomic_write(os.path.join(self.root, "next-id"), f"{self._next_id}\n".encode(), mode=0o644)
+        if self._next_id > self._ceiling:
+            self._ceiling = self._next_id + ID_BLOCK
+            atomic_write(os.path.join(self.root, "next-id"), f"{self._ceiling}\n".encode(), mode=0o644)
         return job_id
 
     # paths

