@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 
-def atomic_write(path: str, data: bytes, *, mode: int = 0o600, uid: int = -1, gid: int = -1) -> None:
+def atomic_write(path: str, data: bytes, *, mode: int = 0o600, uid: int = -1, gid: int = -1,
+                 durable: bool = True) -> None:
+    """Replace path with data atomically. durable: also fsync the file and the directory."""
     d, base = os.path.split(path)
     tmp = os.path.join(d, f".{base}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
@@ -14,14 +16,16 @@ def atomic_write(path: str, data: bytes, *, mode: int = 0o600, uid: int = -1, gi
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
     os.close(fd)
     os.rename(tmp, path)
-    fsync_dir(d)
+    if durable:
+        fsync_dir(d)
 
 
 def _write_all(fd: int, data: bytes) -> None:

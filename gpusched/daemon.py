@@ -73,17 +73,34 @@ class Daemon:
         self._last_rescan = time.monotonic()
         self._last_status = ""
         self._retry = False                            # a start must be tried again on the next tick
+        self.dirty: set[int] = set()                   # jobs whose status write failed
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0}
 
     # --- bookkeeping -----------------------------------------------------------------------------------
 
-    def _save(self, job: Job) -> None:
+    def _save(self, job: Job) -> bool:
+        """Record the job in memory and on disk. False if the disk write failed (full, read-only): the job
+        is then retried every tick until it lands."""
         self.jobs[job.id] = job
         if job.state in FINAL:
             self.live.pop(job.id, None)
         else:
             self.live[job.id] = job
-        self.store.save_status(job)
+        try:
+            self.store.save_status(job)
+        except OSError as e:
+            if job.id not in self.dirty:
+                log(f"can't write the status of job {job.id}: {e.strerror}; retrying", 3, job=job)
+            self.dirty.add(job.id)
+            return False
+        self.dirty.discard(job.id)
+        return True
+
+    def _retry_dirty(self) -> None:
+        for job_id in sorted(self.dirty):
+            if not self._save(self.jobs[job_id]):
+                return
+            log(f"status of job {job_id} written after an earlier failure", job=self.jobs[job_id])
 
     def request_pass(self) -> None:
         # at idle priority: runs once the pending events (a burst of files, many jobs ending) are handled,
@@ -180,12 +197,27 @@ class Daemon:
             except KeyError:
                 problem = f"{taken.name}: " + (f"user: no such user {spec.user!r}" if spec.user
                                                else f"the file's owner (uid {uid}) has no account")
+        try:
+            self._record_entry(job_id, taken, uid, owner, problem, spec, account)
+        except OSError as e:
+            # the state directory can't take it (full?): the entry goes back to the spool, untouched, and
+            # the periodic rescan offers it again
+            self.jobs.pop(job_id, None)
+            self.live.pop(job_id, None)
+            self.dirty.discard(job_id)
+            where = self.spool.put_back(job_id, taken.name)
+            log(f"can't accept {taken.name} from {owner} now: {e.strerror} in {self.store.root}; "
+                f"left in the spool as {where}, to be retried", 3, GPUSCHED_EVENT="defer")
+
+    def _record_entry(self, job_id: int, taken: Taken, uid: int, owner: str, problem: str | None,
+                      spec: Any, account: Any) -> None:
         now = time.time()
         self.submissions[(uid, taken.name, taken.st.st_ino)] = job_id
         while len(self.submissions) > 10000:
             self.submissions.popitem(last=False)
         if problem is not None or spec is None or account is None:
             job = lifecycle.rejected(job_id, owner, uid, taken.name, problem or "rejected", now)
+            self.store.save_status(job)
             self._save(job)
             kept = self.spool.finish_rejected(job_id, taken.name)
             log(f"rejected job {job_id} from {owner}: {problem} (kept as {kept})", 4, job=job,
@@ -193,6 +225,7 @@ class Daemon:
             return
         job = lifecycle.accepted(job_id, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name, now)
         self.store.save_source(job_id, taken.data or b"", account.pw_uid)
+        self.store.save_status(job)                     # raises when the disk is full: nothing accepted yet
         self._save(job)
         self.spool.finish_accepted(job_id, taken.name)
         gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
@@ -280,12 +313,19 @@ class Daemon:
         account = launch.Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
         unit = launch.unit_name(job.id)
         lifecycle.starting(job, gpus, unit, self.store.log_path(job.id), time.time())
-        self._save(job)                                  # on disk before the scope exists
-        plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log,
-                           self.store.result_path(job.id, job.attempt))
+        if not self._save(job):                          # on disk before the scope exists, or no start
+            lifecycle.never_started(job, "waiting: the state directory can't be written")
+            self._retry = True
+            return
+        result_path = self.store.result_path(job.id, job.attempt)
+        try:
+            os.unlink(result_path)                       # a leftover of an attempt that never started
+        except FileNotFoundError:
+            pass
+        plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log, result_path)
         r, w = os.pipe()
         try:
-            pid = self.spawner.spawn(r)
+            pid = self.spawner.spawn(r, result_path)
         finally:
             os.close(r)
         self._watch_monitor(pid, job.id)
@@ -346,13 +386,18 @@ class Daemon:
         if job is None or job.state not in ACTIVE:
             return
         result = self.store.read_result(job.id, job.attempt)
-        if result is None and job.state == State.STARTING:
-            return                                       # start failed and was handled in _start
-        self._finish(job, result)
+        if result is not None:
+            self._finish(job, result)
+        else:
+            self._reconcile(job)
 
     def _finish(self, job: Job, result: dict[str, Any] | None) -> None:
-        if job.unit and self.units.alive(job.unit):
-            self.units.stop(job.unit)                    # leftovers of the job must not keep its GPUs
+        if result is not None and result.get("not_started") and job.state == State.STARTING:
+            lifecycle.never_started(job, "requeued: the daemon stopped before the job began")
+            self._save(job)
+            log(f"job {job.id} never started; requeued", job=job, GPUSCHED_EVENT="requeue")
+            self.request_pass()
+            return
         lifecycle.ended(job, result, time.time())
         self._save(job)
         event = "requeue" if job.state == State.QUEUED else "end"
@@ -372,6 +417,8 @@ class Daemon:
             for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in adopted]:
                 self._reconcile(job)
             self.spawner.reap()
+            if self.dirty:
+                self._retry_dirty()
             if self._retry:
                 self._retry = False
                 self.request_pass()

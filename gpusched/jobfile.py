@@ -21,12 +21,15 @@ MAX_NAME = 128
 
 # Set by gpusched for every job; a job may not override them (they decide which GPUs it sees and who it is).
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES",
-                          "HOME", "USER", "LOGNAME"})
+                          "HOME", "USER", "LOGNAME", "SHELL"})
 RESERVED_ENV_PREFIX = "GPUSCHED_"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$", re.IGNORECASE)
-_CONDA_NAME = re.compile(r"^[A-Za-z0-9_.+/-]+$")
-_GPU_UUID = re.compile(r"^(GPU|MIG)-[A-Za-z0-9-]+$")
+# used with fullmatch: "$" would also match before a final newline
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]*\$?", re.IGNORECASE)
+_CONDA_NAME = re.compile(r"[A-Za-z0-9_.+/-]+")
+_GPU_UUID = re.compile(r"(GPU|MIG)-[A-Za-z0-9-]+")
+MAX_SECONDS = 100 * 365 * 86400.0      # durations beyond a century are mistakes (and overflow systemd's usec)
+MAX_U63 = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,14 @@ def format_problem(filename: str, p: Problem) -> str:
 
 # --- where a key stands in the text (tomllib gives values, not lines) -------------------------------------
 
-_HEADER = re.compile(r"^\s*\[\s*([^\]\[]+?)\s*\]\s*(#.*)?$")
-_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+_HEADER = re.compile(r"\s*\[([^\[\]]*)\]\s*(?:#.*)?")      # linear: no overlapping quantifiers
+_KEY = re.compile(r"""\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
 _INLINE_KEY = re.compile(r"""(?:[{,]\s*)([A-Za-z0-9_-]+|"[^"]*")\s*=""")
+_MAX_KEY_PARTS = 16
+_MAX_DOTTED = 128
+# linear: starts only at a word's start, and never gives back what a part consumed (possessive)
+_DEEP_KEY = re.compile(r"""(?<![A-Za-z0-9_-])(?:(?:[A-Za-z0-9_-]++|"[^"\n]*+"|'[^'\n]*+')[ \t]*+\.[ \t]*+){%d,}"""
+                       % _MAX_DOTTED)
 
 
 def _split_key(raw: str) -> list[str]:
@@ -98,25 +106,32 @@ def _split_key(raw: str) -> list[str]:
 
 
 def key_lines(text: str) -> dict[str, int]:
-    """Map 'key' and 'table.key' to the 1-based line where it is set. Good enough for error messages."""
+    """Map 'key' and 'table.key' to the 1-based line where it is set. Good enough for error messages:
+    lines inside multi-line strings are skipped, and lines are split at "\n" only, as TOML counts them."""
     lines: dict[str, int] = {}
     table: list[str] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        h = _HEADER.match(line)
-        if h and not line.lstrip().startswith("[["):
-            table = _split_key(h.group(1))
+    in_string: str | None = None
+    for n, line in enumerate(text.split("\n"), 1):
+        if in_string is not None:
+            if line.count(in_string) % 2 == 1:
+                in_string = None
+            continue
+        h = _HEADER.fullmatch(line)
+        if h:
+            table = _split_key(h.group(1))[:_MAX_KEY_PARTS]
             lines.setdefault(".".join(table), n)
-            continue
-        k = _KEY.match(line)
-        if not k:
-            continue
-        path = table + _split_key(k.group(1))
-        for i in range(1, len(path) + 1):
-            lines.setdefault(".".join(path[:i]), n)
-        rest = line[k.end():]
-        if rest.lstrip().startswith("{"):
-            for ik in _INLINE_KEY.findall(rest):
-                lines.setdefault(".".join(path + [ik.strip("\"'")]), n)
+        elif k := _KEY.match(line):
+            path = (table + _split_key(k.group(1)))[:_MAX_KEY_PARTS]
+            for i in range(1, len(path) + 1):
+                lines.setdefault(".".join(path[:i]), n)
+            rest = line[k.end():]
+            if rest.lstrip().startswith("{"):
+                for ik in _INLINE_KEY.findall(rest):
+                    lines.setdefault(".".join(path + [ik.strip("\"'")]), n)
+        for quote in ('"""', "'''"):
+            if line.count(quote) % 2 == 1:
+                in_string = quote
+                break
     return lines
 
 
@@ -136,8 +151,8 @@ class _Checker:
     def take(self, key: str, value: Any, conv: Callable[[Any], Any]) -> Any:
         try:
             return conv(value)
-        except (ValueError, TypeError) as e:
-            self.fail(key, str(e))
+        except (ValueError, TypeError, OverflowError) as e:
+            self.fail(key, str(e) if not isinstance(e, OverflowError) else "the number is too large")
             return None
 
 
@@ -178,8 +193,8 @@ def _name(v: Any) -> str:
     v = _expect(str, "a string")(v)
     if not v or len(v) > MAX_NAME:
         raise ValueError(f"a name must be 1 to {MAX_NAME} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in v):
-        raise ValueError("a name can't contain control characters")
+    if not v.isprintable():
+        raise ValueError("a name can't contain control characters (or other unprintable ones)")
     return v
 
 
@@ -197,7 +212,7 @@ def _gpu_id(v: Any) -> int | str:
         raise ValueError("each GPU id must be an index (integer) or a UUID (\"GPU-...\")")
     if isinstance(v, int) and v < 0:
         raise ValueError(f"GPU index can't be negative: {v}")
-    if isinstance(v, str) and not _GPU_UUID.match(v):
+    if isinstance(v, str) and not _GPU_UUID.fullmatch(v):
         raise ValueError(f"not a GPU UUID: {v!r} (NVML UUIDs look like \"GPU-8f6c...\")")
     return v
 
@@ -211,16 +226,30 @@ def _cpus(v: Any) -> float:
 
 def _positive_int(v: Any) -> int:
     v = _expect(int, "an integer")(v)
-    if v <= 0:
-        raise ValueError(f"must be positive, got {v}")
+    if not 0 < v <= MAX_U63:
+        raise ValueError(f"must be positive and below 2^63, got {v}")
     return v
 
 
 def _time_limit(v: Any) -> float:
-    s = parse_duration(v)
+    s = _bounded_duration(v)
     if s <= 0:
         raise ValueError("a time limit must be more than 0")
     return s
+
+
+def _bounded_duration(v: Any) -> float:
+    s = parse_duration(v)
+    if s > MAX_SECONDS:
+        raise ValueError("a duration can be at most 100 years")
+    return s
+
+
+def _bounded_size(v: Any) -> int:
+    n = parse_size(v)
+    if n > MAX_U63:
+        raise ValueError("the size is too large")
+    return n
 
 
 TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids",
@@ -242,6 +271,9 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
         raise bad(f"not UTF-8 text (invalid byte 0x{data[e.start]:02x} at offset {e.start})", line) from None
     if "\0" in text:
         raise bad("file contains NUL bytes", text[:text.index("\0")].count("\n") + 1)
+    if m := _DEEP_KEY.search(text):
+        # tomllib needs memory quadratic in a dotted key's length (10,000 parts: 400 MB): refuse first
+        raise bad(f"a dotted key has more than {_MAX_DOTTED} parts", text[:m.start()].count("\n") + 1)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -269,11 +301,11 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     opt("workdir", _workdir)
     opt("conda", _conda)
     opt("gpus", _nonneg_int(MAX_GPUS))
-    opt("gpu_memory", parse_size)
+    opt("gpu_memory", _bounded_size)
     opt("gpu_type", lambda v: _expect(str, "a string")(v).strip() or _raise("gpu_type is empty"))
     opt("priority", _expect(int, "an integer"))
     opt("time_limit", _time_limit)
-    opt("grace", parse_duration)
+    opt("grace", _bounded_duration)
     opt("stop_signal", lambda v: int(parse_signal(v)))
     opt("preemptible", _expect(bool, "true or false"))
     opt("user", _user)
@@ -281,15 +313,19 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     if "tags" in doc:
         tags = c.take("tags", doc["tags"], _expect(list, "an array of strings"))
         if tags is not None:
-            if all(isinstance(t, str) and t and len(t) <= MAX_NAME for t in tags):
+            if all(isinstance(t, str) and t and len(t) <= MAX_NAME and t.isprintable() for t in tags):
                 kw["tags"] = tuple(tags)
             else:
-                c.fail("tags", "every tag must be a non-empty string of at most 128 characters")
+                c.fail("tags", "every tag must be a printable, non-empty string of at most 128 characters")
     if "gpu_ids" in doc:
         ids = c.take("gpu_ids", doc["gpu_ids"], _expect(list, "an array of GPU indices or UUIDs"))
         if ids is not None:
             if not ids:
                 c.fail("gpu_ids", "the array is empty (leave the key out to let gpusched choose)")
+            elif len(ids) > MAX_GPUS:
+                c.fail("gpu_ids", f"pins {len(ids)} GPUs; at most {MAX_GPUS}")
+                ids = None
+        if ids:
             converted = [c.take("gpu_ids", i, _gpu_id) for i in ids]
             if None not in converted and ids:
                 if len(set(converted)) != len(converted):
@@ -301,7 +337,7 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
             kw["env"] = {}
             for k, v in env.items():
                 key = f"env.{k}"
-                if not _ENV_NAME.match(k):
+                if not _ENV_NAME.fullmatch(k):
                     c.fail(key, "not a valid environment variable name")
                 elif k in RESERVED_ENV or k.startswith(RESERVED_ENV_PREFIX):
                     c.fail(key, "is set by gpusched and can't be overridden"
@@ -318,7 +354,7 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
             for key in sorted(set(lim) - LIMIT_KEYS):
                 c.fail(f"limits.{key}", "unknown key" + _did_you_mean(key, LIMIT_KEYS))
             lkw = {}
-            for key, conv in (("memory", parse_size), ("cpus", _cpus), ("tasks", _positive_int)):
+            for key, conv in (("memory", _bounded_size), ("cpus", _cpus), ("tasks", _positive_int)):
                 if key in lim:
                     value = c.take(f"limits.{key}", lim[key], conv)
                     if value is not None:
@@ -361,14 +397,14 @@ def _workdir(v: Any) -> str:
 
 def _conda(v: Any) -> str:
     v = _expect(str, "a string")(v)
-    if not _CONDA_NAME.match(v):
+    if not _CONDA_NAME.fullmatch(v):
         raise ValueError(f"not a conda environment name or path: {v!r}")
     return v
 
 
 def _user(v: Any) -> str:
     v = _expect(str, "a user name")(v)
-    if not _USER_NAME.match(v) or len(v) > 32:
+    if not _USER_NAME.fullmatch(v) or len(v) > 32:
         raise ValueError(f"not a user name: {v!r}")
     return v
 

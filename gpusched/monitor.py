@@ -62,6 +62,44 @@ def _child(spec: dict, out_fd: int, err_w: int) -> None:
             os._exit(SETUP_FAILED)
 
 
+def _cgroup_procs_file() -> str | None:
+    with open("/proc/self/cgroup") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        candidates = []
+        if hierarchy == "0":
+            candidates = [f"/sys/fs/cgroup{path}/cgroup.procs", f"/sys/fs/cgroup/unified{path}/cgroup.procs"]
+        elif controllers == "name=systemd":
+            candidates = [f"/sys/fs/cgroup/systemd{path}/cgroup.procs"]
+        for c in candidates:
+            if os.path.exists(c):
+                return c
+    return None
+
+
+def _kill_leftovers() -> int:
+    """When the job's main process has ended, the job has ended: kill what it left in its scope (background
+    children would otherwise keep the scope, and its GPUs, busy). Returns how many were killed."""
+    path = _cgroup_procs_file()
+    if path is None:
+        return 0
+    killed: set[int] = set()
+    for _ in range(10):
+        with open(path) as f:
+            pids = {int(p) for p in f.read().split()} - {os.getpid()}
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+    return len(killed)
+
+
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
@@ -97,7 +135,10 @@ def run(spec: dict) -> dict:
     fields["SYSLOG_PID"] = pid
 
     def emit(line: bytes) -> None:
-        os.write(log_fd, line + b"\n")
+        try:
+            os.write(log_fd, line + b"\n")
+        except OSError:
+            pass                                      # a full disk loses log lines, never the job
         journal.send(line, 6, **fields)
 
     if error:
@@ -139,6 +180,9 @@ def run(spec: dict) -> dict:
     if buf:
         emit(buf)
 
+    leftovers = _kill_leftovers()
+    if leftovers:
+        emit(f"gpusched: killed {leftovers} process(es) the job left behind".encode())
     ended = time.time()
     result: dict = {"pid": pid, "started": started, "ended": ended}
     if error:
@@ -154,17 +198,34 @@ def run(spec: dict) -> dict:
         summary = f"exited with code {result['exit_code']}"
     emit(f"gpusched: job {spec['id']} {summary}".encode())
     os.close(log_fd)
-    atomic_write(spec["result"], json.dumps(result).encode(), mode=0o600)
+    _write_result(spec["result"], result, fields)
     return result
 
 
-def main() -> int:
+def _write_result(path: str, result: dict, fields: dict) -> None:
+    """The result must land, or the job's end is lost: on a full disk, keep trying (for up to a day)."""
+    data = json.dumps(result).encode()
+    for attempt in range(86400):
+        try:
+            atomic_write(path, data, mode=0o600)
+            return
+        except OSError as e:
+            if attempt == 0:
+                journal.send(f"gpusched: can't write the result of job {fields['GPUSCHED_JOB_ID']} "
+                             f"({e.strerror}); retrying every second", 3, **fields)
+            time.sleep(1)
+
+
+def main(result_path: str | None = None) -> int:
     chunks = []
     while chunk := os.read(0, 65536):                 # fd 0, not sys.stdin: a zygote's child has no fresh one
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw:
-        return 0                                      # the daemon gave up on this start: run nothing
+        # the daemon gave up on this start (or died first): run nothing, and say so where it will look
+        if result_path:
+            _write_result(result_path, {"not_started": True}, {"GPUSCHED_JOB_ID": "?"})
+        return 0
     spec = json.loads(raw)
     if not _in_unit(spec["unit"]):
         journal.send(f"gpusched monitor for job {spec['id']} is not in {spec['unit']}; not starting it", 3,
@@ -179,4 +240,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))

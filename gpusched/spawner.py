@@ -34,11 +34,11 @@ class Spawner:
             theirs.close()
         self._sock = ours
 
-    def _via_zygote(self, spec_fd: int) -> int:
+    def _via_zygote(self, spec_fd: int, result_path: str) -> int:
         if self._sock is None:
             self._start_zygote()
         assert self._sock is not None
-        socket.send_fds(self._sock, [b"spawn"], [spec_fd])
+        socket.send_fds(self._sock, [b"spawn " + os.fsencode(result_path)], [spec_fd])
         reply = self._sock.recv(4)
         if len(reply) != 4:
             raise OSError("the zygote closed its socket")
@@ -47,18 +47,19 @@ class Spawner:
             raise OSError("the zygote refused")
         return pid
 
-    def spawn(self, spec_fd: int) -> int:
-        """Start a monitor reading its spec from spec_fd. Returns its pid. The caller closes spec_fd."""
+    def spawn(self, spec_fd: int, result_path: str) -> int:
+        """Start a monitor reading its spec from spec_fd; if it gets none, it writes {"not_started": true}
+        to result_path. Returns its pid. The caller closes spec_fd."""
         if self._use_zygote:
             try:
-                return self._via_zygote(spec_fd)
+                return self._via_zygote(spec_fd, result_path)
             except OSError:
                 self.close()                  # a dead zygote: one fresh one, then plain exec
                 try:
-                    return self._via_zygote(spec_fd)
+                    return self._via_zygote(spec_fd, result_path)
                 except OSError:
                     self.close()
-        return os.posix_spawn(sys.executable, [sys.executable, "-m", "gpusched.monitor"], _ENV,
+        return os.posix_spawn(sys.executable, [sys.executable, "-m", "gpusched.monitor", result_path], _ENV,
                               file_actions=[(os.POSIX_SPAWN_DUP2, spec_fd, 0)], setsid=True)
 
     def reap(self) -> None:

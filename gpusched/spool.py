@@ -151,6 +151,18 @@ class Spool:
             pass
         return dest
 
+    def put_back(self, job_id: int, name: str) -> str:
+        """Return a taken entry to the spool (it could not be recorded). Returns its name there."""
+        for candidate in (name, f"{job_id}-{name}"):
+            dest = os.path.join(self.root, candidate)
+            if not os.path.lexists(dest):
+                try:
+                    os.rename(self._work_path(job_id, name), dest)
+                except FileNotFoundError:
+                    pass
+                return candidate
+        return self._work_path(job_id, name)
+
     def _work_name(self, job_id: int, name: str) -> str:
         safe = "".join(c if c.isprintable() and c != "/" else "?" for c in name)
         return f"{job_id}-{safe[:200]}"

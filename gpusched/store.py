@@ -3,9 +3,11 @@
 Every write is atomic (temp file, fsync, rename, fsync of the directory), so the daemon can be SIGKILLed at
 any instant. Layout under state_dir (default /var/lib/gpusched):
 
-    next-id               the next job id (ids never repeat, across restarts)
-    jobs/<id>.toml        the accepted job file, byte for byte
-    status/<id>.toml      the job's status file (TOML), readable by its owner and root
+    next-id               a ceiling on the ids handed out (ids never repeat, across restarts)
+    jobs/<id>.toml        the accepted job file, byte for byte               } root-only directory: what
+    jobs/<id>.status.toml the job's record, the daemon's truth              } the daemon trusts
+    status/<id>.toml      a copy of the record for people: owned by the job's user, mode 0400. Its owner
+                          could chmod and edit it, so the daemon never reads it back.
     results/<id>.<n>.json written by the job's monitor when attempt n ends: exit code or signal
     logs/<id>.log         the job's output, readable by its owner and root
 """
@@ -49,7 +51,7 @@ class Store:
         except FileNotFoundError:
             self._next_id = 1
         # never reuse an id, even if next-id was lost or is behind
-        highest = max((int(n.split(".")[0]) for n in os.listdir(self.status_dir) if n[0].isdigit()), default=0)
+        highest = max((int(n.split(".")[0]) for n in os.listdir(self.jobs_dir) if n[0].isdigit()), default=0)
         self._next_id = max(self._next_id, highest + 1)
         self._ceiling = self._next_id - 1
 
@@ -80,9 +82,14 @@ class Store:
     def save_source(self, job_id: int, data: bytes, uid: int) -> None:
         atomic_write(self.source_path(job_id), data, mode=0o400, uid=uid, gid=0)
 
+    def record_path(self, job_id: int) -> str:
+        return os.path.join(self.jobs_dir, f"{job_id}.status.toml")
+
     def save_status(self, job: Job) -> None:
         data = tomli_w.dumps(job_to_dict(job)).encode()
-        atomic_write(self.status_path(job.id), data, mode=0o400, uid=job.uid, gid=0)
+        atomic_write(self.record_path(job.id), data, mode=0o600)
+        # the people's copy: derived, rewritten from the record at every change, so no fsync needed
+        atomic_write(self.status_path(job.id), data, mode=0o400, uid=job.uid, gid=0, durable=False)
 
     # reads
     def read_result(self, job_id: int, attempt: int) -> dict[str, Any] | None:
@@ -95,7 +102,7 @@ class Store:
             return {"error": "unreadable result file"}
 
     def load_job(self, name: str) -> Job:
-        with open(os.path.join(self.status_dir, name), "rb") as f:
+        with open(os.path.join(self.jobs_dir, name), "rb") as f:
             d = tomllib.load(f)
         spec = None
         if d.get("state") != "rejected":
@@ -106,8 +113,8 @@ class Store:
     def load_jobs_safely(self, on_error: Callable[[str, Exception], None]) -> Iterator[Job]:
         """Every job with a status file; the spec is re-read from the stored original file. A file that
         can't be read is reported through on_error and skipped, never fatal."""
-        for name in sorted(os.listdir(self.status_dir)):
-            if not name.endswith(".toml") or not name[0].isdigit():
+        for name in sorted(os.listdir(self.jobs_dir)):
+            if not name.endswith(".status.toml") or not name[0].isdigit():
                 continue
             try:
                 yield self.load_job(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 
@@ -27,6 +28,8 @@ def parse_size(value: object) -> int:
     if not m:
         raise ValueError(f"not a size: {value!r} (use a number with K, M, G or T, e.g. \"32G\")")
     number = float(m.group(1)) * _SIZE_MULT[m.group(2).upper()]
+    if not math.isfinite(number):
+        raise ValueError(f"size too large: {value!r}")
     if number < 1:
         raise ValueError(f"a size must be at least one byte, got {value!r}")
     return int(number)
@@ -37,14 +40,17 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as \"2h\", got a boolean")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a duration can't be negative, got {value}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a duration must be a finite, non-negative number, got {value}")
         return float(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a duration such as \"2h\", got {type(value).__name__}")
     if not _DURATION_FULL.match(value):
         raise ValueError(f"not a duration: {value!r} (use e.g. \"90m\", \"2h\", \"1d12h\" or seconds)")
-    return sum(float(n) * _DURATION_MULT[u.lower()] for n, u in _DURATION_PART.findall(value))
+    total = sum(float(n) * _DURATION_MULT[u.lower()] for n, u in _DURATION_PART.findall(value))
+    if not math.isfinite(total):
+        raise ValueError(f"duration too long: {value!r}")
+    return total
 
 
 def parse_signal(value: object) -> signal.Signals:

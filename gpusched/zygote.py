@@ -3,7 +3,7 @@
 Starting Python for every monitor costs 15-20 ms of CPU, which caps throughput on a small machine; forking
 this already-initialised process costs about a millisecond. The daemon itself is threaded and is never forked.
 
-Protocol over a SOCK_SEQPACKET socket on fd 3: the daemon sends b"spawn" with one fd attached (the read end
+Protocol over a SOCK_SEQPACKET socket on fd 3: the daemon sends b"spawn <result path>" with one fd attached (the read end
 of the pipe that will carry the job's launch spec); the zygote forks, the child makes that fd its stdin and
 runs monitor.main(); the zygote answers with the child's pid (4 bytes). EOF on the socket: the daemon is
 gone, and the zygote exits. Monitors it started run on; whoever inherits them reaps them.
@@ -36,12 +36,12 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     while True:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(sock, 64, 1)
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 8192, 1)
         except InterruptedError:
             continue
         if not msg:
             return
-        if msg != b"spawn" or len(fds) != 1:
+        if not msg.startswith(b"spawn ") or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             sock.send(struct.pack("i", -1))
@@ -57,7 +57,7 @@ def serve(sock: socket.socket) -> None:
                 os.setsid()
                 for s in (signal.SIGCHLD, signal.SIGPIPE):
                     signal.signal(s, signal.SIG_DFL)
-                code = monitor.main()
+                code = monitor.main(os.fsdecode(msg[6:]))
             except BaseException:  # noqa: BLE001 - report, then leave without running the zygote's cleanup
                 traceback.print_exc()
             finally:

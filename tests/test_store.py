@@ -101,15 +101,15 @@ def test_lost_next_id_resumes_after_highest_status_file(tmp_path):
     s = make_store(tmp_path)
     for _ in range(5):
         s.allocate_id()
-    (tmp_path / "status" / "17.toml").write_text("")
+    (tmp_path / "jobs" / "17.status.toml").write_text("")
     os.unlink(tmp_path / "next-id")
     assert make_store(tmp_path).allocate_id() == 18
 
 
 def test_next_id_behind_status_files_is_corrected(tmp_path):
     s = make_store(tmp_path)
-    (tmp_path / "status" / "9.toml").write_text("")
-    (tmp_path / "status" / ".10.toml.123.tmp").write_text("")   # an interrupted write is not a job
+    (tmp_path / "jobs" / "9.status.toml").write_text("")
+    (tmp_path / "jobs" / ".10.status.toml.123.tmp").write_text("")   # an interrupted write is not a job
     (tmp_path / "next-id").write_text("3\n")
     assert make_store(tmp_path).allocate_id() == 10
     assert s.allocate_id() == 1   # the old instance is stale by design; only one store runs at a time
@@ -262,16 +262,16 @@ def test_unreadable_status_files_are_reported_and_skipped(tmp_path):
         s.save_status(job)
         good.append(job.id)
     bad_toml = s.allocate_id()
-    with open(s.status_path(bad_toml), "w") as f:
+    with open(s.record_path(bad_toml), "w") as f:
         f.write("id = = 3\n")
     no_source = lifecycle.accepted(s.allocate_id(), jobfile.parse(b'command = "c"\n', "c.toml", owner_is_root=False),
                                    "alice", 1000, 1000, "c.toml", T0)
     s.save_status(no_source)
-    with open(os.path.join(s.status_dir, "notes.txt"), "w") as f:
+    with open(os.path.join(s.jobs_dir, "notes.txt"), "w") as f:
         f.write("not a status file")
     jobs, errors = load_all(s)
     assert [j.id for j in jobs] == good
-    assert sorted(name for name, _ in errors) == sorted([f"{bad_toml}.toml", f"{no_source.id}.toml"])
+    assert sorted(name for name, _ in errors) == sorted([f"{bad_toml}.status.toml", f"{no_source.id}.status.toml"])
     assert all(isinstance(e, Exception) for _, e in errors)
 
 
@@ -285,3 +285,20 @@ def test_times_just_below_a_whole_second_round_trip(tmp_path):
     s.save_status(job)
     (loaded,), _ = load_all(s)
     assert loaded.submitted == pytest.approx(t, abs=1e-5)
+
+
+def test_the_peoples_copy_is_never_read_back(tmp_path):
+    # the copy in status/ belongs to the job's user, who could chmod and edit it: the daemon trusts only
+    # its own record in the root-only jobs/ directory
+    s = make_store(tmp_path)
+    text = b'command = "a"\n'
+    job = lifecycle.accepted(s.allocate_id(), jobfile.parse(text, "j.toml", owner_is_root=False),
+                             "alice", 1000, 1000, "j.toml", T0)
+    s.save_source(job.id, text, 1000)
+    s.save_status(job)
+    os.chmod(s.status_path(job.id), 0o600)
+    with open(s.status_path(job.id), "w") as f:
+        f.write(f'id = {job.id}\nuser = "root"\nuid = 0\nstate = "succeeded"\n')
+    [loaded] = list(s.load_jobs_safely(lambda name, e: None))
+    assert (loaded.uid, loaded.user, loaded.state) == (1000, "alice", "queued")
+    assert oct(os.stat(s.jobs_dir).st_mode & 0o777) == "0o700"
