@@ -13,7 +13,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DIR = "/var/tmp/gpusched-box"
+DEFAULT_DIR = os.environ.get("GPUSCHED_BOX_DIR", "/var/tmp/gpusched-box")   # one box per directory
 MASK = ["postgresql.service", "getty@tty1.service", "e2scrub_reap.service", "systemd-timesyncd.service",
         "console-getty.service", "apt-daily.service", "apt-daily-upgrade.service", "man-db.service"]
 PY = "/usr/bin/python3"
@@ -29,6 +29,7 @@ def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 class Box:
     def __init__(self, base: str = DEFAULT_DIR, src: str = ROOT, name: str = "gpusched-box"):
+        name = os.path.basename(base) if base != DEFAULT_DIR or "GPUSCHED_BOX_DIR" in os.environ else name
         self.base = base
         self.src = src
         self.name = name
