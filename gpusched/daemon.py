@@ -128,6 +128,8 @@ class Daemon:
                 self.spool.finish_rejected(job_id, name)
             else:
                 self.spool.finish_accepted(job_id, name)
+        for job in self.live.values():
+            self.store.refresh_copy(job)                # undo any edit by the job's owner
         self._probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             self._reconcile(job, recovering=True)
@@ -171,7 +173,12 @@ class Daemon:
             os.lstat(os.path.join(self.spool.root, name))
         except (FileNotFoundError, NotADirectoryError):
             return False
-        job_id = self.store.allocate_id()
+        try:
+            job_id = self.store.allocate_id()
+        except OSError as e:                            # next-id can't be written: the entry waits
+            log(f"can't accept {name} now: {e.strerror} in {self.store.root}; it stays in the spool, "
+                f"to be retried", 3, GPUSCHED_EVENT="defer")
+            return False
         taken = self.spool.take(name, job_id)
         if taken is not None:
             self._process(job_id, taken)
@@ -331,8 +338,7 @@ class Daemon:
         self._watch_monitor(pid, job.id)
         try:
             self.units.start_scope(unit, pid, plan.properties)
-            self._wait_in_unit(pid, unit)
-        except (SystemdError, TimeoutError) as e:
+        except SystemdError as e:
             os.close(w)                                  # EOF: the monitor exits without running anything
             if "already exists" in str(e):
                 lifecycle.never_started(job, f"waiting for the previous {unit} to go away")
@@ -349,18 +355,6 @@ class Daemon:
         where = "GPU " + ",".join(str(g.index) for g in gpus) if gpus else "no GPU"
         log(f"started job {job.id} {spec.name!r} of {job.user} in {unit} on {where} (attempt {job.attempt})",
             job=job, GPUSCHED_EVENT="start", GPUSCHED_UNIT=unit)
-
-    @staticmethod
-    def _wait_in_unit(pid: int, unit: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.0005
-        while time.monotonic() < deadline:
-            with open(f"/proc/{pid}/cgroup") as f:
-                if f"/{unit}" in f.read():
-                    return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
-        raise TimeoutError(f"monitor {pid} did not appear in {unit}")
 
     def _stop(self, job: Job, intent: str, reason: str) -> None:
         lifecycle.stopping(job, intent, reason, time.time())
@@ -392,7 +386,7 @@ class Daemon:
             self._reconcile(job)
 
     def _finish(self, job: Job, result: dict[str, Any] | None) -> None:
-        if result is not None and result.get("not_started") and job.state == State.STARTING:
+        if result is not None and result.get("not_started") and job.state in (State.STARTING, State.RUNNING):
             lifecycle.never_started(job, "requeued: the daemon stopped before the job began")
             self._save(job)
             log(f"job {job.id} never started; requeued", job=job, GPUSCHED_EVENT="requeue")

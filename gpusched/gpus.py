@@ -15,6 +15,8 @@ from gpusched.model import Gpu
 
 SLICE = "gpusched.slice"
 CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+# Only for simulated inventories (tests, demos): while this file exists, the probe fails as NVML can
+SIMULATED_FAULT = "/run/gpusched/simulate-gpu-failure"
 
 
 class GpuProbeError(Exception):
@@ -53,6 +55,8 @@ class SimulatedGpus:
         ]
 
     def probe(self) -> list[Gpu]:
+        if os.path.exists(SIMULATED_FAULT):
+            raise GpuProbeError(f"simulated GPU probe failure ({SIMULATED_FAULT} exists)")
         return list(self._gpus)
 
 

@@ -17,7 +17,8 @@ from gpusched.units import format_duration
 ALLOWED = {
     State.QUEUED: {State.STARTING, State.CANCELLED},
     State.STARTING: {State.RUNNING, State.QUEUED, State.STOPPING, State.FAILED, State.SUCCEEDED},
-    State.RUNNING: {State.STOPPING, State.SUCCEEDED, State.FAILED},
+    # running -> queued: re-adopted after a crash as running, its monitor then reported it never began
+    State.RUNNING: {State.STOPPING, State.SUCCEEDED, State.FAILED, State.QUEUED},
     State.STOPPING: {State.CANCELLED, State.QUEUED, State.SUCCEEDED, State.FAILED},
 }
 

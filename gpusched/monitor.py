@@ -1,8 +1,8 @@
 """The per-job monitor (the conmon pattern): one short-lived process per job, exec'd fresh by the daemon.
 
-It reads the job's launch spec (JSON) from stdin. The daemon writes it only after it has moved this process
-into the job's scope, so the job starts inside the scope; an empty stdin means the daemon gave up (or died),
-and nothing runs. The monitor then starts the job as its user in a new session, copies its output to journald
+It reads the job's launch spec (JSON) from stdin. The daemon writes it once it has asked systemd to put this
+process into the job's scope, and the monitor waits until it is there, so the job starts inside the scope;
+an empty stdin means the daemon gave up (or died), and nothing runs (the result file says "not_started"). The monitor then starts the job as its user in a new session, copies its output to journald
 and the job's log file, reaps it and writes the exit code or signal to the result file atomically. It stays
 root (to write the result) and ignores the stop signal, so it outlives a StopUnit long enough to record how
 the job ended; it lives outside gpusched.service, so the daemon can restart or die without touching the job.
@@ -23,9 +23,19 @@ from gpusched.atomicfile import atomic_write
 SETUP_FAILED = 127
 
 
-def _in_unit(unit: str) -> bool:
-    with open("/proc/self/cgroup") as f:
-        return f"/{unit}" in f.read()
+def _wait_in_unit(unit: str, timeout: float = 10.0) -> bool:
+    """Block until systemd has moved this process into the job's scope (StartTransientUnit returns before
+    the move is certain to be done). False if that doesn't happen in time."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while True:
+        with open("/proc/self/cgroup") as f:
+            if f"/{unit}" in f.read():
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
 
 
 def _child(spec: dict, out_fd: int, err_w: int) -> None:
@@ -227,9 +237,10 @@ def main(result_path: str | None = None) -> int:
             _write_result(result_path, {"not_started": True}, {"GPUSCHED_JOB_ID": "?"})
         return 0
     spec = json.loads(raw)
-    if not _in_unit(spec["unit"]):
-        journal.send(f"gpusched monitor for job {spec['id']} is not in {spec['unit']}; not starting it", 3,
+    if not _wait_in_unit(spec["unit"]):
+        journal.send(f"gpusched monitor for job {spec['id']} never got into {spec['unit']}; not starting it", 3,
                      GPUSCHED_JOB_ID=spec["id"])
+        _write_result(spec["result"], {"not_started": True}, {"GPUSCHED_JOB_ID": spec["id"]})
         return 1
     # Survive the stop signal long enough to record how the job ended; systemd sends SIGKILL after the grace.
     for s in {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,

@@ -88,8 +88,15 @@ class Store:
     def save_status(self, job: Job) -> None:
         data = tomli_w.dumps(job_to_dict(job)).encode()
         atomic_write(self.record_path(job.id), data, mode=0o600)
-        # the people's copy: derived, rewritten from the record at every change, so no fsync needed
-        atomic_write(self.status_path(job.id), data, mode=0o400, uid=job.uid, gid=0, durable=False)
+        self._save_copy(job.id, job.uid, data)
+
+    def refresh_copy(self, job: Job) -> None:
+        """Rewrite the people's copy from the record (its owner may have edited it)."""
+        self._save_copy(job.id, job.uid, tomli_w.dumps(job_to_dict(job)).encode())
+
+    def _save_copy(self, job_id: int, uid: int, data: bytes) -> None:
+        # derived from the record and rewritten at every change (and at recovery), so no fsync needed
+        atomic_write(self.status_path(job_id), data, mode=0o400, uid=uid, gid=0, durable=False)
 
     # reads
     def read_result(self, job_id: int, attempt: int) -> dict[str, Any] | None:

@@ -143,10 +143,15 @@ def test_queued_cannot_run_stop_or_end():
     assert job.state == State.QUEUED
 
 
-def test_running_cannot_go_back_to_queue_directly_or_be_cancelled_as_queued():
+def test_running_can_go_back_to_queue_only_as_never_started():
+    # a job re-adopted as running after a crash whose monitor then says it never began goes back to the queue
     job = running_job()
-    with pytest.raises(TransitionError):
-        lifecycle.never_started(job, "r")
+    lifecycle.never_started(job, "r")
+    assert (job.state, job.attempt, job.gpus) == (State.QUEUED, 0, ())
+
+
+def test_running_cannot_be_cancelled_as_queued_or_started_again():
+    job = running_job()
     with pytest.raises(TransitionError):
         lifecycle.cancel_queued(job, "r", T0)
     with pytest.raises(TransitionError):

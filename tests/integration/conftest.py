@@ -42,6 +42,7 @@ class Gs:
 
     def __init__(self, box: Box):
         self.box = box
+        self.state = STATE
 
     def sh(self, cmd: str, user: str | None = None, check: bool = True, timeout: float = 120):
         return self.box.run(cmd, user=user, check=check, timeout=timeout)
@@ -75,7 +76,7 @@ class Gs:
         return json.loads(self.sh("gpuschedctl list --json" + (" --all" if all else "")).stdout)
 
     def status(self, job_id: int) -> dict:
-        return tomllib.loads(self.sh(f"cat {STATE}/status/{job_id}.toml").stdout)
+        return tomllib.loads(self.sh(f"cat {self.state}/status/{job_id}.toml").stdout)
 
     def wait(self, job_id: int, states: set[str] | str, timeout: float = 30) -> dict:
         states = {states} if isinstance(states, str) else states
