@@ -178,7 +178,7 @@ def test_daemon_sigkill_loses_nothing_and_starts_nothing_twice(gs):
     assert not gs.active()
     gs.wait(running[0], {"running"}, timeout=1)          # the status file still says so: nobody updated it
     time.sleep(4)                                        # the short job ends while the daemon is down
-    gs.sh("systemctl start gpusched")
+    gs.sh("systemctl reset-failed gpusched; systemctl start gpusched")
     st = gs.wait(running[0], "failed", timeout=15)
     assert st["exit_code"] == 5 and st["attempt"] == 1
     st = gs.wait(running[1], "succeeded", timeout=30)
