@@ -8,10 +8,9 @@ and root; acting on a job needs its owner, root or the admin group.
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gpusched.listing import PRIVATE_FIELDS, to_json
 from gpusched.model import job_to_dict
 
 if TYPE_CHECKING:
@@ -19,11 +18,7 @@ if TYPE_CHECKING:
 
 BUS_NAME = "org.gpusched1"
 OBJECT_PATH = "/org/gpusched1"
-PRIVATE_FIELDS = ("log", "source", "history", "stop_intent", "stop_requested")
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=lambda o: o.isoformat() if isinstance(o, datetime) else str(o))
+_json = to_json
 
 
 class Api:
@@ -31,6 +26,7 @@ class Api:
     <node>
       <interface name="org.gpusched1.Manager">
         <method name="List"><arg type="b" name="all" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="ListTable"><arg type="b" name="all" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Show"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Cancel"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Gpus"><arg type="s" direction="out"/></method>
@@ -69,10 +65,19 @@ class Api:
         except (LookupError, PermissionError, ValueError) as e:
             return _json({"error": str(e.args[0] if e.args else e)})
 
-    def List(self, all: bool, dbus_context: Any = None) -> str:
-        caller = self._caller(dbus_context)
+    def _jobs(self, all: bool) -> list[Any]:
         jobs = self._d.jobs if all else self._d.live
-        return self._call(lambda: [self._view(i, caller) for i in sorted(jobs)])
+        return [jobs[i] for i in sorted(jobs)]
+
+    def List(self, all: bool, dbus_context: Any = None) -> str:
+        """{"ok": [job, ...]}: queued and running jobs (all: finished ones too), each as its status file."""
+        caller = self._caller(dbus_context)
+        sees_all = caller == 0 or self._d.is_admin(caller)
+        return '{"ok": ' + self._d.listing.json(self._jobs(all), sees_all, caller) + "}"
+
+    def ListTable(self, all: bool, dbus_context: Any = None) -> str:
+        """The same as a table, rendered here: one row per job, cached between changes."""
+        return _json({"ok": self._d.listing.table(self._jobs(all))})
 
     def Show(self, id: int, dbus_context: Any = None) -> str:
         caller = self._caller(dbus_context)

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime
 from typing import Any, NoReturn
 
 from gpusched import config as configmod
@@ -37,12 +36,18 @@ class Client:
         except Exception as e:  # noqa: BLE001 - no bus, no daemon, no permission: one clear line
             raise CtlError(f"can't reach gpusched on the system bus ({_short(e)}); is gpusched.service running?")
 
-    def call(self, method: str, *args: Any) -> Any:
+    def raw(self, method: str, *args: Any) -> str:
         try:
             raw = getattr(self._api, method)(*args)
         except self._glib_error as e:
             raise CtlError(f"gpusched did not answer {method}: {_short(e)}") from None
-        reply = json.loads(raw)
+        if not raw.startswith('{"ok": '):
+            reply = json.loads(raw)
+            raise CtlError(reply.get("error", f"unexpected answer to {method}"))
+        return raw
+
+    def call(self, method: str, *args: Any) -> Any:
+        reply = json.loads(self.raw(method, *args))
         if "error" in reply:
             raise CtlError(reply["error"])
         return reply["ok"]
@@ -109,41 +114,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(value: str | None) -> str:
-    if not value:
-        return "-"
-    t = datetime.fromisoformat(value).astimezone()
-    return t.strftime("%H:%M:%S") if t.date() == datetime.now().date() else t.strftime("%Y-%m-%d %H:%M")
-
-
-def _gpus(job: dict[str, Any]) -> str:
-    if job.get("gpus"):
-        return ",".join(str(g["index"]) for g in job["gpus"])
-    n = job.get("gpus_requested", 0)
-    return f"({n})" if n else "-"
-
-
-def _outcome(job: dict[str, Any]) -> str:
-    if "exit_code" in job:
-        text = f"exit {job['exit_code']}"
-    elif "signal" in job:
-        text = job["signal"]
-    else:
-        text = ""
-    reason = job.get("reason", "").replace("\n", " ")
-    return "; ".join(x for x in (text, reason) if x)
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    jobs = Client().call("List", args.all)
+    client = Client()
     if args.json:
-        print(json.dumps(jobs, indent=2))
+        # printed as the daemon sent it: re-encoding 100,000 jobs here would cost more than the listing
+        raw = client.raw("List", args.all)
+        sys.stdout.write(raw[len('{"ok": '):-1] + "\n")
         return 0
-    rows = [("ID", "STATE", "USER", "NAME", "GPUS", "PRIO", "SUBMITTED", "INFO")]
-    for j in jobs:
-        rows.append((str(j["id"]), j["state"], j["user"], j["name"][:24], _gpus(j), str(j.get("priority", "-")),
-                     _when(j.get("submitted")), _outcome(j)[:60]))
-    _table(rows)
+    sys.stdout.write(client.call("ListTable", args.all) + "\n")
     return 0
 
 

@@ -24,6 +24,7 @@ from gpusched import config as configmod
 from gpusched import journal, launch, lifecycle, policy
 from gpusched.gpus import GpuProbeError, Probe, device_nodes, make_probe
 from gpusched.jobfile import JobFileError, parse as parse_jobfile
+from gpusched.listing import Listing
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
 from gpusched.spawner import Spawner
 from gpusched.spool import Spool, SpoolWatcher, Taken, ignored
@@ -58,6 +59,7 @@ class Daemon:
                  spawner: Spawner | None = None):
         self.cfg = cfg
         self.spawner = spawner or Spawner()
+        self.listing = Listing()
         self.store = store
         self.spool = spool
         self.units = units
@@ -69,11 +71,14 @@ class Daemon:
         self.monitors: dict[int, int] = {}             # monitor pid -> job id (our own children)
         self.submissions: OrderedDict[tuple[int, str, int], int] = OrderedDict()   # (uid, name, ino) -> id
         self._pass_pending = False
+        self._last_pass_end = 0.0
         self._last_probe = 0.0
         self._last_rescan = time.monotonic()
         self._last_status = ""
         self._retry = False                            # a start must be tried again on the next tick
         self.dirty: set[int] = set()                   # jobs whose status write failed
+        self._pending: set[str] = set()                # spool names announced, not yet ingested
+        self._rescan_backlog: list[str] = []
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0}
 
     # --- bookkeeping -----------------------------------------------------------------------------------
@@ -82,6 +87,7 @@ class Daemon:
         """Record the job in memory and on disk. False if the disk write failed (full, read-only): the job
         is then retried every tick until it lands."""
         self.jobs[job.id] = job
+        self.listing.invalidate(job.id)
         if job.state in FINAL:
             self.live.pop(job.id, None)
         else:
@@ -103,11 +109,21 @@ class Daemon:
             log(f"status of job {job_id} written after an earlier failure", job=self.jobs[job_id])
 
     def request_pass(self) -> None:
-        # at idle priority: runs once the pending events (a burst of files, many jobs ending) are handled,
-        # so a burst costs one pass, and a lone event costs no delay
-        if not self._pass_pending:
-            self._pass_pending = True
+        # At idle priority: runs once the pending events (a burst of files, many jobs ending) are handled, so
+        # a burst costs one pass and a lone event no delay. Passes over a huge queue are spaced out so that
+        # they take at most a fifth of the daemon's time (a 100 ms pass waits 400 ms after the last one).
+        if self._pass_pending:
+            return
+        self._pass_pending = True
+        wait = self._last_pass_end + 4 * self.stats["last_pass_seconds"] - time.monotonic()
+        if wait > 0.001:
+            GLib.timeout_add(int(wait * 1000) + 1, self._idle_pass)
+        else:
             GLib.idle_add(self._scheduling_pass, priority=GLib.PRIORITY_DEFAULT_IDLE)
+
+    def _idle_pass(self) -> bool:
+        GLib.idle_add(self._scheduling_pass, priority=GLib.PRIORITY_DEFAULT_IDLE)
+        return False
 
     # --- recovery --------------------------------------------------------------------------------------
 
@@ -133,8 +149,10 @@ class Daemon:
         self._probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             self._reconcile(job, recovering=True)
-        for name in self.spool.entries():
-            self.ingest(name)
+        # what waits in the spool is taken after READY=1, in batches, in the order of its names
+        self._rescan_backlog = list(reversed(self.spool.entries()))
+        if self._rescan_backlog:
+            GLib.idle_add(guarded(self._ingest_backlog), priority=GLib.PRIORITY_DEFAULT)
         n_active = sum(1 for j in self.live.values() if j.state in ACTIVE)
         log(f"recovered {len(self.jobs)} job(s): {n_active} active, {len(self.live) - n_active} queued")
 
@@ -164,7 +182,12 @@ class Daemon:
 
     def on_spool_entry(self, name: str) -> None:
         """From the watcher thread."""
-        GLib.idle_add(guarded(self.ingest), name, priority=GLib.PRIORITY_DEFAULT)
+        self._pending.add(name)
+        GLib.idle_add(guarded(self._ingest_pending), name, priority=GLib.PRIORITY_DEFAULT)
+
+    def _ingest_pending(self, name: str) -> bool:
+        self._pending.discard(name)
+        return self.ingest(name)
 
     def ingest(self, name: str) -> bool:
         if ignored(name):
@@ -241,14 +264,31 @@ class Daemon:
         self.request_pass()
 
     def _rescan(self) -> None:
+        """Offer entries no event announced (an inotify overflow, a file put back): in batches, so a huge
+        backlog never blocks the main loop (or the watchdog)."""
+        if self._rescan_backlog:
+            return                                    # the last rescan is still being worked through
         now = time.time()
         for name in self.spool.entries():
+            if name in self._pending:
+                continue
             try:
                 st = os.lstat(os.path.join(self.spool.root, name))
             except FileNotFoundError:
                 continue
             if now - st.st_mtime > 2:                 # a missed event, not a file still being written
+                self._rescan_backlog.append(name)
+        if self._rescan_backlog:
+            GLib.idle_add(guarded(self._ingest_backlog), priority=GLib.PRIORITY_DEFAULT)
+
+    def _ingest_backlog(self) -> bool:
+        for _ in range(100):
+            if not self._rescan_backlog:
+                return False
+            name = self._rescan_backlog.pop()
+            if name not in self._pending:
                 self.ingest(name)
+        return True
 
     # --- scheduling ------------------------------------------------------------------------------------
 
@@ -277,6 +317,7 @@ class Daemon:
             log(f"internal error in scheduling pass: {traceback.format_exc()}", 3)
         self.stats["last_pass_seconds"] = time.perf_counter() - t0
         self.stats["passes"] += 1
+        self._last_pass_end = time.monotonic()
         self._update_status()
         return False
 
@@ -293,8 +334,11 @@ class Daemon:
                                              spec.preemptible, job.state == State.STOPPING))
         if not queued:
             return
+        t0 = time.perf_counter()
         d = policy.schedule(queued, holders, self.gpus, max_running=self.cfg.max_running,
                             preempt_margin=self.cfg.preempt_margin)
+        self.stats["last_policy_seconds"] = time.perf_counter() - t0
+        self.stats["last_pass_queued"] = len(queued)
         for victim, for_job in d.preempts:
             self._stop(self.jobs[victim], "preempt",
                        f"preempted by job {for_job} (priority {self.jobs[for_job].spec.priority})")  # type: ignore
@@ -304,7 +348,12 @@ class Daemon:
         for job_id, reason in d.waiting.items():
             job = self.jobs[job_id]
             if lifecycle.waiting(job, reason):
-                self._save(job)
+                # informational, recomputed every pass: the people's copy only, no fsync'd record
+                self.listing.invalidate(job.id)
+                try:
+                    self.store.refresh_copy(job)
+                except OSError:
+                    pass
 
     # --- starting and stopping -------------------------------------------------------------------------
 
@@ -444,7 +493,10 @@ class Daemon:
     # --- what the bus API asks ------------------------------------------------------------------------
 
     def may_act(self, caller: int, job: Job) -> bool:
-        if caller in (0, job.uid):
+        return caller in (0, job.uid) or self.is_admin(caller)
+
+    def is_admin(self, caller: int) -> bool:
+        if caller == 0:
             return True
         if not self.cfg.admin_group:
             return False
