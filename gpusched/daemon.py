@@ -13,9 +13,10 @@ import os
 import pwd
 import signal
 import sys
+import threading
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 from gi.repository import GLib
@@ -32,6 +33,7 @@ from gpusched.store import Store
 from gpusched.systemd import SystemdError, Units
 
 RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
+INGEST_BATCH = 64          # spool entries taken per main-loop turn
 
 
 def log(message: str, priority: int = 6, job: Job | None = None, **fields: Any) -> None:
@@ -78,6 +80,11 @@ class Daemon:
         self._retry = False                            # a start must be tried again on the next tick
         self.dirty: set[int] = set()                   # jobs whose status write failed
         self._pending: set[str] = set()                # spool names announced, not yet ingested
+        self._copies_due: set[int] = set()             # status copies to rewrite (a new waiting reason)
+        self._copies_flushing = False
+        self._incoming: deque[str] = deque()
+        self._incoming_lock = threading.Lock()
+        self._draining = False
         self._rescan_backlog: list[str] = []
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0}
 
@@ -181,13 +188,26 @@ class Daemon:
     # --- spool -----------------------------------------------------------------------------------------
 
     def on_spool_entry(self, name: str) -> None:
-        """From the watcher thread."""
-        self._pending.add(name)
-        GLib.idle_add(guarded(self._ingest_pending), name, priority=GLib.PRIORITY_DEFAULT)
+        """From the watcher thread: queue the name; one main-loop source drains the queue in batches, so a
+        flood of files interleaves with timers (the watchdog), bus calls and job ends."""
+        with self._incoming_lock:
+            self._pending.add(name)
+            self._incoming.append(name)
+            if self._draining:
+                return
+            self._draining = True
+        GLib.idle_add(self._drain_incoming, priority=GLib.PRIORITY_DEFAULT)
 
-    def _ingest_pending(self, name: str) -> bool:
-        self._pending.discard(name)
-        return self.ingest(name)
+    def _drain_incoming(self) -> bool:
+        for _ in range(INGEST_BATCH):
+            with self._incoming_lock:
+                if not self._incoming:
+                    self._draining = False
+                    return False
+                name = self._incoming.popleft()
+                self._pending.discard(name)
+            guarded(self.ingest)(name)
+        return True
 
     def ingest(self, name: str) -> bool:
         if ignored(name):
@@ -282,7 +302,7 @@ class Daemon:
             GLib.idle_add(guarded(self._ingest_backlog), priority=GLib.PRIORITY_DEFAULT)
 
     def _ingest_backlog(self) -> bool:
-        for _ in range(100):
+        for _ in range(INGEST_BATCH):
             if not self._rescan_backlog:
                 return False
             name = self._rescan_backlog.pop()
@@ -348,12 +368,26 @@ class Daemon:
         for job_id, reason in d.waiting.items():
             job = self.jobs[job_id]
             if lifecycle.waiting(job, reason):
-                # informational, recomputed every pass: the people's copy only, no fsync'd record
+                # informational, recomputed every pass: only the people's copy shows it, written soon, in
+                # batches (a first pass over 100,000 new jobs must not stall the loop), never fsync'd
                 self.listing.invalidate(job.id)
+                self._copies_due.add(job.id)
+        if self._copies_due and not self._copies_flushing:
+            self._copies_flushing = True
+            GLib.idle_add(self._flush_copies, priority=GLib.PRIORITY_DEFAULT_IDLE)
+
+    def _flush_copies(self) -> bool:
+        for _ in range(256):
+            if not self._copies_due:
+                self._copies_flushing = False
+                return False
+            job = self.jobs.get(self._copies_due.pop())
+            if job is not None:
                 try:
                     self.store.refresh_copy(job)
                 except OSError:
                     pass
+        return True
 
     # --- starting and stopping -------------------------------------------------------------------------
 
@@ -588,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     GLib.timeout_add(1000, daemon.tick)
     interval = journal.watchdog_interval()
     if interval:
-        GLib.timeout_add(int(interval * 1000), lambda: journal.notify("WATCHDOG=1") or True)
+        GLib.timeout_add(int(interval * 1000), lambda: journal.notify("WATCHDOG=1") or True,
+                         priority=GLib.PRIORITY_HIGH)
 
     def quit_loop() -> bool:
         journal.notify("STOPPING=1")

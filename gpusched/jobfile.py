@@ -32,14 +32,14 @@ MAX_SECONDS = 100 * 365 * 86400.0      # durations beyond a century are mistakes
 MAX_U63 = (1 << 63) - 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Limits:
     memory: int | None = None      # bytes, MemoryMax
     cpus: float | None = None      # CPUs, CPUQuota
     tasks: int | None = None       # TasksMax
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobSpec:
     command: str | tuple[str, ...]
     name: str
@@ -67,7 +67,7 @@ class JobSpec:
         return {k: v for k, v in d.items() if v not in (None, {}, [])}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     key: str | None
     line: int | None

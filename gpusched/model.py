@@ -25,7 +25,7 @@ ACTIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTED})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gpu:
     index: int
     uuid: str
@@ -37,13 +37,13 @@ class Gpu:
     simulated: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GpuRef:
     index: int
     uuid: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     """A job's record: what the status file holds. Mutable runtime state, changed only by lifecycle.py."""
     id: int
