@@ -159,14 +159,14 @@ class Daemon:
         # what waits in the spool is taken after READY=1, in batches, in the order of its names
         self._rescan_backlog = list(reversed(self.spool.entries()))
         if self._rescan_backlog:
-            GLib.idle_add(guarded(self._ingest_backlog), priority=GLib.PRIORITY_DEFAULT)
+            GLib.idle_add(self._ingest_backlog, priority=GLib.PRIORITY_DEFAULT)
         n_active = sum(1 for j in self.live.values() if j.state in ACTIVE)
         log(f"recovered {len(self.jobs)} job(s): {n_active} active, {len(self.live) - n_active} queued")
 
     def _reconcile(self, job: Job, recovering: bool = False) -> None:
         """Bring an active job's record in line with reality: its scope and its monitor's result."""
         alive = self.units.alive(job.unit)
-        result = self.store.read_result(job.id, job.attempt)
+        result = self.store.read_result(job.id, job.attempt, job.start_token)
         if result is not None:
             self._finish(job, result)
         elif alive:
@@ -299,7 +299,7 @@ class Daemon:
             if now - st.st_mtime > 2:                 # a missed event, not a file still being written
                 self._rescan_backlog.append(name)
         if self._rescan_backlog:
-            GLib.idle_add(guarded(self._ingest_backlog), priority=GLib.PRIORITY_DEFAULT)
+            GLib.idle_add(self._ingest_backlog, priority=GLib.PRIORITY_DEFAULT)
 
     def _ingest_backlog(self) -> bool:
         for _ in range(INGEST_BATCH):
@@ -307,7 +307,7 @@ class Daemon:
                 return False
             name = self._rescan_backlog.pop()
             if name not in self._pending:
-                self.ingest(name)
+                guarded(self.ingest)(name)             # one bad entry must not stop the backlog
         return True
 
     # --- scheduling ------------------------------------------------------------------------------------
@@ -402,16 +402,12 @@ class Daemon:
             return
         account = launch.Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
         unit = launch.unit_name(job.id)
-        lifecycle.starting(job, gpus, unit, self.store.log_path(job.id), time.time())
+        lifecycle.starting(job, gpus, unit, self.store.log_path(job.id), time.time(), os.urandom(4).hex())
         if not self._save(job):                          # on disk before the scope exists, or no start
             lifecycle.never_started(job, "waiting: the state directory can't be written")
             self._retry = True
             return
-        result_path = self.store.result_path(job.id, job.attempt)
-        try:
-            os.unlink(result_path)                       # a leftover of an attempt that never started
-        except FileNotFoundError:
-            pass
+        result_path = self.store.result_path(job.id, job.attempt, job.start_token)
         plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log, result_path)
         r, w = os.pipe()
         try:
@@ -423,8 +419,11 @@ class Daemon:
             self.units.start_scope(unit, pid, plan.properties)
         except SystemdError as e:
             os.close(w)                                  # EOF: the monitor exits without running anything
-            if "already exists" in str(e):
+            if "UnitExists" in str(e) or "already exists" in str(e) or "already loaded" in str(e):
+                # a scope left by a start that was given up on (this job is queued, so nothing of it can be
+                # running there): stop it and try again on the next tick
                 lifecycle.never_started(job, f"waiting for the previous {unit} to go away")
+                self.units.stop(unit)
                 self._retry = True
             else:
                 lifecycle.start_failed(job, f"could not create {unit}: {e}", time.time())
@@ -462,7 +461,7 @@ class Daemon:
         job = self.live.get(job_id) if job_id is not None else None
         if job is None or job.state not in ACTIVE:
             return
-        result = self.store.read_result(job.id, job.attempt)
+        result = self.store.read_result(job.id, job.attempt, job.start_token)
         if result is not None:
             self._finish(job, result)
         else:

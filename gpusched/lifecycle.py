@@ -51,8 +51,9 @@ def waiting(job: Job, reason: str) -> bool:
     return True
 
 
-def starting(job: Job, gpus: Sequence[Gpu], unit: str, log: str, now: float) -> None:
+def starting(job: Job, gpus: Sequence[Gpu], unit: str, log: str, now: float, token: str = "") -> None:
     _move(job, State.STARTING)
+    job.start_token = token
     job.attempt += 1
     job.gpus = tuple(GpuRef(g.index, g.uuid) for g in gpus)
     job.unit, job.log, job.started, job.reason = unit, log, now, ""

@@ -66,6 +66,7 @@ class Job:
     preemptions: int = 0
     stop_intent: str | None = None        # "cancel" or "preempt" while STOPPING
     stop_requested: float | None = None
+    start_token: str = ""                 # names this start's result file
     history: list[dict] = field(default_factory=list)   # earlier attempts' outcomes
 
     @property
@@ -97,7 +98,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "ended": _dt(job.ended), "exit_code": job.exit_code, "signal": job.signal,
         "gpus": [{"index": g.index, "uuid": g.uuid} for g in job.gpus], "unit": job.unit, "log": job.log,
         "attempt": job.attempt, "preemptions": job.preemptions, "stop_intent": job.stop_intent,
-        "stop_requested": _dt(job.stop_requested), "gid": job.gid,
+        "stop_requested": _dt(job.stop_requested), "gid": job.gid, "start_token": job.start_token or None,
         "history": [{k: _dt(v) if k in ("started", "ended") else v for k, v in h.items()} for h in job.history],
     }
     if job.spec:
@@ -116,7 +117,7 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
         signal=d.get("signal"), gpus=tuple(GpuRef(g["index"], g["uuid"]) for g in d.get("gpus", [])),
         unit=d.get("unit", ""), log=d.get("log", ""), attempt=d.get("attempt", 0),
         preemptions=d.get("preemptions", 0), stop_intent=d.get("stop_intent"),
-        stop_requested=_epoch(d.get("stop_requested")),
+        stop_requested=_epoch(d.get("stop_requested")), start_token=d.get("start_token", ""),
         history=[{k: _epoch(v) if k in ("started", "ended") else v for k, v in h.items()}
                  for h in d.get("history", [])],
     )

@@ -8,7 +8,7 @@ any instant. Layout under state_dir (default /var/lib/gpusched):
     jobs/<id>.status.toml the job's record, the daemon's truth              } the daemon trusts
     status/<id>.toml      a copy of the record for people: owned by the job's user, mode 0400. Its owner
                           could chmod and edit it, so the daemon never reads it back.
-    results/<id>.<n>.json written by the job's monitor when attempt n ends: exit code or signal
+    results/<id>.<n>.<token>.json  written by the job's monitor when attempt n ends: exit code or signal
     logs/<id>.log         the job's output, readable by its owner and root
 """
 
@@ -72,8 +72,10 @@ class Store:
     def source_path(self, job_id: int) -> str:
         return os.path.join(self.jobs_dir, f"{job_id}.toml")
 
-    def result_path(self, job_id: int, attempt: int) -> str:
-        return os.path.join(self.results_dir, f"{job_id}.{attempt}.json")
+    def result_path(self, job_id: int, attempt: int, token: str = "") -> str:
+        # the token is fresh for every start, so a monitor of a start that was given up on (the daemon died
+        # mid-start) can't write into the result of the next start of the same attempt
+        return os.path.join(self.results_dir, f"{job_id}.{attempt}{'.' + token if token else ''}.json")
 
     def log_path(self, job_id: int) -> str:
         return os.path.join(self.logs_dir, f"{job_id}.log")
@@ -99,9 +101,9 @@ class Store:
         atomic_write(self.status_path(job_id), data, mode=0o400, uid=uid, gid=0, durable=False)
 
     # reads
-    def read_result(self, job_id: int, attempt: int) -> dict[str, Any] | None:
+    def read_result(self, job_id: int, attempt: int, token: str = "") -> dict[str, Any] | None:
         try:
-            with open(self.result_path(job_id, attempt), "rb") as f:
+            with open(self.result_path(job_id, attempt, token), "rb") as f:
                 return json.loads(f.read())
         except FileNotFoundError:
             return None

@@ -51,4 +51,22 @@ class Systemd:
             units = self._manager.ListUnitsByNames([unit])
         except GLib.Error as e:
             raise SystemdError(f"ListUnitsByNames {unit}: {_short(e)}") from None
-        return any(u[0] == unit and u[3] in ("active", "activating", "deactivating", "reloading") for u in units)
+        active = any(u[0] == unit and u[3] in ("active", "activating", "deactivating", "reloading") for u in units)
+        if active and scope_pids(unit) == set():
+            # An active scope with no process left: systemd missed the empty-cgroup event (seen with
+            # cgroup v1 in containers, when the only process died as it was being moved in). Nothing runs
+            # there; stop it so the name is free again.
+            self.stop(unit)
+            return False
+        return active
+
+
+def scope_pids(unit: str, slice_: str = "gpusched.slice") -> set[int] | None:
+    """The pids in a scope's cgroup, or None if its cgroup can't be found here."""
+    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"):
+        try:
+            with open(f"{root}/{slice_}/{unit}/cgroup.procs") as f:
+                return {int(p) for p in f.read().split()}
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return None

@@ -53,7 +53,18 @@ def _wait_all_done(gs, expected_files: int, timeout: float = 300) -> list[dict]:
             if len({j.get("source") for j in jobs}) >= expected_files:
                 return jobs
         time.sleep(0.5)
-    raise AssertionError(f"not all done after {timeout}s")
+    stuck = [(j["id"], j["state"], j.get("reason")) for j in jobs
+             if j["state"] not in ("succeeded", "failed", "rejected", "cancelled")]
+    spool = gs.sh(f"ls -la {SPOOL} {SPOOL}/.work | head -20", check=False).stdout
+    for job_id, _, _ in stuck[:3]:
+        unit = f"gpusched-job-{job_id}.scope"
+        spool += gs.sh(f"systemctl status {unit} --no-pager; for p in $(systemctl show -p ControlGroup --value "
+                       f"{unit} | xargs -I{{}} cat /sys/fs/cgroup/systemd{{}}/cgroup.procs); do "
+                       f"ps -o pid,ppid,stat,wchan:32,cmd -p $p; ls -l /proc/$p/fd; done; "
+                       f"cat /var/lib/gpusched/jobs/{job_id}.status.toml; ls -l /var/lib/gpusched/results/{job_id}.*;"
+                       f"journalctl --no-pager -o short-monotonic GPUSCHED_JOB_ID={job_id}",
+                       check=False).stdout
+    raise AssertionError(f"not all done after {timeout}s: {len(stuck)} unfinished, e.g. {stuck[:5]}; spool:\n{spool}")
 
 
 def test_crash_storm_loses_nothing_and_runs_nothing_twice(gs):
