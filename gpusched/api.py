@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gpusched.daemon import Daemon
 
 BUS_NAME = "org.gpusched1"
+PAGE = 5000              # jobs per listing message: well under the bus's message size limit
 OBJECT_PATH = "/org/gpusched1"
 _json = to_json
 
@@ -26,7 +27,10 @@ class Api:
     <node>
       <interface name="org.gpusched1.Manager">
         <method name="List"><arg type="b" name="all" direction="in"/><arg type="s" direction="out"/></method>
-        <method name="ListTable"><arg type="b" name="all" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="ListPage">
+          <arg type="b" name="all" direction="in"/><arg type="t" name="after" direction="in"/>
+          <arg type="b" name="table" direction="in"/><arg type="s" direction="out"/>
+        </method>
         <method name="Show"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Cancel"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Gpus"><arg type="s" direction="out"/></method>
@@ -65,19 +69,28 @@ class Api:
         except (LookupError, PermissionError, ValueError) as e:
             return _json({"error": str(e.args[0] if e.args else e)})
 
-    def _jobs(self, all: bool) -> list[Any]:
+    def _jobs(self, all: bool, after: int = 0, limit: int | None = None) -> list[Any]:
         jobs = self._d.jobs if all else self._d.live
-        return [jobs[i] for i in sorted(jobs)]
+        ids = sorted(i for i in jobs if i > after) if after else sorted(jobs)
+        return [jobs[i] for i in (ids if limit is None else ids[:limit])]
 
     def List(self, all: bool, dbus_context: Any = None) -> str:
-        """{"ok": [job, ...]}: queued and running jobs (all: finished ones too), each as its status file."""
-        caller = self._caller(dbus_context)
-        sees_all = caller == 0 or self._d.is_admin(caller)
-        return '{"ok": ' + self._d.listing.json(self._jobs(all), sees_all, caller) + "}"
+        """{"ok": [job, ...]}: queued and running jobs (all: finished ones too), each as its status file.
+        At most PAGE jobs: a bus message has a size limit; ListPage gets the rest."""
+        return self.ListPage(all, 0, False, dbus_context=dbus_context)
 
-    def ListTable(self, all: bool, dbus_context: Any = None) -> str:
-        """The same as a table, rendered here: one row per job, cached between changes."""
-        return _json({"ok": self._d.listing.table(self._jobs(all))})
+    def ListPage(self, all: bool, after: int, table: bool, dbus_context: Any = None) -> str:
+        """Up to PAGE jobs with ids above `after`, as a JSON array or as table rows (rendered here, cached
+        per job between changes). {"ok": ..., "last": id of the last job given, 0 when no more}."""
+        caller = self._caller(dbus_context)
+        page = self._jobs(all, after, PAGE + 1)
+        more = len(page) > PAGE
+        page = page[:PAGE]
+        last = page[-1].id if more else 0
+        if table:
+            return _json({"ok": self._d.listing.table(page, header=not after), "last": last})
+        sees_all = caller == 0 or self._d.is_admin(caller)
+        return '{"last": %d, "ok": %s}' % (last, self._d.listing.json(page, sees_all, caller))
 
     def Show(self, id: int, dbus_context: Any = None) -> str:
         caller = self._caller(dbus_context)

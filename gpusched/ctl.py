@@ -41,7 +41,7 @@ class Client:
             raw = getattr(self._api, method)(*args)
         except self._glib_error as e:
             raise CtlError(f"gpusched did not answer {method}: {_short(e)}") from None
-        if not raw.startswith('{"ok": '):
+        if not raw.startswith(('{"ok": ', '{"last": ')):
             reply = json.loads(raw)
             raise CtlError(reply.get("error", f"unexpected answer to {method}"))
         return raw
@@ -116,12 +116,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     client = Client()
+    out = sys.stdout
+    after, first = 0, True
+    while True:                                        # page by page: a bus message has a size limit
+        raw = client.raw("ListPage", args.all, after, not args.json)
+        if args.json:
+            # printed as the daemon sent it: re-encoding 100,000 jobs here would cost more than the listing
+            head, _, body = raw.partition(', "ok": [')
+            last = int(head[len('{"last": '):])
+            body = body[:-2]                           # drop "]}"
+            out.write(("[" if first else (",\n" if body else "")) + body)
+        else:
+            reply = json.loads(raw)
+            last = reply["last"]
+            if reply["ok"]:
+                out.write(reply["ok"] + "\n")
+        first = False
+        if not last:
+            break
+        after = last
     if args.json:
-        # printed as the daemon sent it: re-encoding 100,000 jobs here would cost more than the listing
-        raw = client.raw("List", args.all)
-        sys.stdout.write(raw[len('{"ok": '):-1] + "\n")
-        return 0
-    sys.stdout.write(client.call("ListTable", args.all) + "\n")
+        out.write("]\n")
     return 0
 
 

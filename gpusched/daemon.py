@@ -86,7 +86,8 @@ class Daemon:
         self._incoming_lock = threading.Lock()
         self._draining = False
         self._rescan_backlog: list[str] = []
-        self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0}
+        # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
+        self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
     # --- bookkeeping -----------------------------------------------------------------------------------
 
@@ -122,7 +123,7 @@ class Daemon:
         if self._pass_pending:
             return
         self._pass_pending = True
-        wait = self._last_pass_end + 4 * self.stats["last_pass_seconds"] - time.monotonic()
+        wait = self._last_pass_end + 4 * self.stats["last_policy_seconds"] - time.monotonic()
         if wait > 0.001:
             GLib.timeout_add(int(wait * 1000) + 1, self._idle_pass)
         else:
@@ -342,6 +343,7 @@ class Daemon:
         return False
 
     def _schedule(self) -> None:
+        t0 = time.perf_counter()
         queued, holders = [], []
         for job in self.live.values():
             spec = job.spec
@@ -354,7 +356,6 @@ class Daemon:
                                              spec.preemptible, job.state == State.STOPPING))
         if not queued:
             return
-        t0 = time.perf_counter()
         d = policy.schedule(queued, holders, self.gpus, max_running=self.cfg.max_running,
                             preempt_margin=self.cfg.preempt_margin)
         self.stats["last_policy_seconds"] = time.perf_counter() - t0

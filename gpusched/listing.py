@@ -69,5 +69,5 @@ class Listing:
     def json(self, jobs: list[Job], sees_all: bool, caller: int) -> str:
         return "[" + ",".join(self.entry(j)[0 if sees_all or j.uid == caller else 1] for j in jobs) + "]"
 
-    def table(self, jobs: list[Job]) -> str:
-        return "\n".join([HEADER] + [self.entry(j)[2] for j in jobs])
+    def table(self, jobs: list[Job], header: bool = True) -> str:
+        return "\n".join(([HEADER] if header else []) + [self.entry(j)[2] for j in jobs])
