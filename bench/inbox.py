@@ -27,7 +27,13 @@ def api():
 
 
 def stats() -> dict:
-    return json.loads(api().Stats())["ok"]
+    try:
+        return json.loads(api().Stats())["ok"]
+    except Exception:
+        # the daemon did not answer: show why before failing
+        print(sh("journalctl -u gpusched --no-pager -n 30 -o short-monotonic | grep -v 'accepted job'"),
+              file=sys.stderr)
+        raise
 
 
 def fresh(config: str = "") -> None:

@@ -449,7 +449,11 @@ class Daemon:
     def _watch_monitor(self, pid: int, job_id: int) -> None:
         """Call _monitor_exited when it exits: a pidfd works for the zygote's children as for our own."""
         self.monitors[pid] = job_id
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:                      # already gone (and reaped by the zygote)
+            GLib.idle_add(lambda: guarded(self._monitor_exited)(pid) and False)
+            return
 
         def exited(fd: int, _cond: Any) -> bool:
             os.close(fd)
