@@ -11,6 +11,7 @@ from gpusched.model import Job, job_to_dict
 
 PRIVATE_FIELDS = ("log", "source", "history", "stop_intent", "stop_requested")
 COLUMNS = (("ID", 7), ("STATE", 10), ("USER", 12), ("NAME", 24), ("GPUS", 8), ("PRIO", 5), ("SUBMITTED", 16))
+TIME_FORMAT = "%m-%d %H:%M:%S"                  # fits SUBMITTED's width
 HEADER = "".join(f"{name:<{width}}" for name, width in COLUMNS) + "INFO"
 
 
@@ -42,7 +43,7 @@ def _info(job: Job) -> str:
 
 
 def row(job: Job) -> str:
-    submitted = datetime.fromtimestamp(job.submitted).strftime("%Y-%m-%d %H:%M")
+    submitted = datetime.fromtimestamp(job.submitted).strftime(TIME_FORMAT)
     cells = (str(job.id), str(job.state), job.user, job.name, _gpus(job),
              str(job.spec.priority) if job.spec else "-", submitted)
     out = ""

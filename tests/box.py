@@ -27,6 +27,11 @@ def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True)
 
 
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
 class Box:
     def __init__(self, base: str = DEFAULT_DIR, src: str = ROOT, name: str = "gpusched-box"):
         name = os.path.basename(base) if base != DEFAULT_DIR or "GPUSCHED_BOX_DIR" in os.environ else name
@@ -112,7 +117,8 @@ class Box:
             os.unlink(self.pidfile)
         for d in ("root", "rw", "lower"):
             path = os.path.join(self.base, d)
-            if os.path.ismount(path):
+            # not os.path.ismount: a bind mount of / onto a directory of the same filesystem fools it
+            while _mounted(path):
                 if _sh("umount", path, check=False).returncode != 0:
                     _sh("umount", "-l", path, check=False)
         self.sd = None

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.box import Box
+from tests.box import Box, _mounted
 
 SPOOL = "/var/spool/gpusched"
 STATE = "/var/lib/gpusched"
@@ -129,6 +129,8 @@ def box():
         yield b
     finally:
         b.down()
+        left = [d for d in ("root", "rw", "lower") if _mounted(os.path.join(b.base, d))]
+        assert not left, f"the box left mounts behind: {left}"
 
 
 @pytest.fixture
