@@ -153,7 +153,10 @@ class Daemon:
             else:
                 self.spool.finish_accepted(job_id, name)
         for job in self.live.values():
-            self.store.refresh_copy(job)                # undo any edit by the job's owner
+            try:
+                self.store.refresh_copy(job)            # undo any edit by the job's owner
+            except OSError:
+                self.dirty.add(job.id)                  # (disk full: rewritten once there is room)
         self._probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             self._reconcile(job, recovering=True)
