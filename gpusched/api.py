@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 BUS_NAME = "org.gpusched1"
 PAGE = 5000              # jobs per listing message: well under the bus's message size limit
 OBJECT_PATH = "/org/gpusched1"
-_json = to_json
 
 
 class Api:
@@ -65,9 +64,9 @@ class Api:
 
     def _call(self, fn: Any) -> str:
         try:
-            return _json({"ok": fn()})
+            return to_json({"ok": fn()})
         except (LookupError, PermissionError, ValueError) as e:
-            return _json({"error": str(e.args[0] if e.args else e)})
+            return to_json({"error": str(e.args[0] if e.args else e)})
 
     def _jobs(self, all: bool, after: int = 0, limit: int | None = None) -> list[Any]:
         jobs = self._d.jobs if all else self._d.live
@@ -75,8 +74,8 @@ class Api:
         return [jobs[i] for i in (ids if limit is None else ids[:limit])]
 
     def List(self, all: bool, dbus_context: Any = None) -> str:
-        """{"ok": [job, ...]}: queued and running jobs (all: finished ones too), each as its status file.
-        At most PAGE jobs: a bus message has a size limit; ListPage gets the rest."""
+        """{"last": ..., "ok": [job, ...]}: queued and running jobs (all: finished ones too), each as its status
+        file. At most PAGE jobs, as ListPage's first page: a bus message has a size limit."""
         return self.ListPage(all, 0, False, dbus_context=dbus_context)
 
     def ListPage(self, all: bool, after: int, table: bool, dbus_context: Any = None) -> str:
@@ -88,7 +87,7 @@ class Api:
         page = page[:PAGE]
         last = page[-1].id if more else 0
         if table:
-            return _json({"ok": self._d.listing.table(page, header=not after), "last": last})
+            return to_json({"ok": self._d.listing.table(page, header=not after), "last": last})
         sees_all = caller == 0 or self._d.is_admin(caller)
         return '{"last": %d, "ok": %s}' % (last, self._d.listing.json(page, sees_all, caller))
 

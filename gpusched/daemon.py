@@ -94,12 +94,7 @@ class Daemon:
     def _save(self, job: Job) -> bool:
         """Record the job in memory and on disk. False if the disk write failed (full, read-only): the job
         is then retried every tick until it lands."""
-        self.jobs[job.id] = job
-        self.listing.invalidate(job.id)
-        if job.state in FINAL:
-            self.live.pop(job.id, None)
-        else:
-            self.live[job.id] = job
+        self._track(job)
         try:
             self.store.save_status(job)
         except OSError as e:
@@ -109,6 +104,15 @@ class Daemon:
             return False
         self.dirty.discard(job.id)
         return True
+
+    def _track(self, job: Job) -> None:
+        """The in-memory side of _save."""
+        self.jobs[job.id] = job
+        self.listing.invalidate(job.id)
+        if job.state in FINAL:
+            self.live.pop(job.id, None)
+        else:
+            self.live[job.id] = job
 
     def _retry_dirty(self) -> None:
         for job_id in sorted(self.dirty):
@@ -271,8 +275,8 @@ class Daemon:
             self.submissions.popitem(last=False)
         if problem is not None or spec is None or account is None:
             job = lifecycle.rejected(job_id, owner, uid, taken.name, problem or "rejected", now)
-            self.store.save_status(job)
-            self._save(job)
+            self.store.save_status(job)                 # raises when the disk is full: put back, below
+            self._track(job)
             kept = self.spool.finish_rejected(job_id, taken.name)
             log(f"rejected job {job_id} from {owner}: {problem} (kept as {kept})", 4, job=job,
                 GPUSCHED_EVENT="reject")
@@ -280,7 +284,7 @@ class Daemon:
         job = lifecycle.accepted(job_id, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name, now)
         self.store.save_source(job_id, taken.data or b"", account.pw_uid)
         self.store.save_status(job)                     # raises when the disk is full: nothing accepted yet
-        self._save(job)
+        self._track(job)
         self.spool.finish_accepted(job_id, taken.name)
         gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
         log(f"accepted job {job_id} {spec.name!r} from {account.pw_name}: {gpus}, priority {spec.priority}",
