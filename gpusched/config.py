@@ -5,6 +5,7 @@ docs/config.md documents each key.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 
@@ -28,6 +29,18 @@ class Config:
     preempt_margin: int = 10             # how much more urgent (lower priority number) a job must be to preempt
     gpu_poll_interval: float = 1.0       # seconds between NVML probes
     admin_group: str = ""                # members may act on every job, as root may
+    # Limits on what a user's job file may ask for (issue 7): urgency is granted, not claimed
+    min_user_priority: int | None = None  # most urgent priority a non-admin file may set; None: the default (100)
+    max_grace: float = 600.0             # seconds a job may keep its GPUs after a stop signal
+    max_time_limit: float = 0.0          # seconds; 0: no cap
+    # Disk: one user's output must never stop another's job from being recorded
+    max_log_size: int = 1 << 30          # bytes per job log; the head and the tail are kept
+    log_min_free: int = 1 << 30          # bytes: logging stops before the state filesystem has less free
+    keep_finished: float = 30 * 86400.0  # seconds a finished job's files are kept; 0: for ever
+    # Per-user caps: one user's load must not crowd out the others
+    max_running_per_user: int = 0        # jobs running at once; 0: no cap
+    max_cpu_jobs_per_user: int = -1      # CPU-only (gpus = 0) jobs running at once; -1: the number of CPUs; 0: no cap
+    max_queued_per_user: int = 10000     # jobs waiting at once (over it: rejected); 0: no cap; root is exempt
     simulated_gpus: tuple[SimulatedGpu, ...] = field(default_factory=tuple)
 
 
@@ -35,7 +48,11 @@ class ConfigError(Exception):
     pass
 
 
-_TOP = {"spool_dir", "state_dir", "max_running", "preempt_margin", "gpu_poll_interval", "admin_group", "gpus"}
+_INTS = ("max_running", "preempt_margin", "max_running_per_user", "max_queued_per_user")
+_DURATIONS = ("max_grace", "max_time_limit", "keep_finished")
+_SIZES = ("max_log_size", "log_min_free")
+_TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority",
+        "max_cpu_jobs_per_user", *_INTS, *_DURATIONS, *_SIZES}
 
 
 def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
@@ -60,11 +77,33 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
             if key != "admin_group" and not doc[key].startswith("/"):
                 raise err(key, "must be an absolute path")
             kw[key] = doc[key]
-    for key in ("max_running", "preempt_margin"):
+    for key in _INTS:
         if key in doc:
-            if not isinstance(doc[key], int) or isinstance(doc[key], bool) or doc[key] < 0:
+            if not isinstance(doc[key], int) or isinstance(doc[key], bool) or not 0 <= doc[key] < 1 << 31:
                 raise err(key, "expected a non-negative integer")
             kw[key] = doc[key]
+    if "min_user_priority" in doc:
+        v = doc["min_user_priority"]
+        if not isinstance(v, int) or isinstance(v, bool) or not -(1 << 31) <= v < 1 << 31:
+            raise err("min_user_priority", "expected an integer")
+        kw["min_user_priority"] = v
+    if "max_cpu_jobs_per_user" in doc:
+        v = doc["max_cpu_jobs_per_user"]
+        if not isinstance(v, int) or isinstance(v, bool) or not -1 <= v < 1 << 31:
+            raise err("max_cpu_jobs_per_user", "expected an integer ≥ -1 (-1: the number of CPUs, 0: no cap)")
+        kw["max_cpu_jobs_per_user"] = v
+    for key in _DURATIONS:
+        if key in doc:
+            try:
+                kw[key] = parse_duration(doc[key])
+            except ValueError as e:
+                raise err(key, str(e)) from None
+    for key in _SIZES:
+        if key in doc:
+            try:
+                kw[key] = parse_size(doc[key])
+            except ValueError as e:
+                raise err(key, str(e)) from None
     if "gpu_poll_interval" in doc:
         try:
             kw["gpu_poll_interval"] = max(0.1, parse_duration(doc["gpu_poll_interval"]))
@@ -92,6 +131,11 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
         sims.append(SimulatedGpu(name, memory))
     kw["simulated_gpus"] = tuple(sims)
     return Config(**kw)
+
+
+def cpu_job_cap(cfg: Config) -> int:
+    """max_cpu_jobs_per_user resolved: -1 means the number of CPUs; 0 means no cap."""
+    return (os.cpu_count() or 1) if cfg.max_cpu_jobs_per_user < 0 else cfg.max_cpu_jobs_per_user
 
 
 def load(path: str = DEFAULT_PATH) -> Config:
