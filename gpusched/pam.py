@@ -132,6 +132,14 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     return _libs
 
 
+def preload() -> None:
+    """Load libpam now (the zygote, once), so that each forked monitor doesn't; quiet where it is missing."""
+    try:
+        _load()
+    except OSError:
+        pass
+
+
 class Pam:
     """One PAM transaction (pam_start .. pam_end) for one user, with a conversation that answers no prompt:
     nobody is there to answer, so a module that asks fails (PAM_CONV_ERR); what modules say is logged."""

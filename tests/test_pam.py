@@ -277,3 +277,55 @@ def _has_cap(bit: int) -> bool:
     with open("/proc/self/status") as f:
         eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     return bool(eff >> bit & 1)
+
+
+
+X86_64_ADD_KEY, X86_64_KEYCTL = 248, 250
+KEYCTL_DESCRIBE, KEYCTL_SEARCH, KEYCTL_READ = 6, 10, 11
+ENOKEY, EACCES, EKEYREVOKED = 126, 13, 128
+
+
+def _syscall(nr, *args):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+    return r if r >= 0 else -ctypes.get_errno()
+
+
+@root
+def test_a_key_one_job_puts_in_its_session_keyring_is_not_found_by_the_next_job(service):
+    """The attack of issue 7 on this host's kernel (the box forbids keyctl): a job (a child of the process
+    that opened the session, then the user) adds a secret to @s; the next job, in a session of its own,
+    searches its @s for it and tries to read the first job's keyring and the key by serial. Both jobs are the
+    same user's here (the host has no second one to spare), which is the harder case: bob's is stricter."""
+    if not _keyctl_works():
+        pytest.skip("keyctl is not permitted here")
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86_64 syscall numbers")
+    name = service(PERMIT + "session optional pam_keyinit.so force revoke\n")
+
+    def job(probe):
+        s = pam.open_session(name, "nobody", NOBODY.pw_uid, NOBODY.pw_gid, lambda m, p: None)
+        try:
+            return in_child(lambda: (os.setgid(NOBODY.pw_gid), os.setuid(NOBODY.pw_uid), probe())[-1])
+        finally:
+            s.close()
+
+    def add():
+        key = _syscall(X86_64_ADD_KEY, b"user", b"gpusched-secret", b"s3cret", 6, pam.KEY_SPEC_SESSION_KEYRING)
+        return key, pam.session_keyring()
+
+    kind, (inner, (key, ring)) = in_child(lambda: job(add))
+    assert kind == inner == "ok" and key > 0, key
+
+    def look():
+        found = _syscall(X86_64_KEYCTL, KEYCTL_SEARCH, pam.KEY_SPEC_SESSION_KEYRING, b"user", b"gpusched-secret", 0)
+        other = _syscall(X86_64_KEYCTL, KEYCTL_DESCRIBE, ring, ctypes.create_string_buffer(256), 256)
+        mine = _syscall(X86_64_KEYCTL, KEYCTL_READ, key, ctypes.create_string_buffer(256), 256)
+        return found, other, mine
+
+    kind, (inner, (found, other, mine)) = in_child(lambda: job(look))
+    assert kind == inner == "ok"
+    assert found == -ENOKEY                            # not in this job's session keyring
+    assert other in (-EACCES, -ENOKEY, -EKEYREVOKED)   # the first job's keyring: closed (revoked at its end)
+    assert mine in (-EACCES, -ENOKEY, -EKEYREVOKED)    # and the secret can't be read, though the same user's
