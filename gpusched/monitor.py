@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 
-from gpusched import journal
+from gpusched import journal, pam
 from gpusched.atomicfile import atomic_write
 
 SETUP_FAILED = 127
@@ -125,6 +125,14 @@ def run(spec: dict) -> dict:
     os.fchown(log_fd, spec["uid"], 0)
     os.fchmod(log_fd, 0o600)
 
+    # --- PAM: a session of the job's own (gpusched/pam.py), opened here so that the job inherits it ---
+    try:
+        session = _open_session(spec, fields)
+    except pam.SessionError as e:
+        return _refused(spec, fields, log_fd, str(e))
+    spec = {**spec, "env": pam.merge_env(spec["env"], session.env)}
+    # ---
+
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -136,6 +144,7 @@ def run(spec: dict) -> dict:
         os.close(out_r)
         os.close(err_r)
         _child(spec, out_w, err_w)
+    session.restore_monitor()                         # PAM: the user's limits were for the job, not the monitor
     os.close(out_w)
     os.close(err_w)
     error = b""
@@ -208,6 +217,35 @@ def run(spec: dict) -> dict:
         summary = f"exited with code {result['exit_code']}"
     emit(f"gpusched: job {spec['id']} {summary}".encode())
     os.close(log_fd)
+    _write_result(spec["result"], result, fields)
+    session.close()                                   # PAM: after the result, so a slow module can't delay it
+    return result
+
+
+def _open_session(spec: dict, fields: dict) -> pam.Session:
+    """The job's PAM session; the journal says which path ran (PAM, or gpusched's own keyring/loginuid)."""
+    ids = {"GPUSCHED_JOB_ID": fields["GPUSCHED_JOB_ID"], "GPUSCHED_USER": spec["user"]}
+
+    def log(message: str, priority: int) -> None:
+        journal.send(f"gpusched: job {spec['id']}: {message}", priority, **ids)
+
+    session = pam.open_session(spec.get("pam_service", pam.SERVICE), spec["user"], spec["uid"], spec["gid"], log)
+    journal.send(f"gpusched: job {spec['id']} session for {spec['user']}: {session.describe}", 6,
+                 GPUSCHED_EVENT="session", **ids)
+    return session
+
+
+def _refused(spec: dict, fields: dict, log_fd: int, reason: str) -> dict:
+    """The account or its session was refused (PAM): the job does not start, and its record says why."""
+    now = time.time()
+    line = f"gpusched: job {spec['id']} could not start: {reason}"
+    try:
+        os.write(log_fd, line.encode() + b"\n")
+    except OSError:
+        pass
+    os.close(log_fd)
+    journal.send(line, 4, **fields)
+    result = {"pid": 0, "started": now, "ended": now, "exit_code": SETUP_FAILED, "error": reason}
     _write_result(spec["result"], result, fields)
     return result
 
