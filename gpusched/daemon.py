@@ -22,7 +22,7 @@ from typing import Any, Callable
 from gi.repository import GLib
 
 from gpusched import config as configmod
-from gpusched import journal, launch, lifecycle, policy
+from gpusched import fds, journal, launch, lifecycle, policy
 from gpusched.gpus import GpuProbeError, Probe, device_nodes, make_probe
 from gpusched.jobfile import JobFileError, parse as parse_jobfile
 from gpusched.listing import Listing
@@ -323,7 +323,7 @@ class Daemon:
     def _probe_gpus(self) -> None:
         self._last_probe = time.monotonic()
         try:
-            gpus = self.probe.probe()
+            gpus = self.probe.probe(frozenset(j.unit for j in self.live.values() if j.state in ACTIVE and j.unit))
         except GpuProbeError as e:
             if self.gpu_error is None:
                 log(f"GPU probe failed: {e}; no new GPU jobs start until it recovers", 3)
@@ -626,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     if watcher is None:
         watcher = SpoolWatcher(cfg.spool_dir, daemon.on_spool_entry)
     watcher.start()
+    fds.cloexec_all()
     publication = publish(bus, daemon)
     daemon.request_pass()
 
