@@ -146,7 +146,9 @@ class SimulatedGpus:
             return list(self._gpus)
         out = []
         for g in self._gpus:
-            foreign = foreign_of(((pid, None) for pid in on_gpu.get(g.index, ())), active_units)
+            # NVML lists only live processes; so does the simulation
+            live = [pid for pid in on_gpu.get(g.index, ()) if os.path.exists(f"/proc/{pid}")]
+            foreign = foreign_of(((pid, None) for pid in live), active_units)
             out.append(replace(g, foreign=foreign, foreign_pids=tuple(p.pid for p in foreign)))
         return out
 
