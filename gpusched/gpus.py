@@ -30,6 +30,7 @@ SIMULATED_PROCS = "/run/gpusched/simulate-gpu-procs"
 _MAX_SIMULATED = 64 * 1024
 MAX_NAME = 64
 MAX_CMDLINE = 256
+MAX_DESCRIBED = 16            # foreign processes described per GPU; all are counted
 
 
 class GpuProbeError(Exception):
@@ -111,14 +112,17 @@ def describe(pid: int, gpu_memory: int | None = None) -> ForeignProcess:
                           cmdline=_bounded(cmdline, MAX_CMDLINE), gpu_memory=gpu_memory)
 
 
-def foreign_of(procs: Iterable[tuple[int, int | None]], active_units: Iterable[str]) -> tuple[ForeignProcess, ...]:
-    """The foreign ones among (pid, gpu memory) pairs, described, in pid order, each pid once."""
+def foreign_of(procs: Iterable[tuple[int, int | None]], active_units: Iterable[str]
+               ) -> tuple[tuple[int, ...], tuple[ForeignProcess, ...]]:
+    """The foreign pids among (pid, gpu memory) pairs, in pid order, each once; and the first MAX_DESCRIBED
+    of them described (what a GPU listing shows stays small however many processes a user starts)."""
     units = frozenset(active_units)
     seen: dict[int, int | None] = {}
     for pid, mem in procs:
         if pid not in seen or seen[pid] is None:
             seen[pid] = mem
-    return tuple(describe(pid, mem) for pid, mem in sorted(seen.items()) if not ours(pid, units))
+    pids = tuple(pid for pid in sorted(seen) if not ours(pid, units))
+    return pids, tuple(describe(pid, seen[pid]) for pid in pids[:MAX_DESCRIBED])
 
 
 class NoGpus:
@@ -148,8 +152,8 @@ class SimulatedGpus:
         for g in self._gpus:
             # NVML lists only live processes; so does the simulation
             live = [pid for pid in on_gpu.get(g.index, ()) if os.path.exists(f"/proc/{pid}")]
-            foreign = foreign_of(((pid, None) for pid in live), active_units)
-            out.append(replace(g, foreign=foreign, foreign_pids=tuple(p.pid for p in foreign)))
+            pids, foreign = foreign_of(((pid, None) for pid in live), active_units)
+            out.append(replace(g, foreign=foreign, foreign_pids=pids))
         return out
 
 
@@ -200,11 +204,11 @@ class NvmlGpus:
                 except n.NVMLError:
                     minor = None
                 procs = [(p.pid, _memory(p)) for p in n.nvmlDeviceGetComputeRunningProcesses(h)]
-                foreign = foreign_of(procs, active_units)
+                pids, foreign = foreign_of(procs, active_units)
                 out.append(Gpu(index=i, uuid=uid if isinstance(uid, str) else uid.decode(),
                                name=name if isinstance(name, str) else name.decode(),
                                memory_total=mem.total, memory_free=mem.free, minor=minor,
-                               foreign_pids=tuple(p.pid for p in foreign), foreign=foreign))
+                               foreign_pids=pids, foreign=foreign))
             return out
         except n.NVMLError as e:
             raise GpuProbeError(f"NVML: {e}") from e

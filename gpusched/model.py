@@ -45,7 +45,7 @@ class Gpu:
     minor: int | None = None                 # /dev/nvidia<minor>; None for simulated GPUs
     foreign_pids: tuple[int, ...] = ()       # compute processes gpusched did not start
     simulated: bool = False
-    foreign: tuple[ForeignProcess, ...] = ()  # the same processes, with who and what they are
+    foreign: tuple[ForeignProcess, ...] = ()  # the first of them (gpus.MAX_DESCRIBED), with who and what
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,3 +235,11 @@ def test_cloexec_all_marks_every_fd_and_a_child_inherits_none():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_many_foreign_processes_are_all_counted_and_few_described(monkeypatch):
+    monkeypatch.setattr(gpus, "describe", lambda pid, mem=None: gpus.ForeignProcess(pid, "u", "n", "", mem))
+    pids, described = gpus.foreign_of([(p, None) for p in range(5000, 4000, -1)] + [(4500, 7)], ACTIVE)
+    assert pids == tuple(range(4001, 5001))
+    assert [d.pid for d in described] == list(range(4001, 4001 + gpus.MAX_DESCRIBED))
+    assert gpus.foreign_of([(4500, 7), (4500, None)], ACTIVE)[1][0].gpu_memory == 7
