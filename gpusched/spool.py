@@ -366,7 +366,8 @@ class SpoolWatcher:
             os.unlink(poke)
         except OSError:
             pass
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
