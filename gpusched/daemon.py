@@ -7,6 +7,7 @@ table needs no locks. Side effects live in the adapters; the decisions in policy
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import grp
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any, Callable
 
 from gi.repository import GLib
 
-from gpusched import cgroups, journal, launch, lifecycle, policy
+from gpusched import cgroups, fds, journal, launch, lifecycle, policy
 from gpusched import config as configmod
 from gpusched.gpus import GpuProbeError, Probe, device_nodes, make_probe
 from gpusched.jobfile import JobFileError, parse as parse_jobfile
@@ -351,7 +352,7 @@ class Daemon:
     def _probe_gpus(self) -> None:
         self._last_probe = time.monotonic()
         try:
-            gpus = self.probe.probe()
+            gpus = self.probe.probe(frozenset(j.unit for j in self.live.values() if j.state in ACTIVE and j.unit))
         except GpuProbeError as e:
             if self.gpu_error is None:
                 log(f"GPU probe failed: {e}; no new GPU jobs start until it recovers", 3)
@@ -671,9 +672,9 @@ class Daemon:
         self._expiring = [j.id for j in self.jobs.values()
                           if j.state in FINAL and (j.ended or j.submitted) < cutoff]
         try:
-            n = self.spool.expire_rejected(cutoff)
-            if n:
-                log(f"removed {n} rejected spool entr{'y' if n == 1 else 'ies'} older than keep_finished")
+            freed = self.spool.expire_rejected(cutoff)
+            if freed:
+                log(f"removed rejected spool entries older than keep_finished ({freed} bytes)")
         except OSError as e:
             log(f"can't expire rejected spool entries: {e}", 3)
         if self._expiring:
@@ -681,20 +682,19 @@ class Daemon:
             GLib.idle_add(self._expire_batch, priority=GLib.PRIORITY_DEFAULT_IDLE)
 
     def _expire_batch(self) -> bool:
-        for _ in range(EXPIRE_BATCH):
-            if not self._expiring:
-                return False
+        batch = []
+        while self._expiring and len(batch) < EXPIRE_BATCH:
             job = self.jobs.get(self._expiring.pop())
-            if job is None or job.state not in FINAL:
-                continue
-            try:
-                self.store.remove_job(job.id)
-            except OSError as e:
-                log(f"can't remove finished job {job.id}: {e}", 3, job=job)
-                continue
+            if job is not None and job.state in FINAL and job.id not in self.dirty:
+                batch.append(job)
+        try:
+            self.store.remove_jobs(j.id for j in batch)          # lists results/ once per batch
+        except (OSError, ValueError) as e:
+            log(f"can't remove {len(batch)} finished job(s): {e}; kept for the next sweep", 3)
+            return bool(self._expiring)
+        for job in batch:
             del self.jobs[job.id]
             self.listing.invalidate(job.id)
-            self.dirty.discard(job.id)
             self._queued_by_uid.get(job.uid, set()).discard(job.id)
         return bool(self._expiring)
 
@@ -714,7 +714,8 @@ class Daemon:
             state = f"job {holders[g.index]}" if g.index in holders else "foreign" if g.foreign_pids else "free"
             out.append({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total": g.memory_total,
                         "memory_free": g.memory_free, "simulated": g.simulated, "state": state,
-                        "job": holders.get(g.index), "foreign_pids": list(g.foreign_pids)})
+                        "job": holders.get(g.index), "foreign_pids": list(g.foreign_pids),
+                        "foreign": [dataclasses.asdict(p) for p in g.foreign]})
         return out
 
 
@@ -752,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     if watcher is None:
         watcher = SpoolWatcher(cfg.spool_dir, daemon.on_spool_entry)
     watcher.start()
+    fds.cloexec_all()
     publication = publish(bus, daemon)
     daemon.request_pass()
 

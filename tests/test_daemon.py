@@ -186,8 +186,8 @@ def test_expiry_removes_old_finished_jobs_only(make, monkeypatch):
     old.ended -= 7200
     queued = drop(d, "q.toml", 'command = "true"\ngpus = 9\n')
     removed = []
-    monkeypatch.setattr(d.store, "remove_job", lambda i: removed.append(i) or 0, raising=False)
-    monkeypatch.setattr(d.spool, "expire_rejected", lambda cutoff: 0, raising=False)
+    monkeypatch.setattr(d.store, "remove_jobs", lambda ids: removed.extend(ids) or 0)
+    monkeypatch.setattr(d.spool, "expire_rejected", lambda cutoff: 0)
     d.expire()
     while d._expire_batch():
         pass
