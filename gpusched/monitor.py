@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 
-from gpusched import fds, jobcgroup, joblog, journal, output
+from gpusched import fds, jobcgroup, joblog, journal, output, pam
 from gpusched.atomicfile import atomic_write
 
 SETUP_FAILED = 127
@@ -111,13 +111,13 @@ class _Output:
         for line in self.lines.feed(data):
             journal.send(line, 6, **self.fields)
 
-    def own(self, text: str) -> None:
+    def own(self, text: str, priority: int = 6) -> None:
         """A line of the monitor's own, to both."""
         for line in self.lines.finish():              # the job's unfinished last line goes first
             journal.send(line, 6, **self.fields)
         if self.log:
             self.log.line(text)
-        journal.send(text, 6, **self.fields)
+        journal.send(text, priority, **self.fields)
 
     def close(self) -> None:
         for line in self.lines.finish():
@@ -137,8 +137,13 @@ def run(spec: dict) -> dict:
         out.say(f"gpusched: job {spec['id']}: no cgroup to kill its leftovers at once ({cgroup.note}); "
                 f"they will be swept")
 
-    # A PAM session for the job is opened here (as root, before the fork), its environment merged into
-    # spec["env"]; it is closed below, once the job has been reaped and its leftovers killed.
+    # --- PAM: a session of the job's own (gpusched/pam.py), opened here so that the job inherits it ---
+    try:
+        session = _open_session(spec, fields)
+    except pam.SessionError as e:
+        return _refused(spec, fields, out, cgroup, str(e))
+    spec = {**spec, "env": pam.merge_env(spec["env"], session.env)}
+    # ---
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -148,7 +153,8 @@ def run(spec: dict) -> dict:
     started = time.time()
     pid = os.fork()
     if pid == 0:
-        _child(spec, out_w, err_w, cgroup)
+        _child(spec, out_w, err_w, cgroup)           # closes every fd but its 0, 1, 2 (PAM's too)
+    session.restore_monitor()                         # PAM: the user's limits were for the job, not the monitor
     os.close(out_w)
     os.close(err_w)
     error = b""
@@ -171,9 +177,6 @@ def run(spec: dict) -> dict:
     status = reaped[0]
     killed, left = cgroup.kill_all()
     cgroup.remove()
-
-    # (the PAM session, if one was opened above, is closed here)
-
     if killed:
         out.own(f"gpusched: killed {killed} process(es) the job left behind")
     if left:
@@ -197,6 +200,31 @@ def run(spec: dict) -> dict:
         result["monitor_error"] = internal
     out.own(f"gpusched: job {spec['id']} {summary}")
     out.close()
+    _write_result(spec["result"], result, fields)
+    session.close()                                   # PAM: after the result, so a slow module can't delay it
+    return result
+
+
+def _open_session(spec: dict, fields: dict) -> pam.Session:
+    """The job's PAM session; the journal says which path ran (PAM, or gpusched's own keyring/loginuid)."""
+    ids = {"GPUSCHED_JOB_ID": fields["GPUSCHED_JOB_ID"], "GPUSCHED_USER": spec["user"]}
+
+    def log(message: str, priority: int) -> None:
+        journal.send(f"gpusched: job {spec['id']}: {message}", priority, **ids)
+
+    session = pam.open_session(spec.get("pam_service", pam.SERVICE), spec["user"], spec["uid"], spec["gid"], log)
+    journal.send(f"gpusched: job {spec['id']} session for {spec['user']}: {session.describe}", 6,
+                 GPUSCHED_EVENT="session", **ids)
+    return session
+
+
+def _refused(spec: dict, fields: dict, out: _Output, cgroup: jobcgroup.JobCgroup, reason: str) -> dict:
+    """The account or its session was refused (PAM): the job does not start, and its record says why."""
+    now = time.time()
+    out.own(f"gpusched: job {spec['id']} could not start: {reason}", 4)
+    out.close()
+    cgroup.remove()
+    result = {"pid": 0, "started": now, "ended": now, "exit_code": SETUP_FAILED, "error": reason}
     _write_result(spec["result"], result, fields)
     return result
 

@@ -4,7 +4,7 @@ Pure: plain data in, a Decision out. Order is priority (lower number = more urge
 Each job in that order takes the GPUs it fits on (first fit); a job that can't fit may preempt less urgent,
 preemptible running jobs when the difference in priority is at least preempt_margin. Per-user caps (jobs
 running at once, CPU-only jobs running at once) hold a user's further jobs back, whatever their priority, so
-one user's load can't crowd out the others.
+one user's load can't crowd out the others (root's jobs are exempt).
 """
 
 from __future__ import annotations
@@ -97,12 +97,13 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
         if max_running and active >= max_running:
             d.waiting[req.id] = f"max_running ({max_running}) reached"
             continue
-        if max_running_per_user and running_of.get(req.uid, 0) >= max_running_per_user:
+        capped = req.uid != 0                # root is trusted (and exempt, as from max_queued_per_user)
+        if capped and max_running_per_user and running_of.get(req.uid, 0) >= max_running_per_user:
             d.waiting[req.id] = (f"waiting for the user's own jobs: {running_of[req.uid]} running, "
                                  f"max_running_per_user is {max_running_per_user}")
             continue
         if req.gpus == 0:
-            if max_cpu_jobs_per_user and cpu_of.get(req.uid, 0) >= max_cpu_jobs_per_user:
+            if capped and max_cpu_jobs_per_user and cpu_of.get(req.uid, 0) >= max_cpu_jobs_per_user:
                 d.waiting[req.id] = (f"waiting for the user's own CPU-only jobs: {cpu_of[req.uid]} running, "
                                      f"max_cpu_jobs_per_user is {max_cpu_jobs_per_user}")
                 continue

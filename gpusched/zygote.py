@@ -18,7 +18,7 @@ import struct
 import sys
 import traceback
 
-from gpusched import fds, monitor
+from gpusched import fds, monitor, pam
 
 
 def _reap(*_: object) -> None:
@@ -71,6 +71,7 @@ def main() -> int:
     # fds): keep only stdin (/dev/null), stdout and stderr (the daemon's journal stream, for tracebacks) and the
     # socket, so no monitor or job forked from here can inherit them.
     fds.close_all_but((0, 1, 2, 3))
+    pam.preload()                                     # libpam loaded once here, not in every monitor
     sock = socket.socket(fileno=3)
     serve(sock)
     return 0
