@@ -461,7 +461,8 @@ class Daemon:
             self._retry = True
             return
         result_path = self.store.result_path(job.id, job.attempt, job.start_token)
-        plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log, result_path)
+        plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log, result_path,
+                           max_log_size=self.cfg.max_log_size, log_min_free=self.cfg.log_min_free)
         r, w = os.pipe()
         try:
             pid = self.spawner.spawn(r, result_path)

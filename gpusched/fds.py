@@ -1,15 +1,18 @@
-"""Close-on-exec for every fd the daemon holds, so no process it starts inherits one.
+"""File descriptors no job may inherit: a job must start with exactly fds 0, 1 and 2.
 
-Python's own files, sockets and pidfds are close-on-exec already (PEP 446), but C libraries are not bound
-by that: NVML opens /dev/nvidiactl and /dev/nvidia<N> lazily, on whatever call first needs them, and an
-inherited device fd would let a job use a GPU that DevicePolicy (checked only at open()) denies it. The daemon
-calls cloexec_all() once it has started, and the GPU probe after NVML's init and after each probe.
+Two halves. The daemon marks every fd it holds close-on-exec (cloexec_all): Python's own files, sockets and
+pidfds are close-on-exec already (PEP 446), but C libraries are not bound by that: NVML opens /dev/nvidiactl
+and /dev/nvidia<N> lazily, and an inherited device fd would let a job use a GPU that DevicePolicy (checked
+only at open()) denies it; a spool watch would show other users' job file names. And whatever still slips
+through is closed where processes start (close_all_but): the zygote, the monitor and the job's child each
+close everything they did not open for themselves.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from typing import Iterable
 
 
 def cloexec_all(first: int = 3) -> int:
@@ -47,3 +50,24 @@ def inheritable_fds(first: int = 3) -> list[int]:
         except OSError:
             continue
     return sorted(out)
+
+
+def _highest_fd() -> int:
+    """The highest fd open now (-1 if none can be seen): an fd above the current RLIMIT_NOFILE can exist
+    (opened before the limit was lowered), so the limit alone is not a bound."""
+    try:
+        return max((int(n) for n in os.listdir("/proc/self/fd")), default=-1)
+    except OSError:
+        return -1
+
+
+def close_all_but(keep: Iterable[int] = (0, 1, 2)) -> None:
+    """Close every fd except those in `keep`. os.closerange uses close_range(2) where the kernel has it."""
+    end = max(os.sysconf("SC_OPEN_MAX"), _highest_fd() + 1)
+    low = 0
+    for fd in sorted(set(keep)) + [end]:
+        # never an empty range: CPython turns closerange(n, n) into close_range(n, n - 1), and
+        # closerange(0, 0) into close_range(0, UINT_MAX), which closes everything
+        if fd > low:
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
