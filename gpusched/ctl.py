@@ -299,6 +299,14 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         rows.append((str(g["index"]), g["name"], format_size(g["memory_total"]), format_size(g["memory_free"]),
                      state, g["uuid"]))
     _table(rows)
+    foreign = [("GPU", "PID", "USER", "GPU MEMORY", "COMMAND")]
+    for g in info["gpus"]:
+        for p in g.get("foreign") or ():
+            memory = format_size(p["gpu_memory"]) if p.get("gpu_memory") is not None else "-"
+            foreign.append((str(g["index"]), str(p["pid"]), p["user"], memory, p["cmdline"] or p["name"]))
+    if len(foreign) > 1:
+        print("\nprocesses gpusched did not start:")
+        _table(foreign)
     if info["simulated"]:
         print("(simulated GPUs, from the config's [[gpus.simulated]])")
     return 0

@@ -91,10 +91,14 @@ def test_cancel_now_calls_cancel_now_and_reports_each_failure(client, capsys):
 def test_gpus_table_is_escaped(client, capsys):
     client.replies["Gpus"] = {"gpus": [{"index": 0, "name": EVIL, "memory_total": 1 << 30, "memory_free": 0,
                                         "state": "foreign", "uuid": "GPU-1", "foreign_pids": [1, 2],
-                                        "foreign_pids_more": 3}], "simulated": False, "error": EVIL}
+                                        "foreign_pids_more": 3,
+                                        "foreign": [{"pid": 1, "user": "bob", "name": "x", "cmdline": EVIL,
+                                                     "gpu_memory": None}]}],
+                               "simulated": False, "error": EVIL}
     assert ctl.main(["gpus"]) == 0
     out = capsys.readouterr().out
     assert no_raw_controls(out) and "pids 1,2 and 3 more" in out
+    assert any(line.split()[:4] == ["0", "1", "bob", "-"] and "x\\x1b]0;pwned" in line for line in out.splitlines())
 
 
 class Tty(io.BytesIO):
