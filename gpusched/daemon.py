@@ -740,22 +740,32 @@ def main(argv: list[str] | None = None) -> int:
     except configmod.ConfigError as e:
         print(f"gpuschedd: {e}", file=sys.stderr)
         return 2
-    from pydbus import SystemBus
-
     from gpusched.api import publish
+    from gpusched.bus import BusLink, BusUnavailable
     from gpusched.systemd import Systemd
 
-    bus = SystemBus()
+    # The bus connection is private and reconnects (bus.py): losing dbus-daemon, or being disconnected by
+    # it, costs the API a few seconds, never the daemon. Meanwhile systemd calls fail with
+    # SystemdUnavailable and the loop (scheduling, job ends, the watchdog) goes on.
+    link = BusLink(lambda message, priority: log(message, priority))
+    units = Systemd(None)
+    link.on_up(units.rebind)
+    link.on_down(lambda: units.rebind(None))
+    try:
+        link.start()
+    except BusUnavailable as e:
+        print(f"gpuschedd: {e}", file=sys.stderr)
+        return 1
     probe, what = make_probe(cfg.simulated_gpus)
     log(f"gpusched starting: spool {cfg.spool_dir}, state {cfg.state_dir}, {what}")
-    daemon = Daemon(cfg, Store(cfg.state_dir), Spool(cfg.spool_dir), Systemd(bus), probe)
+    daemon = Daemon(cfg, Store(cfg.state_dir), Spool(cfg.spool_dir), units, probe)
     watcher = SpoolWatcher(cfg.spool_dir, daemon.on_spool_entry) if _spool_ready(daemon) else None
     daemon.recover()
     if watcher is None:
         watcher = SpoolWatcher(cfg.spool_dir, daemon.on_spool_entry)
     watcher.start()
     fds.cloexec_all()
-    publication = publish(bus, daemon)
+    link.on_up(lambda bus: publish(bus, daemon))       # now, and again on every new connection
     daemon.request_pass()
 
     loop = GLib.MainLoop()
@@ -776,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     journal.notify(f"READY=1\nSTATUS={daemon.status_line()}")
     log(f"gpusched ready: {daemon.status_line()}")
     loop.run()
-    publication.unpublish()
+    link.stop()
     return 0
 
 
