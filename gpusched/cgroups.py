@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+SLICE = "gpusched.slice"   # every job's scope lives here (the unit file units/gpusched.slice)
 ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
 
 

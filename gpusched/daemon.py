@@ -31,7 +31,7 @@ from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
 from gpusched.spawner import Spawner
 from gpusched.spool import Spool, SpoolWatcher, Taken, ignored
 from gpusched.store import Store
-from gpusched.systemd import SystemdError, Units
+from gpusched.systemd import SystemdError, SystemdUnavailable, UnitExists, Units
 
 RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
 INGEST_BATCH = 64          # spool entries taken per main-loop turn, at most
@@ -95,6 +95,7 @@ class Daemon:
         self._last_expire = time.monotonic() - self._expire_interval() + min(60.0, self._expire_interval())
         self._expiring: list[int] = []
         self._killing: set[int] = set()                # jobs whose leftover processes are being killed
+        self._restop: set[int] = set()                 # stops to send again (the bus was down)
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -476,11 +477,14 @@ class Daemon:
             try:
                 self.units.start_scope(unit, pid, plan.properties)
             except SystemdError as e:
-                if "UnitExists" in str(e) or "already exists" in str(e) or "already loaded" in str(e):
+                if isinstance(e, UnitExists):
                     # a scope left by a start that was given up on (this job is queued, so nothing of it can
                     # be running there): stop it and try again on the next tick
                     lifecycle.never_started(job, f"waiting for the previous {unit} to go away")
                     self.units.stop(unit)
+                    self._retry = True
+                elif isinstance(e, SystemdUnavailable):
+                    lifecycle.never_started(job, "waiting: the system bus is being reconnected")
                     self._retry = True
                 else:
                     lifecycle.start_failed(job, f"could not create {unit}: {e}", time.time())
@@ -512,7 +516,16 @@ class Daemon:
         lifecycle.stopping(job, intent, reason, time.time())
         self._save(job)
         log(f"stopping job {job.id}: {reason}", job=job, GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
-        if not self.units.stop(job.unit):
+        self._send_stop(job)
+
+    def _send_stop(self, job: Job) -> None:
+        try:
+            gone = not self.units.stop(job.unit)
+        except SystemdUnavailable:
+            self._restop.add(job.id)                    # asked again once the bus is back (tick)
+            return
+        self._restop.discard(job.id)
+        if gone:
             self._reconcile(job)
 
     def _scope_busy(self, job: Job) -> bool:
@@ -575,8 +588,17 @@ class Daemon:
             if now - self._last_probe >= self.cfg.gpu_poll_interval:
                 self._probe_gpus()
             adopted = set(self.monitors.values())
-            for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in adopted]:
-                self._reconcile(job)
+            try:
+                for job_id in list(self._restop):
+                    job = self.live.get(job_id)
+                    if job is None or job.state != State.STOPPING:
+                        self._restop.discard(job_id)
+                    else:
+                        self._send_stop(job)
+                for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in adopted]:
+                    self._reconcile(job)
+            except SystemdUnavailable:
+                pass                                    # bus.py is reconnecting; tried again next tick
             self.spawner.reap()
             if self.dirty:
                 self._retry_dirty()

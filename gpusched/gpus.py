@@ -17,10 +17,10 @@ from dataclasses import replace
 from typing import Iterable, Protocol, Sequence
 
 from gpusched import fds
+from gpusched.cgroups import SLICE
 from gpusched.config import SimulatedGpu
 from gpusched.model import ForeignProcess, Gpu
 
-SLICE = "gpusched.slice"
 CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 # Only for simulated inventories (tests, demos): while this file exists, the probe fails as NVML can
 SIMULATED_FAULT = "/run/gpusched/simulate-gpu-failure"

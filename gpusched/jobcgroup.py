@@ -27,7 +27,9 @@ import os
 import signal
 import time
 
-V1_FREEZER_PARENT = "gpusched.slice"
+from gpusched.cgroups import SLICE
+
+V1_FREEZER_PARENT = SLICE
 
 
 def _mounts() -> list[tuple[str, str, str]]:

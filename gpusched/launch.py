@@ -9,10 +9,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from gpusched.cgroups import SLICE
 from gpusched.jobfile import JobSpec
 from gpusched.model import Gpu
 
-SLICE = "gpusched.slice"
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USEC = 1_000_000
 

@@ -12,6 +12,9 @@ from typing import Any, Protocol, Sequence
 
 from gi.repository import Gio, GLib
 
+from gpusched import cgroups
+from gpusched.cgroups import SLICE
+
 
 class Units(Protocol):
     def start_scope(self, unit: str, pid: int, properties: Sequence[tuple[str, str, Any]]) -> None: ...
@@ -115,21 +118,10 @@ class Systemd:
         except GLib.Error as e:
             raise _error(f"ListUnitsByNames {unit}", e) from None
         active = any(u[0] == unit and u[3] in _ACTIVE for u in units)
-        if active and scope_pids(unit) == set():
+        if active and cgroups.pids(cgroups.unit_dir(SLICE, unit)) == set():
             # An active scope with no process left: systemd missed the empty-cgroup event (seen with
             # cgroup v1 in containers, when the only process died as it was being moved in). Nothing runs
             # there; stop it so the name is free again.
             self.stop(unit)
             return False
         return active
-
-
-def scope_pids(unit: str, slice_: str = "gpusched.slice") -> set[int] | None:
-    """The pids in a scope's cgroup, or None if its cgroup can't be found here."""
-    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"):
-        try:
-            with open(f"{root}/{slice_}/{unit}/cgroup.procs") as f:
-                return {int(p) for p in f.read().split()}
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-    return None
