@@ -40,3 +40,44 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Reserved:
+    """An atomic write whose space is taken in advance: the temp file is created and its blocks allocated
+    (fallocate) now, while there is room; commit() later writes into those blocks, fsyncs and renames. So
+    a job's result lands even if the filesystem has filled up meanwhile (by its own output, or anyone's).
+    Data larger than the reservation still goes in, if there is room for the rest."""
+
+    def __init__(self, path: str, size: int = 16384, *, mode: int = 0o600):
+        self.path = path
+        d, base = os.path.split(path)
+        self.dir = d
+        self.tmp = os.path.join(d, f".{base}.{os.getpid()}.reserved.tmp")
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(self.fd, mode)
+            os.posix_fallocate(self.fd, 0, size)
+            os.fsync(self.fd)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def commit(self, data: bytes) -> None:
+        view, offset = memoryview(data), 0
+        while offset < len(data):
+            offset += os.pwrite(self.fd, view[offset:], offset)
+        os.ftruncate(self.fd, len(data))
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.rename(self.tmp, self.path)
+        fsync_dir(self.dir)
+
+    def abandon(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass

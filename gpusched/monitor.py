@@ -19,7 +19,7 @@ import time
 import traceback
 
 from gpusched import fds, jobcgroup, joblog, journal, output, pam
-from gpusched.atomicfile import atomic_write
+from gpusched.atomicfile import Reserved, atomic_write
 
 SETUP_FAILED = 127
 
@@ -132,6 +132,13 @@ def run(spec: dict) -> dict:
     fields = {"GPUSCHED_JOB_ID": spec["id"], "GPUSCHED_JOB_NAME": spec["name"], "GPUSCHED_USER": spec["user"],
               "GPUSCHED_ATTEMPT": spec["attempt"], "SYSLOG_IDENTIFIER": spec["ident"]}
     out = _Output(spec, fields)
+    # The result's blocks are taken now, while there is room: whatever fills the disk later (this job's
+    # output, anyone's), the job's end can be recorded and its GPUs freed
+    try:
+        slot: Reserved | None = Reserved(spec["result"])
+    except OSError as e:
+        slot = None
+        out.say(f"gpusched: job {spec['id']}: can't reserve room for its result ({e.strerror})", 3)
     cgroup = jobcgroup.prepare(spec["unit"])
     if cgroup.mode not in ("kill", "freeze"):
         out.say(f"gpusched: job {spec['id']}: no cgroup to kill its leftovers at once ({cgroup.note}); "
@@ -141,7 +148,7 @@ def run(spec: dict) -> dict:
     try:
         session = _open_session(spec, fields)
     except pam.SessionError as e:
-        return _refused(spec, fields, out, cgroup, str(e))
+        return _refused(spec, fields, out, cgroup, str(e), slot)
     spec = {**spec, "env": pam.merge_env(spec["env"], session.env)}
     # ---
 
@@ -200,7 +207,7 @@ def run(spec: dict) -> dict:
         result["monitor_error"] = internal
     out.own(f"gpusched: job {spec['id']} {summary}")
     out.close()
-    _write_result(spec["result"], result, fields)
+    _write_result(spec["result"], result, fields, slot)
     session.close()                                   # PAM: after the result, so a slow module can't delay it
     return result
 
@@ -218,14 +225,15 @@ def _open_session(spec: dict, fields: dict) -> pam.Session:
     return session
 
 
-def _refused(spec: dict, fields: dict, out: _Output, cgroup: jobcgroup.JobCgroup, reason: str) -> dict:
+def _refused(spec: dict, fields: dict, out: _Output, cgroup: jobcgroup.JobCgroup, reason: str,
+             slot: Reserved | None = None) -> dict:
     """The account or its session was refused (PAM): the job does not start, and its record says why."""
     now = time.time()
     out.own(f"gpusched: job {spec['id']} could not start: {reason}", 4)
     out.close()
     cgroup.remove()
     result = {"pid": 0, "started": now, "ended": now, "exit_code": SETUP_FAILED, "error": reason}
-    _write_result(spec["result"], result, fields)
+    _write_result(spec["result"], result, fields, slot)
     return result
 
 
@@ -268,9 +276,18 @@ def _copy_output(pid: int, out_r: int, wake_r: int, out: _Output, cgroup: jobcgr
         os.close(out_r)
 
 
-def _write_result(path: str, result: dict, fields: dict) -> None:
-    """The result must land, or the job's end is lost: on a full disk, keep trying (for up to a day)."""
+def _write_result(path: str, result: dict, fields: dict, slot: Reserved | None = None) -> None:
+    """The result must land, or the job's end is lost: into the room reserved at the start, else (no room
+    then) keep trying on a full disk, for up to a day."""
     data = json.dumps(result).encode()
+    if slot is not None:
+        try:
+            slot.commit(data)
+            return
+        except OSError as e:
+            journal.send(f"gpusched: the reserved result of job {fields['GPUSCHED_JOB_ID']} failed ({e.strerror})",
+                         3, **fields)
+            slot.abandon()
     for attempt in range(86400):
         try:
             atomic_write(path, data, mode=0o600)

@@ -397,3 +397,35 @@ def test_remove_jobs_many_at_once(tmp_path):
     left = {n.split(".")[0] for n in os.listdir(s.jobs_dir)}
     assert left == {str(i) for i in range(11, 21)}
     assert all(int(n.split(".")[0]) > 10 for n in os.listdir(s.results_dir))
+
+
+def test_a_reserved_result_lands_on_a_full_filesystem(tmp_path):
+    """The room for a job's result is taken when it starts; filling the filesystem afterwards doesn't stop
+    the result from landing (a size-limited tmpfs, so the test needs root)."""
+    import json
+    import subprocess
+
+    import pytest
+
+    from gpusched.atomicfile import Reserved, atomic_write
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        slot = Reserved(str(mnt / "1.1.json"))
+        with open(mnt / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"x" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        with pytest.raises(OSError):
+            atomic_write(str(mnt / "2.1.json"), b'{"exit_code": 0}' * 100)
+        slot.commit(json.dumps({"exit_code": 3}).encode())
+        assert json.loads((mnt / "1.1.json").read_text()) == {"exit_code": 3}
+        assert sorted(p.name for p in mnt.iterdir()) == ["1.1.json", "filler"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -64,43 +64,60 @@ def test_per_user_caps_hold_back_one_users_load(gs):
 
 
 def test_disk_filled_by_one_users_output_stalls_nobody(gs):
-    """A small filesystem as the state directory: alice's job prints without end; bob's job still ends,
-    its result is recorded and its GPU freed; alice's log stays under the cap; expiry removes finished jobs'
-    files and never an active job's."""
+    """A small filesystem as the state directory. alice's jobs print without end: each log stays under
+    max_log_size and logging stops at the log_min_free floor. Then the disk fills up completely while bob's
+    job runs: his job still ends, its result is recorded (its room was reserved when it started) and its GPU
+    freed. Expiry then removes finished jobs' files, never an active job's."""
     small = "/var/lib/gpusched-small"
     how = "loop"
-    if gs.sh(f"mkdir -p {small} && truncate -s 64M /var/tmp/small.img && mkfs.ext4 -q -F /var/tmp/small.img "
+    if gs.sh(f"mkdir -p {small} && truncate -s 64M /var/tmp/small.img && mkfs.ext4 -q -m 0 -F /var/tmp/small.img "
              f"&& mount -o loop /var/tmp/small.img {small}", check=False).returncode != 0:
         how = "tmpfs"                       # no loop devices in this box: the same ENOSPC, from tmpfs
         gs.sh(f"mount -t tmpfs -o size=64m tmpfs {small}")
     print(f"state directory on a 64 MiB {how} filesystem")
+    mib = 1024 * 1024
+
+    def free() -> int:
+        return int(gs.sh(f"python3 -c 'import os; s = os.statvfs(\"{small}\"); print(s.f_bavail * s.f_frsize)'").stdout)
     try:
-        with gs.configured('max_log_size = "4M"\nlog_min_free = "16M"\nkeep_finished = "8s"\n', state_dir=small):
+        with gs.configured('max_log_size = "20M"\nlog_min_free = "16M"\nkeep_finished = "8s"\n', state_dir=small):
             old = gs.submit("bob", 'command = "echo finished early"\ngpus = 0\n')
             gs.wait(old, "succeeded")
-            hog = gs.submit("alice", 'command = "yes spam-spam-spam-spam-spam-spam-spam"\ngpus = 1\n')
-            gs.wait(hog, "running")
-            # fill the rest of the disk as alice (as if her quota were the whole filesystem)
-            gs.sh(f"chmod 1777 {small}")
-            gs.sh(f"dd if=/dev/zero of={small}/alice-filler bs=1M 2>/dev/null || true", user="alice")
-            bob = gs.submit("bob", 'command = "sleep 2; echo bob done"\ngpus = 1\n')
+            hogs = [gs.submit("alice", 'command = "yes spam-spam-spam-spam-spam-spam-spam"\ngpus = 1\n')
+                    for _ in range(3)]
+            for h in hogs:
+                gs.wait(h, "running")
+            deadline = time.monotonic() + 60
+            while free() > 17 * mib:
+                assert time.monotonic() < deadline, f"alice's output never reached the floor: {free()} free"
+                time.sleep(0.5)
+            time.sleep(3)                   # they keep printing: the floor holds
+            assert free() >= 12 * mib, f"logging went past the floor: {free()} bytes free"
+            for h in hogs:
+                size = int(gs.sh(f"stat -c %s {small}/logs/{h}.log").stdout)
+                assert size <= 25 * mib + 65536, f"alice's log {h} is {size} bytes"
+            assert "log_min_free" in gs.journal("-u", "gpusched-job-%d.scope" % hogs[0]) or \
+                "free" in gs.sh(f"tail -c 2000 {small}/logs/{hogs[0]}.log").stdout
+            bob = gs.submit("bob", 'command = "sleep 3; echo bob done"\ngpus = 1\n')
+            gs.wait(bob, "running")
+            gs.sh(f"dd if=/dev/zero of={small}/filler bs=64k 2>/dev/null || true")   # now nothing is left
+            assert free() < 256 * 1024
             st = gs.wait(bob, "succeeded", timeout=30)
             assert st["exit_code"] == 0
             gpus = json.loads(gs.sh("gpuschedctl gpus --json").stdout)
             assert not any(g.get("job") == bob for g in gpus["gpus"]), "bob's GPU was not freed"
-            log_size = int(gs.sh(f"stat -c %s {small}/logs/{hog}.log").stdout)
-            assert log_size <= 4 * 1024 * 1024 + 65536, f"alice's log is {log_size} bytes"
-            gs.sh(f"rm -f {small}/alice-filler")
-            # expiry: finished jobs older than 8 s go, the running hog stays
-            deadline = time.monotonic() + 30
+            gs.sh(f"rm -f {small}/filler")
+            # expiry: finished jobs older than 8 s go, the running hogs stay
+            deadline = time.monotonic() + 40
             while gs.sh(f"test -e {small}/status/{old}.toml", check=False).returncode == 0:
                 assert time.monotonic() < deadline, "a finished job was never expired"
                 time.sleep(1)
             for path in (f"jobs/{old}.toml", f"logs/{old}.log"):
                 assert gs.sh(f"test -e {small}/{path}", check=False).returncode != 0, path
-            assert gs.sh(f"test -e {small}/status/{hog}.toml", check=False).returncode == 0
-            assert gs.status(hog)["state"] == "running"
-            gs.sh(f"gpuschedctl cancel {hog}", user="alice")
-            gs.wait(hog, "cancelled", timeout=30)
+            for h in hogs:
+                assert gs.status(h)["state"] == "running"
+                gs.sh(f"gpuschedctl cancel --now {h}", user="alice")
+            for h in hogs:
+                gs.wait(h, "cancelled", timeout=30)
     finally:
         gs.sh(f"umount {small}; rm -f /var/tmp/small.img", check=False)
