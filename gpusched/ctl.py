@@ -1,9 +1,16 @@
 """gpuschedctl: submit, list, show, logs, cancel, gpus. Talks to the daemon over the system bus; drops job
-files into the spool as the calling user; reads logs straight from the file (the file's mode decides who)."""
+files into the spool as the calling user; reads logs straight from the file (the file's mode decides who).
+
+Everything it prints for people goes through listing.printable (names, reasons and file names come from
+other users: a raw ESC or bidi override would write on the reader's terminal); --json stays exact. A job's
+log is escaped the same way (keeping newlines and tabs) when it goes to a terminal, and copied raw when
+stdout is a pipe or a file, or with --raw: see cmd_logs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
@@ -12,17 +19,28 @@ from typing import Any, NoReturn
 
 from gpusched import config as configmod
 from gpusched import jobfile
+from gpusched.listing import printable
 from gpusched.units import format_size
 
 FINAL_STATES = {"succeeded", "failed", "cancelled", "rejected"}
+CALL_TIMEOUT = 120.0       # seconds: a daemon that hangs gets an error, not a client that waits for ever
 
 
 class CtlError(Exception):
     pass
 
 
+def safe(text: str) -> str:
+    """For people: each line through printable (the line breaks themselves are ours)."""
+    return "\n".join(printable(line) for line in str(text).split("\n"))
+
+
+def warn(message: str) -> None:
+    print(f"gpuschedctl: {safe(message)}", file=sys.stderr)
+
+
 def die(message: str, code: int = 1) -> NoReturn:
-    print(f"gpuschedctl: {message}", file=sys.stderr)
+    warn(message)
     sys.exit(code)
 
 
@@ -34,16 +52,23 @@ class Client:
             self._glib_error = GLib.Error
             self._api = SystemBus().get("org.gpusched1", "/org/gpusched1")
         except Exception as e:  # noqa: BLE001 - no bus, no daemon, no permission: one clear line
-            raise CtlError(f"can't reach gpusched on the system bus ({_short(e)}); is gpusched.service running?")
+            raise CtlError(f"can't reach gpusched on the system bus ({bus_error(e)}); "
+                           f"is gpusched.service running?") from None
 
     def raw(self, method: str, *args: Any) -> str:
         try:
-            raw = getattr(self._api, method)(*args)
+            raw = getattr(self._api, method)(*args, timeout=CALL_TIMEOUT)
         except self._glib_error as e:
-            raise CtlError(f"gpusched did not answer {method}: {_short(e)}") from None
+            raise CtlError(f"gpusched did not answer {method}: {bus_error(e)}") from None
+        except AttributeError:
+            raise CtlError(f"this gpusched has no {method} (is the daemon older than gpuschedctl? "
+                           f"restart gpusched.service)") from None
         if not raw.startswith(('{"ok": ', '{"last": ')):
-            reply = json.loads(raw)
-            raise CtlError(reply.get("error", f"unexpected answer to {method}"))
+            try:
+                reply = json.loads(raw)
+            except ValueError:
+                reply = {}
+            raise CtlError(reply.get("error") or f"unexpected answer to {method}: {raw[:200]}")
         return raw
 
     def call(self, method: str, *args: Any) -> Any:
@@ -53,9 +78,40 @@ class Client:
         return reply["ok"]
 
 
-def _short(e: Exception) -> str:
-    text = str(e)
-    return text.rsplit(": ", 1)[-1] if "GDBus.Error" in text else text
+# what the bus's own errors mean for someone running gpuschedctl
+_BUS_ERRORS = {
+    "org.freedesktop.DBus.Error.ServiceUnknown": "gpusched is not on the system bus (not running, or "
+                                                 "reconnecting after a bus restart)",
+    "org.freedesktop.DBus.Error.NameHasNoOwner": "gpusched is not on the system bus (not running, or "
+                                                 "reconnecting after a bus restart)",
+    "org.freedesktop.DBus.Error.NoReply": "no answer in time (gpusched is busy or hung)",
+    "org.freedesktop.DBus.Error.Timeout": "no answer in time (gpusched is busy or hung)",
+    "org.freedesktop.DBus.Error.LimitsExceeded": "the message was over the bus's size limit",
+    "org.freedesktop.DBus.Error.AccessDenied": "the system bus refused the call",
+    "org.freedesktop.DBus.Error.Disconnected": "the connection to the system bus was lost",
+    "org.freedesktop.DBus.Error.UnknownMethod": "this gpusched does not know that call (is the daemon older "
+                                                "than gpuschedctl? restart gpusched.service)",
+}
+
+
+def bus_error(e: Exception) -> str:
+    """A bus error in words: what it means, then the bus's own name and text for the curious."""
+    try:
+        from gi.repository import Gio, GLib
+    except ImportError:
+        return str(e)
+    if not isinstance(e, GLib.Error):
+        return str(e)
+    if not Gio.DBusError.is_remote_error(e):
+        if e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.TIMED_OUT):
+            return f"no answer within {CALL_TIMEOUT:.0f}s (gpusched is busy or hung)"
+        return e.message
+    name = Gio.DBusError.get_remote_error(e)
+    text = e.message.removeprefix(f"GDBus.Error:{name}: ")
+    if name.startswith("unknown."):                # pydbus's name for an exception in the daemon
+        return f"gpusched failed ({name[len('unknown.'):]}: {text}); journalctl -u gpusched says more"
+    meaning = _BUS_ERRORS.get(name)
+    return f"{meaning} [{name}: {text}]" if meaning else f"{name}: {text}"
 
 
 def _spool_dir(args: argparse.Namespace) -> str:
@@ -99,7 +155,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     finally:
         os.close(fd)                                   # the daemon takes the file at this close
     if args.no_wait:
-        print(name)
+        print(printable(name))
         return 0
     client = Client()
     deadline = time.monotonic() + args.timeout
@@ -129,8 +185,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         else:
             reply = json.loads(raw)
             last = reply["last"]
-            if reply["ok"]:
-                out.write(reply["ok"] + "\n")
+            if reply["ok"]:                            # rendered (and escaped) by the daemon; again here
+                out.write(safe(reply["ok"]) + "\n")
         first = False
         if not last:
             break
@@ -151,14 +207,19 @@ def cmd_show(args: argparse.Namespace) -> int:
             value = ", ".join(f"{g['index']} ({g['uuid']})" for g in value) or "-"
         if key == "history":
             for h in value:
-                print(f"{'attempt ' + str(h.get('attempt')):>14}: {h.get('outcome')}")
+                _field(f"attempt {h.get('attempt')}", h.get("outcome"))
             continue
-        print(f"{key:>14}: {value}")
+        _field(key, value)
     for key, value in spec.items():
-        if key == "command" and isinstance(value, str) and "\n" in value:
-            value = value.replace("\n", "\n" + " " * 16)
-        print(f"{key:>14}: {value}")
+        _field(key, value)
     return 0
+
+
+def _field(key: str, value: Any) -> None:
+    """One `show` line; a value's own line breaks (a reason, a command) are kept, indented, and every line
+    escaped."""
+    lines = (value if isinstance(value, str) else str(value)).split("\n")
+    print(f"{printable(key):>14}: " + ("\n" + " " * 16).join(printable(line) for line in lines))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -179,20 +240,32 @@ def cmd_logs(args: argparse.Namespace) -> int:
         raise CtlError(f"job {args.id}: no output yet ({path})") from None
     except PermissionError:
         raise CtlError(f"job {args.id}: the log {path} is readable only by {job['user']} and root") from None
+    out = sys.stdout.buffer
+    # The log is the job's own output, but it is not only its owner who reads it (root and admins do): on
+    # a terminal its escapes would act on the reader's terminal, so there it is shown like `less` shows
+    # it, controls escaped (newlines and tabs kept; a lone CR, a progress bar's, shown as a line end).
+    # Piped or redirected, or with --raw, it is copied byte for byte, like `cat`.
+    escape = not args.raw and out.isatty()
+    decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
+
+    def emit(chunk: bytes, final: bool = False) -> None:
+        if escape:
+            text = decoder.decode(chunk, final).replace("\r\n", "\n").replace("\r", "\n")
+            chunk = printable(text, keep="\n\t").encode()
+        out.write(chunk)
+        out.flush()
+
     with f:
-        out = sys.stdout.buffer
         while True:
             chunk = f.read(65536)
             if chunk:
-                out.write(chunk)
-                out.flush()
+                emit(chunk)
                 continue
             if not args.follow:
+                emit(b"", final=True)
                 return 0
             if client.call("Show", args.id)["state"] in FINAL_STATES | {"queued"}:   # ended or requeued
-                rest = f.read()
-                out.write(rest)
-                out.flush()
+                emit(f.read(), final=True)
                 return 0
             time.sleep(0.25)
 
@@ -202,9 +275,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     failed = 0
     for job_id in args.ids:
         try:
-            print(f"job {job_id}: {client.call('Cancel', job_id)}")
+            print(f"job {job_id}: {printable(client.call('CancelNow' if args.now else 'Cancel', job_id))}")
         except CtlError as e:
-            print(f"gpuschedctl: {e}", file=sys.stderr)
+            warn(str(e))
             failed += 1
     return 1 if failed else 0
 
@@ -215,22 +288,32 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     if info.get("error"):
-        print(f"GPU probe failing: {info['error']}")
+        print(f"GPU probe failing: {safe(info['error'])}")
     if not info["gpus"]:
         print("no GPUs")
         return 0
     rows = [("GPU", "NAME", "MEMORY", "FREE", "STATE", "UUID")]
     for g in info["gpus"]:
-        state = g["state"] + (f" (pids {','.join(map(str, g['foreign_pids']))})" if g["foreign_pids"] else "")
+        more = f" and {g['foreign_pids_more']} more" if g.get("foreign_pids_more") else ""
+        state = g["state"] + (f" (pids {','.join(map(str, g['foreign_pids']))}{more})" if g["foreign_pids"] else "")
         rows.append((str(g["index"]), g["name"], format_size(g["memory_total"]), format_size(g["memory_free"]),
                      state, g["uuid"]))
     _table(rows)
+    foreign = [("GPU", "PID", "USER", "GPU MEMORY", "COMMAND")]
+    for g in info["gpus"]:
+        for p in g.get("foreign") or ():
+            memory = format_size(p["gpu_memory"]) if p.get("gpu_memory") is not None else "-"
+            foreign.append((str(g["index"]), str(p["pid"]), p["user"], memory, p["cmdline"] or p["name"]))
+    if len(foreign) > 1:
+        print("\nprocesses gpusched did not start:")
+        _table(foreign)
     if info["simulated"]:
         print("(simulated GPUs, from the config's [[gpus.simulated]])")
     return 0
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
+    rows = [tuple(printable(str(c)) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -262,10 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="a job's output")
     p.add_argument("id", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--raw", action="store_true",
+                   help="copy the output byte for byte even to a terminal (by default control characters "
+                        "are escaped there)")
     p.set_defaults(fn=cmd_logs)
 
     p = sub.add_parser("cancel", help="cancel queued or running jobs (running ones get their grace)")
     p.add_argument("ids", type=int, nargs="+")
+    p.add_argument("--now", action="store_true",
+                   help="kill running jobs at once (SIGKILL to all their processes), whatever their grace")
     p.set_defaults(fn=cmd_cancel)
 
     p = sub.add_parser("gpus", help="the GPUs and who holds them")

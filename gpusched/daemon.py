@@ -7,6 +7,7 @@ table needs no locks. Side effects live in the adapters; the decisions in policy
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import grp
 import json
 import os
@@ -21,8 +22,8 @@ from typing import Any, Callable
 
 from gi.repository import GLib
 
+from gpusched import cgroups, fds, journal, launch, lifecycle, policy
 from gpusched import config as configmod
-from gpusched import journal, launch, lifecycle, policy
 from gpusched.gpus import GpuProbeError, Probe, device_nodes, make_probe
 from gpusched.jobfile import JobFileError, parse as parse_jobfile
 from gpusched.listing import Listing
@@ -30,10 +31,13 @@ from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
 from gpusched.spawner import Spawner
 from gpusched.spool import Spool, SpoolWatcher, Taken, ignored
 from gpusched.store import Store
-from gpusched.systemd import SystemdError, Units
+from gpusched.systemd import SystemdError, SystemdUnavailable, UnitExists, Units
 
 RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
-INGEST_BATCH = 64          # spool entries taken per main-loop turn
+INGEST_BATCH = 64          # spool entries taken per main-loop turn, at most
+INGEST_BUDGET = 0.05       # seconds of main-loop time per ingest turn: a flood never starves the watchdog or bus
+EXPIRE_EVERY = 3600.0      # seconds between sweeps of finished jobs older than keep_finished
+EXPIRE_BATCH = 500         # finished jobs removed per main-loop turn
 
 
 def log(message: str, priority: int = 6, job: Job | None = None, **fields: Any) -> None:
@@ -86,6 +90,12 @@ class Daemon:
         self._incoming_lock = threading.Lock()
         self._draining = False
         self._rescan_backlog: list[str] = []
+        self._queued_by_uid: dict[int, set[int]] = {}  # for max_queued_per_user, kept by _track
+        # the first sweep a minute after start (or sooner with a short keep_finished), then every interval
+        self._last_expire = time.monotonic() - self._expire_interval() + min(60.0, self._expire_interval())
+        self._expiring: list[int] = []
+        self._killing: set[int] = set()                # jobs whose leftover processes are being killed
+        self._restop: set[int] = set()                 # stops to send again (the bus was down)
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -113,6 +123,11 @@ class Daemon:
             self.live.pop(job.id, None)
         else:
             self.live[job.id] = job
+        waiting = self._queued_by_uid.setdefault(job.uid, set())
+        if job.state == State.QUEUED:
+            waiting.add(job.id)
+        else:
+            waiting.discard(job.id)
 
     def _retry_dirty(self) -> None:
         for job_id in sorted(self.dirty):
@@ -143,9 +158,7 @@ class Daemon:
         self.store.init()
         self.spool.init()
         for job in self.store.load_jobs_safely(lambda name, e: log(f"status file {name} unreadable: {e}", 3)):
-            self.jobs[job.id] = job
-            if job.state not in FINAL:
-                self.live[job.id] = job
+            self._track(job)
         for job_id, name in self.spool.work_entries():          # entries taken when the daemon died
             job = self.jobs.get(job_id)
             if job is None:
@@ -173,11 +186,13 @@ class Daemon:
 
     def _reconcile(self, job: Job, recovering: bool = False) -> None:
         """Bring an active job's record in line with reality: its scope and its monitor's result."""
-        alive = self.units.alive(job.unit)
         result = self.store.read_result(job.id, job.attempt, job.start_token)
         if result is not None:
-            self._finish(job, result)
-        elif alive:
+            if not self._scope_busy(job):                 # its GPUs stay held until the scope is empty
+                self._finish(job, result)
+            return
+        alive = self.units.alive(job.unit)
+        if alive:
             if job.state == State.STARTING:
                 lifecycle.running(job)
                 self._save(job)
@@ -207,7 +222,10 @@ class Daemon:
         GLib.idle_add(self._drain_incoming, priority=GLib.PRIORITY_DEFAULT)
 
     def _drain_incoming(self) -> bool:
+        deadline = time.monotonic() + INGEST_BUDGET
         for _ in range(INGEST_BATCH):
+            if time.monotonic() > deadline:
+                return True                            # the rest on the next turn, after timers and bus calls
             with self._incoming_lock:
                 if not self._incoming:
                     self._draining = False
@@ -256,14 +274,23 @@ class Daemon:
             except KeyError:
                 problem = f"{taken.name}: " + (f"user: no such user {spec.user!r}" if spec.user
                                                else f"the file's owner (uid {uid}) has no account")
+        cap = self.cfg.max_queued_per_user
+        if account is not None and problem is None and cap and uid != 0:
+            waiting = len(self._queued_by_uid.get(account.pw_uid, ()))
+            if waiting >= cap:
+                problem = (f"{taken.name}: {account.pw_name} already has {waiting} jobs waiting, the most this "
+                           f"server allows (max_queued_per_user = {cap}); submit it again when some have started")
         try:
             self._record_entry(job_id, taken, uid, owner, problem, spec, account)
         except OSError as e:
             # the state directory can't take it (full?): the entry goes back to the spool, untouched, and
             # the periodic rescan offers it again
-            self.jobs.pop(job_id, None)
+            dropped = self.jobs.pop(job_id, None)
             self.live.pop(job_id, None)
             self.dirty.discard(job_id)
+            if dropped is not None:
+                self._queued_by_uid.get(dropped.uid, set()).discard(job_id)
+            self.submissions.pop((uid, taken.name, taken.st.st_ino), None)   # Lookup must not name it
             where = self.spool.put_back(job_id, taken.name)
             log(f"can't accept {taken.name} from {owner} now: {e.strerror} in {self.store.root}; "
                 f"left in the spool as {where}, to be retried", 3, GPUSCHED_EVENT="defer")
@@ -311,7 +338,10 @@ class Daemon:
             GLib.idle_add(self._ingest_backlog, priority=GLib.PRIORITY_DEFAULT)
 
     def _ingest_backlog(self) -> bool:
+        deadline = time.monotonic() + INGEST_BUDGET
         for _ in range(INGEST_BATCH):
+            if time.monotonic() > deadline:
+                return True
             if not self._rescan_backlog:
                 return False
             name = self._rescan_backlog.pop()
@@ -324,7 +354,7 @@ class Daemon:
     def _probe_gpus(self) -> None:
         self._last_probe = time.monotonic()
         try:
-            gpus = self.probe.probe()
+            gpus = self.probe.probe(frozenset(j.unit for j in self.live.values() if j.state in ACTIVE and j.unit))
         except GpuProbeError as e:
             if self.gpu_error is None:
                 log(f"GPU probe failed: {e}; no new GPU jobs start until it recovers", 3)
@@ -358,22 +388,26 @@ class Daemon:
             assert spec is not None
             if job.state == State.QUEUED:
                 queued.append(policy.Request(job.id, spec.priority, spec.gpus, spec.gpu_memory, spec.gpu_type,
-                                             spec.gpu_ids))
+                                             spec.gpu_ids, uid=job.uid))
             elif job.state in ACTIVE:
                 holders.append(policy.Holder(job.id, spec.priority, tuple(g.index for g in job.gpus),
-                                             spec.preemptible, job.state == State.STOPPING))
+                                             spec.preemptible, job.state == State.STOPPING, uid=job.uid,
+                                             cpu_only=spec.gpus == 0))
         if not queued:
             return
         d = policy.schedule(queued, holders, self.gpus, max_running=self.cfg.max_running,
-                            preempt_margin=self.cfg.preempt_margin)
+                            preempt_margin=self.cfg.preempt_margin,
+                            max_running_per_user=self.cfg.max_running_per_user,
+                            max_cpu_jobs_per_user=configmod.cpu_job_cap(self.cfg))
         self.stats["last_policy_seconds"] = time.perf_counter() - t0
         self.stats["last_pass_queued"] = len(queued)
+        # Errors are contained per job: one job whose start fails (every pass, perhaps) never blocks the others
         for victim, for_job in d.preempts:
-            self._stop(self.jobs[victim], "preempt",
-                       f"preempted by job {for_job} (priority {self.jobs[for_job].spec.priority})")  # type: ignore
+            self._contained(self._stop, self.jobs[victim], "preempt",
+                            f"preempted by job {for_job} (priority {self.jobs[for_job].spec.priority})")  # type: ignore
         by_index = {g.index: g for g in self.gpus or ()}
         for job_id, indices in d.starts:
-            self._start(self.jobs[job_id], [by_index[i] for i in indices])
+            self._contained(self._start, self.jobs[job_id], [by_index[i] for i in indices])
         for job_id, reason in d.waiting.items():
             job = self.jobs[job_id]
             if lifecycle.waiting(job, reason):
@@ -384,6 +418,18 @@ class Daemon:
         if self._copies_due and not self._copies_flushing:
             self._copies_flushing = True
             GLib.idle_add(self._flush_copies, priority=GLib.PRIORITY_DEFAULT_IDLE)
+
+    def _contained(self, action: Callable[..., None], job: Job, *args: Any) -> None:
+        try:
+            action(job, *args)
+        except Exception:  # noqa: BLE001 - a bug or an odd failure with one job must not stop the pass
+            log(f"internal error in {action.__name__} for job {job.id}: {traceback.format_exc()}", 3, job=job)
+            if job.state == State.STARTING:
+                # nothing of it can be running yet (the monitor got no spec): back to the queue, retried later
+                lifecycle.never_started(job, "waiting: an internal error stopped its start; retrying")
+                self._save(job)
+                if job.unit:
+                    self.units.stop(job.unit)
 
     def _flush_copies(self) -> bool:
         for _ in range(256):
@@ -417,30 +463,50 @@ class Daemon:
             self._retry = True
             return
         result_path = self.store.result_path(job.id, job.attempt, job.start_token)
-        plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log, result_path)
+        plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log, result_path,
+                           max_log_size=self.cfg.max_log_size, log_min_free=self.cfg.log_min_free)
         r, w = os.pipe()
         try:
             pid = self.spawner.spawn(r, result_path)
+        except BaseException:
+            os.close(w)
+            raise
         finally:
             os.close(r)
-        self._watch_monitor(pid, job.id)
-        try:
-            self.units.start_scope(unit, pid, plan.properties)
-        except SystemdError as e:
-            os.close(w)                                  # EOF: the monitor exits without running anything
-            if "UnitExists" in str(e) or "already exists" in str(e) or "already loaded" in str(e):
-                # a scope left by a start that was given up on (this job is queued, so nothing of it can be
-                # running there): stop it and try again on the next tick
-                lifecycle.never_started(job, f"waiting for the previous {unit} to go away")
+        try:                                             # w is closed on every path: at EOF without a spec,
+            self._watch_monitor(pid, job.id)             # the monitor exits without running anything
+            try:
+                self.units.start_scope(unit, pid, plan.properties)
+            except SystemdError as e:
+                if isinstance(e, UnitExists):
+                    # a scope left by a start that was given up on (this job is queued, so nothing of it can
+                    # be running there): stop it and try again on the next tick
+                    lifecycle.never_started(job, f"waiting for the previous {unit} to go away")
+                    self.units.stop(unit)
+                    self._retry = True
+                elif isinstance(e, SystemdUnavailable):
+                    lifecycle.never_started(job, "waiting: the system bus is being reconnected")
+                    self._retry = True
+                else:
+                    lifecycle.start_failed(job, f"could not create {unit}: {e}", time.time())
+                self._save(job)
+                log(f"job {job.id} not started: {e}", 3, job=job)
+                return
+            try:
+                data = memoryview(json.dumps(plan.monitor).encode())
+                while data:
+                    data = data[os.write(w, data):]
+            except OSError as e:
+                # the monitor died before reading its spec (killed, out of memory): nothing runs; stop the
+                # empty scope and requeue; the monitor's exit is handled as usual
+                lifecycle.never_started(job, f"waiting: its monitor died before the job began ({e.strerror})")
+                self._save(job)
                 self.units.stop(unit)
                 self._retry = True
-            else:
-                lifecycle.start_failed(job, f"could not create {unit}: {e}", time.time())
-            self._save(job)
-            log(f"job {job.id} not started: {e}", 3, job=job)
-            return
-        with os.fdopen(w, "wb") as f:
-            f.write(json.dumps(plan.monitor).encode())
+                log(f"job {job.id} not started: its monitor died early", 3, job=job)
+                return
+        finally:
+            os.close(w)
         lifecycle.running(job)
         self._save(job)
         where = "GPU " + ",".join(str(g.index) for g in gpus) if gpus else "no GPU"
@@ -451,8 +517,31 @@ class Daemon:
         lifecycle.stopping(job, intent, reason, time.time())
         self._save(job)
         log(f"stopping job {job.id}: {reason}", job=job, GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
-        if not self.units.stop(job.unit):
+        self._send_stop(job)
+
+    def _send_stop(self, job: Job) -> None:
+        try:
+            gone = not self.units.stop(job.unit)
+        except SystemdUnavailable:
+            self._restop.add(job.id)                    # asked again once the bus is back (tick)
+            return
+        self._restop.discard(job.id)
+        if gone:
             self._reconcile(job)
+
+    def _scope_busy(self, job: Job) -> bool:
+        """True while the job's scope still holds a process after its monitor is done: then kill them all
+        (KillUnit SIGKILL) and keep the job's GPUs until the kernel says the scope is empty; tick() looks again
+        every second."""
+        left = cgroups.pids(cgroups.unit_dir(launch.SLICE, job.unit))
+        if not left:
+            return False
+        if job.id not in self._killing:
+            self._killing.add(job.id)
+            log(f"job {job.id} ended but {len(left)} process(es) remain in {job.unit}; killing them before its "
+                f"GPUs are freed", 4, job=job)
+        self.units.kill(job.unit, signal.SIGKILL)
+        return True
 
     def _watch_monitor(self, pid: int, job_id: int) -> None:
         """Call _monitor_exited when it exits: a pidfd works for the zygote's children as for our own."""
@@ -474,11 +563,7 @@ class Daemon:
         job = self.live.get(job_id) if job_id is not None else None
         if job is None or job.state not in ACTIVE:
             return
-        result = self.store.read_result(job.id, job.attempt, job.start_token)
-        if result is not None:
-            self._finish(job, result)
-        else:
-            self._reconcile(job)
+        self._reconcile(job)
 
     def _finish(self, job: Job, result: dict[str, Any] | None) -> None:
         if result is not None and result.get("not_started") and job.state in (State.STARTING, State.RUNNING):
@@ -487,6 +572,7 @@ class Daemon:
             log(f"job {job.id} never started; requeued", job=job, GPUSCHED_EVENT="requeue")
             self.request_pass()
             return
+        self._killing.discard(job.id)
         lifecycle.ended(job, result, time.time())
         self._save(job)
         event = "requeue" if job.state == State.QUEUED else "end"
@@ -503,14 +589,26 @@ class Daemon:
             if now - self._last_probe >= self.cfg.gpu_poll_interval:
                 self._probe_gpus()
             adopted = set(self.monitors.values())
-            for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in adopted]:
-                self._reconcile(job)
+            try:
+                for job_id in list(self._restop):
+                    job = self.live.get(job_id)
+                    if job is None or job.state != State.STOPPING:
+                        self._restop.discard(job_id)
+                    else:
+                        self._send_stop(job)
+                for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in adopted]:
+                    self._reconcile(job)
+            except SystemdUnavailable:
+                pass                                    # bus.py is reconnecting; tried again next tick
             self.spawner.reap()
             if self.dirty:
                 self._retry_dirty()
             if self._retry:
                 self._retry = False
                 self.request_pass()
+            if now - self._last_expire >= self._expire_interval():
+                self._last_expire = now
+                self.expire()
             if now - self._last_rescan >= RESCAN_EVERY:
                 self._last_rescan = now
                 self._rescan()
@@ -553,7 +651,9 @@ class Daemon:
             return False
         return gid in os.getgrouplist(pw.pw_name, pw.pw_gid)
 
-    def cancel(self, job_id: int, caller: int) -> str:
+    def cancel(self, job_id: int, caller: int, now: bool = False) -> str:
+        """Cancel a job: a queued one at once; an active one with its stop signal and grace, or (now) with
+        SIGKILL to every process of its scope, whatever its grace."""
         job = self.jobs.get(job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
@@ -566,12 +666,61 @@ class Daemon:
             log(f"job {job.id} cancelled by {who} while queued", job=job, GPUSCHED_EVENT="cancel")
             self.request_pass()
             return "cancelled"
-        if job.state in (State.RUNNING, State.STARTING):
-            self._stop(job, "cancel", f"cancelled by {who}")
-            return "stopping"
+        if job.state not in ACTIVE:
+            raise ValueError(f"job {job_id} has already ended ({job.state})")
+        how = "at once (SIGKILL)" if now else ""
         if job.state == State.STOPPING:
-            return "stopping"
-        raise ValueError(f"job {job_id} has already ended ({job.state})")
+            if job.stop_intent != "cancel" or now:
+                lifecycle.cancel_stopping(job, f"cancelled by {who} {how}".rstrip())
+                self._save(job)
+                log(f"job {job.id} cancelled by {who} while stopping {how}".rstrip(), job=job,
+                    GPUSCHED_EVENT="cancel")
+        else:
+            self._stop(job, "cancel", f"cancelled by {who} {how}".rstrip())
+        if now and job.state in ACTIVE:
+            self.units.kill(job.unit, signal.SIGKILL)
+            return "killed"
+        return "stopping"
+
+    # --- expiry ----------------------------------------------------------------------------------------
+
+    def _expire_interval(self) -> float:
+        return min(EXPIRE_EVERY, max(1.0, self.cfg.keep_finished / 4))
+
+    def expire(self) -> None:
+        """Start a sweep of finished jobs older than keep_finished: records, status files, logs, results and
+        rejected entries' kept copies go. Never an active or queued job. Done in batches on the main loop."""
+        if not self.cfg.keep_finished or self._expiring:
+            return
+        cutoff = time.time() - self.cfg.keep_finished
+        self._expiring = [j.id for j in self.jobs.values()
+                          if j.state in FINAL and (j.ended or j.submitted) < cutoff]
+        try:
+            freed = self.spool.expire_rejected(cutoff)
+            if freed:
+                log(f"removed rejected spool entries older than keep_finished ({freed} bytes)")
+        except OSError as e:
+            log(f"can't expire rejected spool entries: {e}", 3)
+        if self._expiring:
+            log(f"removing {len(self._expiring)} finished job(s) older than keep_finished", GPUSCHED_EVENT="expire")
+            GLib.idle_add(self._expire_batch, priority=GLib.PRIORITY_DEFAULT_IDLE)
+
+    def _expire_batch(self) -> bool:
+        batch = []
+        while self._expiring and len(batch) < EXPIRE_BATCH:
+            job = self.jobs.get(self._expiring.pop())
+            if job is not None and job.state in FINAL and job.id not in self.dirty:
+                batch.append(job)
+        try:
+            self.store.remove_jobs(j.id for j in batch)          # lists results/ once per batch
+        except (OSError, ValueError) as e:
+            log(f"can't remove {len(batch)} finished job(s): {e}; kept for the next sweep", 3)
+            return bool(self._expiring)
+        for job in batch:
+            del self.jobs[job.id]
+            self.listing.invalidate(job.id)
+            self._queued_by_uid.get(job.uid, set()).discard(job.id)
+        return bool(self._expiring)
 
     def stats_snapshot(self) -> dict[str, Any]:
         with open("/proc/self/statm") as f:
@@ -589,7 +738,8 @@ class Daemon:
             state = f"job {holders[g.index]}" if g.index in holders else "foreign" if g.foreign_pids else "free"
             out.append({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total": g.memory_total,
                         "memory_free": g.memory_free, "simulated": g.simulated, "state": state,
-                        "job": holders.get(g.index), "foreign_pids": list(g.foreign_pids)})
+                        "job": holders.get(g.index), "foreign_pids": list(g.foreign_pids),
+                        "foreign": [dataclasses.asdict(p) for p in g.foreign]})
         return out
 
 
@@ -613,21 +763,32 @@ def main(argv: list[str] | None = None) -> int:
     except configmod.ConfigError as e:
         print(f"gpuschedd: {e}", file=sys.stderr)
         return 2
-    from pydbus import SystemBus
-
     from gpusched.api import publish
+    from gpusched.bus import BusLink, BusUnavailable
     from gpusched.systemd import Systemd
 
-    bus = SystemBus()
+    # The bus connection is private and reconnects (bus.py): losing dbus-daemon, or being disconnected by
+    # it, costs the API a few seconds, never the daemon. Meanwhile systemd calls fail with
+    # SystemdUnavailable and the loop (scheduling, job ends, the watchdog) goes on.
+    link = BusLink(lambda message, priority: log(message, priority))
+    units = Systemd(None)
+    link.on_up(units.rebind)
+    link.on_down(lambda: units.rebind(None))
+    try:
+        link.start()
+    except BusUnavailable as e:
+        print(f"gpuschedd: {e}", file=sys.stderr)
+        return 1
     probe, what = make_probe(cfg.simulated_gpus)
     log(f"gpusched starting: spool {cfg.spool_dir}, state {cfg.state_dir}, {what}")
-    daemon = Daemon(cfg, Store(cfg.state_dir), Spool(cfg.spool_dir), Systemd(bus), probe)
+    daemon = Daemon(cfg, Store(cfg.state_dir), Spool(cfg.spool_dir), units, probe)
     watcher = SpoolWatcher(cfg.spool_dir, daemon.on_spool_entry) if _spool_ready(daemon) else None
     daemon.recover()
     if watcher is None:
         watcher = SpoolWatcher(cfg.spool_dir, daemon.on_spool_entry)
     watcher.start()
-    publication = publish(bus, daemon)
+    fds.cloexec_all()
+    link.on_up(lambda bus: publish(bus, daemon))       # now, and again on every new connection
     daemon.request_pass()
 
     loop = GLib.MainLoop()
@@ -648,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     journal.notify(f"READY=1\nSTATUS={daemon.status_line()}")
     log(f"gpusched ready: {daemon.status_line()}")
     loop.run()
-    publication.unpublish()
+    link.stop()
     return 0
 
 

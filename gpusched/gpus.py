@@ -1,22 +1,36 @@
 """The GPU inventory: NVML on a real machine, or the simulated GPUs the config names.
 
-probe() returns the GPUs as they are now, each with the compute processes on it that gpusched did not start
-(a process is ours when its cgroup is under gpusched.slice). It raises GpuProbeError when NVML fails.
+probe(active_units) returns the GPUs as they are now, each with the compute processes on it that are not
+gpusched's (`foreign`, with who and what they are). A process is gpusched's only when systemd tracks it in
+the scope of one of the jobs the daemon says are active: its cgroup is `/gpusched.slice/<that scope>` (or
+below it) from the root of the hierarchy. Anything else is foreign, even a cgroup with the same names further
+down: a user's own manager can make `/user.slice/user-1000.slice/user@1000.service/gpusched.slice/
+gpusched-job-7.scope`. It raises GpuProbeError when NVML fails.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import uuid
-from typing import Protocol, Sequence
+from dataclasses import replace
+from typing import Iterable, Protocol, Sequence
 
+from gpusched import fds
+from gpusched.cgroups import SLICE
 from gpusched.config import SimulatedGpu
-from gpusched.model import Gpu
+from gpusched.model import ForeignProcess, Gpu
 
-SLICE = "gpusched.slice"
 CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 # Only for simulated inventories (tests, demos): while this file exists, the probe fails as NVML can
 SIMULATED_FAULT = "/run/gpusched/simulate-gpu-failure"
+# Only for simulated inventories: "<gpu index> <pid>" per line puts that process "on" that simulated GPU,
+# where it is classified as a real one would be. Read only when root owns it and only root can write it.
+SIMULATED_PROCS = "/run/gpusched/simulate-gpu-procs"
+_MAX_SIMULATED = 64 * 1024
+MAX_NAME = 64
+MAX_CMDLINE = 256
+MAX_DESCRIBED = 16            # foreign processes described per GPU; all are counted
 
 
 class GpuProbeError(Exception):
@@ -26,21 +40,95 @@ class GpuProbeError(Exception):
 class Probe(Protocol):
     simulated: bool
 
-    def probe(self) -> list[Gpu]: ...
+    def probe(self, active_units: frozenset[str] = frozenset()) -> list[Gpu]: ...
 
 
-def ours(pid: int) -> bool:
+def tracked_cgroup(proc_cgroup: str) -> str | None:
+    """The cgroup systemd tracks a process by, from the text of /proc/PID/cgroup: the name=systemd line
+    where there is one (cgroup v1 and hybrid), else the unified "0::" line (v2). None if neither."""
+    unified = None
+    for line in proc_cgroup.splitlines():
+        hid, _, rest = line.partition(":")
+        controllers, sep, path = rest.partition(":")
+        if not sep:
+            continue
+        if controllers == "name=systemd":
+            return path
+        if hid == "0" and controllers == "":
+            unified = path
+    return unified
+
+
+def job_scope_of(cgroup: str | None, active_units: Iterable[str]) -> str | None:
+    """The active job scope a cgroup path is (or is under), or None. Only a path from the root counts."""
+    prefix = f"/{SLICE}/"
+    if not cgroup or not cgroup.startswith(prefix):
+        return None
+    unit = cgroup[len(prefix):].split("/", 1)[0]
+    if not (unit.startswith("gpusched-job-") and unit.endswith(".scope")):
+        return None
+    return unit if unit in active_units else None
+
+
+def ours(pid: int, active_units: Iterable[str] = frozenset()) -> bool:
+    """Whether pid is in an active job's scope. A pid we can't see (another PID namespace, or gone) is
+    not ours: better a GPU left idle than one handed to a second user."""
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            return f"/{SLICE}/" in f.read()
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            text = f.read(64 * 1024)
     except OSError:
-        return False              # not visible here (another PID namespace, or gone): not ours
+        return False
+    return job_scope_of(tracked_cgroup(text), active_units) is not None
+
+
+def _bounded(text: str, limit: int) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def describe(pid: int, gpu_memory: int | None = None) -> ForeignProcess:
+    """Who and what a process is (psutil), bounded in size; what can't be read is "?"."""
+    user, name, cmdline = "?", "?", ""
+    try:
+        import psutil
+        p = psutil.Process(pid)
+        with p.oneshot():
+            for attr in ("username", "name", "cmdline"):
+                try:
+                    v = getattr(p, attr)()
+                except (psutil.AccessDenied, psutil.ZombieProcess, KeyError):
+                    continue
+                if attr == "username":
+                    user = v
+                elif attr == "name":
+                    name = v
+                else:
+                    cmdline = " ".join(v)
+    except ImportError:
+        pass                          # psutil is a dependency; without it only the pid is known
+    except Exception:  # noqa: BLE001 - gone meanwhile (NoSuchProcess) or unreadable: keep what we have
+        pass
+    return ForeignProcess(pid=pid, user=_bounded(user, MAX_NAME), name=_bounded(name, MAX_NAME),
+                          cmdline=_bounded(cmdline, MAX_CMDLINE), gpu_memory=gpu_memory)
+
+
+def foreign_of(procs: Iterable[tuple[int, int | None]], active_units: Iterable[str]
+               ) -> tuple[tuple[int, ...], tuple[ForeignProcess, ...]]:
+    """The foreign pids among (pid, gpu memory) pairs, in pid order, each once; and the first MAX_DESCRIBED
+    of them described (what a GPU listing shows stays small however many processes a user starts)."""
+    units = frozenset(active_units)
+    seen: dict[int, int | None] = {}
+    for pid, mem in procs:
+        if pid not in seen or seen[pid] is None:
+            seen[pid] = mem
+    pids = tuple(pid for pid in sorted(seen) if not ours(pid, units))
+    return pids, tuple(describe(pid, seen[pid]) for pid in pids[:MAX_DESCRIBED])
 
 
 class NoGpus:
     simulated = False
 
-    def probe(self) -> list[Gpu]:
+    def probe(self, active_units: frozenset[str] = frozenset()) -> list[Gpu]:
         return []
 
 
@@ -54,10 +142,41 @@ class SimulatedGpus:
             for i, g in enumerate(gpus)
         ]
 
-    def probe(self) -> list[Gpu]:
+    def probe(self, active_units: frozenset[str] = frozenset()) -> list[Gpu]:
         if os.path.exists(SIMULATED_FAULT):
             raise GpuProbeError(f"simulated GPU probe failure ({SIMULATED_FAULT} exists)")
-        return list(self._gpus)
+        on_gpu = read_simulated_procs(SIMULATED_PROCS)
+        if not on_gpu:
+            return list(self._gpus)
+        out = []
+        for g in self._gpus:
+            # NVML lists only live processes; so does the simulation
+            live = [pid for pid in on_gpu.get(g.index, ()) if os.path.exists(f"/proc/{pid}")]
+            pids, foreign = foreign_of(((pid, None) for pid in live), active_units)
+            out.append(replace(g, foreign=foreign, foreign_pids=pids))
+        return out
+
+
+def read_simulated_procs(path: str) -> dict[int, list[int]]:
+    """{gpu index: [pid, ...]} from the simulation file, or {} when it is absent or anyone but root could
+    have written it (a user must not be able to fake a busy GPU). Malformed lines are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            return {}
+        data = os.read(fd, _MAX_SIMULATED)
+    finally:
+        os.close(fd)
+    out: dict[int, list[int]] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            out.setdefault(int(parts[0]), []).append(int(parts[1]))
+    return out
 
 
 class NvmlGpus:
@@ -66,9 +185,12 @@ class NvmlGpus:
     def __init__(self) -> None:
         import pynvml
         self._nvml = pynvml
-        pynvml.nvmlInit()
+        try:
+            pynvml.nvmlInit()
+        finally:
+            fds.cloexec_all()         # NVML opens device fds without O_CLOEXEC; no job may inherit one
 
-    def probe(self) -> list[Gpu]:
+    def probe(self, active_units: frozenset[str] = frozenset()) -> list[Gpu]:
         n = self._nvml
         try:
             out = []
@@ -81,14 +203,23 @@ class NvmlGpus:
                     minor = n.nvmlDeviceGetMinorNumber(h)
                 except n.NVMLError:
                     minor = None
-                pids = [p.pid for p in n.nvmlDeviceGetComputeRunningProcesses(h)]
+                procs = [(p.pid, _memory(p)) for p in n.nvmlDeviceGetComputeRunningProcesses(h)]
+                pids, foreign = foreign_of(procs, active_units)
                 out.append(Gpu(index=i, uuid=uid if isinstance(uid, str) else uid.decode(),
                                name=name if isinstance(name, str) else name.decode(),
                                memory_total=mem.total, memory_free=mem.free, minor=minor,
-                               foreign_pids=tuple(p for p in pids if not ours(p))))
+                               foreign_pids=pids, foreign=foreign))
             return out
         except n.NVMLError as e:
             raise GpuProbeError(f"NVML: {e}") from e
+        finally:
+            fds.cloexec_all()         # NVML opens /dev/nvidia<N> lazily, on whichever call first needs it
+
+
+def _memory(p: object) -> int | None:
+    used = getattr(p, "usedGpuMemory", None)
+    # NVML reports "not available" (under some drivers or containers) as None or as a huge sentinel
+    return used if isinstance(used, int) and 0 <= used < 1 << 60 else None
 
 
 def make_probe(simulated: Sequence[SimulatedGpu]) -> tuple[Probe, str]:

@@ -9,10 +9,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from gpusched.cgroups import SLICE
 from gpusched.jobfile import JobSpec
 from gpusched.model import Gpu
 
-SLICE = "gpusched.slice"
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 USEC = 1_000_000
 
@@ -98,6 +98,9 @@ def scope_properties(job_id: int, spec: JobSpec, account: Account, device_nodes:
         # no device but the standard pseudo-devices, plus exactly this job's GPUs
         ("DevicePolicy", "s", "closed"),
         ("DeviceAllow", "a(ss)", [(node, "rw") for node in device_nodes]),
+        # the monitor runs the job in a child cgroup of the scope, so that it can kill all of the job at once
+        # (cgroup.kill) without killing itself: systemd must leave that child alone (jobcgroup.py)
+        ("Delegate", "b", True),
     ]
     if spec.limits.memory is not None:
         p += [("MemoryAccounting", "b", True), ("MemoryMax", "t", spec.limits.memory)]
@@ -111,7 +114,10 @@ def scope_properties(job_id: int, spec: JobSpec, account: Account, device_nodes:
 
 
 def plan(job_id: int, attempt: int, spec: JobSpec, account: Account, gpus: Sequence[Gpu],
-         device_nodes: Sequence[str], log_path: str, result_path: str) -> LaunchPlan:
+         device_nodes: Sequence[str], log_path: str, result_path: str, *, max_log_size: int = 0,
+         log_min_free: int = 0, pam_service: str = "gpusched") -> LaunchPlan:
+    """max_log_size: the log's cap in bytes (0: none); log_min_free: free bytes under which the log's
+    filesystem gets no more log (0: no floor); pam_service: the PAM service the job's session is opened with."""
     unit = unit_name(job_id)
     monitor = {
         "id": job_id, "attempt": attempt, "name": spec.name, "unit": unit,
@@ -120,5 +126,6 @@ def plan(job_id: int, attempt: int, spec: JobSpec, account: Account, gpus: Seque
         "env": environment(job_id, attempt, spec, account, gpus, log_path),
         "log": log_path, "result": result_path, "stop_signal": spec.stop_signal,
         "ident": f"job-{job_id}",
+        "max_log_size": max_log_size, "log_min_free": log_min_free, "pam_service": pam_service,
     }
     return LaunchPlan(unit, scope_properties(job_id, spec, account, device_nodes), monitor)

@@ -23,8 +23,19 @@ ALLOWED = {
 }
 
 
+MAX_REASON = 4096          # bytes of a reason: it goes into every listing and status file
+
+
 class TransitionError(Exception):
     pass
+
+
+def bounded(reason: str, limit: int = MAX_REASON) -> str:
+    """A reason cut to at most `limit` bytes of UTF-8, saying that it was cut."""
+    data = reason.encode("utf-8", "surrogateescape")
+    if len(data) <= limit:
+        return reason
+    return data[:limit - 40].decode("utf-8", "ignore") + f" … ({len(data) - limit + 40} more bytes)"
 
 
 def _move(job: Job, to: State) -> None:
@@ -40,11 +51,12 @@ def accepted(job_id: int, spec: JobSpec, user: str, uid: int, gid: int, source: 
 
 def rejected(job_id: int, user: str, uid: int, source: str, reason: str, now: float) -> Job:
     return Job(id=job_id, user=user, uid=uid, source=source, state=State.REJECTED, submitted=now, ended=now,
-               reason=reason)
+               reason=bounded(reason))
 
 
 def waiting(job: Job, reason: str) -> bool:
     """Set a queued job's reason. True if it changed (so the status file needs writing)."""
+    reason = bounded(reason)
     if job.reason == reason:
         return False
     job.reason = reason
@@ -81,6 +93,14 @@ def start_failed(job: Job, why: str, now: float) -> None:
 def stopping(job: Job, intent: str, reason: str, now: float) -> None:
     _move(job, State.STOPPING)
     job.stop_intent, job.stop_requested, job.reason = intent, now, reason
+
+
+def cancel_stopping(job: Job, reason: str) -> None:
+    """A job already being stopped (preempted, or cancelled with its grace) is now cancelled: it won't be
+    requeued when it ends."""
+    if job.state != State.STOPPING:
+        raise TransitionError(f"job {job.id}: {job.state} is not stopping")
+    job.stop_intent, job.reason = "cancel", reason
 
 
 def cancel_queued(job: Job, reason: str, now: float) -> None:

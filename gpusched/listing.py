@@ -1,5 +1,11 @@
-"""The job listing as text and JSON, cached per job: `gpuschedctl list` with 100,000 queued jobs must stay
-fast, so each job's row and JSON are rendered once per change of the job, not once per request."""
+"""The job listing as text and JSON, cached per job, and `printable`, the one escape for terminals.
+
+`gpuschedctl list` with 100,000 queued jobs must stay fast, so each job's row and JSON are rendered once per
+change of the job, not once per request. Every entry is bounded in bytes (MAX_ENTRY), so the bus API can
+cut pages by size. Everything people's terminals show of a job passes through `printable`: job names, file
+names and reasons come from users, and a raw ESC, CR, BEL or bidi override would let one user write on
+another's terminal.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +19,56 @@ PRIVATE_FIELDS = ("log", "source", "history", "stop_intent", "stop_requested")
 COLUMNS = (("ID", 7), ("STATE", 10), ("USER", 12), ("NAME", 24), ("GPUS", 8), ("PRIO", 5), ("SUBMITTED", 16))
 TIME_FORMAT = "%m-%d %H:%M:%S"                  # fits SUBMITTED's width
 HEADER = "".join(f"{name:<{width}}" for name, width in COLUMNS) + "INFO"
+INFO_WIDTH = 80
+MAX_ENTRY = 1 << 20     # bytes of JSON for one job in a listing; a bigger record is listed cut (see _cut)
+# what a cut entry keeps: fields of bounded size
+_SMALL_FIELDS = ("id", "name", "user", "uid", "state", "submitted", "started", "ended", "exit_code", "signal",
+                 "gpus", "unit", "attempt", "preemptions", "priority", "gpus_requested", "preemptible", "gid")
+
+
+def printable(text: str, keep: str = "") -> str:
+    r"""`text` with every character a terminal could act on written as an escape: C0 and C1 controls (ESC,
+    CR, BEL, ...), DEL, format characters (bidi overrides such as U+202E, zero-width ones), line and
+    paragraph separators, surrogates (undecodable file names) and unassigned code points: \x1b, \u202e, ...
+    Characters in `keep` (say "\n\t" for a log) pass. A printable result is returned unchanged, so
+    escaping twice is escaping once."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable() or c in keep:
+            out.append(c)
+        else:
+            n = ord(c)
+            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+    return "".join(out)
 
 
 def to_json(value: Any) -> str:
+    # ensure_ascii: the text is pure ASCII, so its length is its size in bytes, and a file name that is not
+    # UTF-8 (held as lone surrogates) is sent as \udcxx rather than failing the bus's UTF-8 check
     return json.dumps(value, default=lambda o: o.isoformat() if isinstance(o, datetime) else str(o))
 
 
 def public(d: dict[str, Any]) -> dict[str, Any]:
     """What everyone may see of a job: the queue, as squeue shows it."""
     return {k: v for k, v in d.items() if k not in PRIVATE_FIELDS}
+
+
+def _cut(d: dict[str, Any], size: int) -> dict[str, Any]:
+    """A listing entry too big to send: its bounded fields, the start of its reason, and "truncated", which
+    says so. Chosen over an error entry because the job is still listed (id, state, user), as scripts expect."""
+    out = {k: d[k] for k in _SMALL_FIELDS if k in d}
+    if d.get("reason"):
+        out["reason"] = d["reason"][:1000]
+    out["truncated"] = (f"this job's record is {size} bytes of JSON, over the listing's limit of {MAX_ENTRY}; "
+                        f"gpuschedctl show {d.get('id')} shows more")
+    return out
+
+
+def bounded_json(d: dict[str, Any]) -> str:
+    text = to_json(d)
+    return text if len(text) <= MAX_ENTRY else to_json(_cut(d, len(text)))
 
 
 def _gpus(job: Job) -> str:
@@ -38,8 +85,8 @@ def _info(job: Job) -> str:
     elif job.signal:
         parts.append(job.signal)
     if job.reason:
-        parts.append(job.reason.replace("\n", " "))
-    return "; ".join(parts)[:80]
+        parts.append(job.reason[:4 * INFO_WIDTH].replace("\n", " "))
+    return printable("; ".join(parts))[:INFO_WIDTH]
 
 
 def row(job: Job) -> str:
@@ -48,14 +95,15 @@ def row(job: Job) -> str:
              str(job.spec.priority) if job.spec else "-", submitted)
     out = ""
     for (_, width), cell in zip(COLUMNS, cells):
-        cell = "".join(c if c.isprintable() else "?" for c in cell)
+        cell = printable(cell[:4 * width])
         out += (cell[:width - 2] + "… " if len(cell) > width - 1 else cell.ljust(width))
     return out + _info(job)
 
 
 class Listing:
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[str, str, str]] = {}     # id -> (full JSON, public JSON, table row)
+        # id -> (full JSON, public JSON, table row as a JSON string's inside)
+        self._cache: dict[int, tuple[str, str, str]] = {}
 
     def invalidate(self, job_id: int) -> None:
         self._cache.pop(job_id, None)
@@ -64,11 +112,28 @@ class Listing:
         e = self._cache.get(job.id)
         if e is None:
             d = job_to_dict(job)
-            e = self._cache[job.id] = (to_json(d), to_json(public(d)), row(job))
+            e = self._cache[job.id] = (bounded_json(d), bounded_json(public(d)), json.dumps(row(job))[1:-1])
         return e
 
-    def json(self, jobs: list[Job], sees_all: bool, caller: int) -> str:
-        return "[" + ",".join(self.entry(j)[0 if sees_all or j.uid == caller else 1] for j in jobs) + "]"
+    def page(self, jobs: Any, sees_all: bool, caller: int, table: bool, header: bool, max_bytes: int,
+             max_count: int) -> tuple[str, int | None]:
+        """The next page of `jobs` (an iterator, in id order) as part of a JSON reply: a JSON array of
+        entries, or a JSON string of table rows. At most max_count jobs and max_bytes of text (but always
+        one job: an entry is at most MAX_ENTRY). Returns (text, id of the last job given if more are left,
+        else None)."""
+        parts: list[str] = [json.dumps(HEADER)[1:-1]] if table and header else []
+        size = 2 + sum(len(p) + 2 for p in parts)
+        last, count = None, 0
+        for job in jobs:
+            e = self.entry(job)
+            text = e[2] if table else e[0 if sees_all or job.uid == caller else 1]
+            if last is not None and (size + len(text) + 2 > max_bytes or count >= max_count):
+                return self._join(parts, table), last
+            parts.append(text)
+            size += len(text) + 2
+            last, count = job.id, count + 1
+        return self._join(parts, table), None
 
-    def table(self, jobs: list[Job], header: bool = True) -> str:
-        return "\n".join(([HEADER] if header else []) + [self.entry(j)[2] for j in jobs])
+    @staticmethod
+    def _join(parts: list[str], table: bool) -> str:
+        return '"' + "\\n".join(parts) + '"' if table else "[" + ",".join(parts) + "]"

@@ -26,6 +26,16 @@ FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTE
 
 
 @dataclass(frozen=True, slots=True)
+class ForeignProcess:
+    """A compute process on a GPU that is not in an active job's scope, as the probe saw it."""
+    pid: int
+    user: str                                # its real user's name (or uid when it has no account)
+    name: str                                # comm, at most 64 characters
+    cmdline: str                             # arguments joined by spaces, at most 256 characters
+    gpu_memory: int | None = None            # bytes on this GPU, when NVML reports it
+
+
+@dataclass(frozen=True, slots=True)
 class Gpu:
     index: int
     uuid: str
@@ -35,6 +45,7 @@ class Gpu:
     minor: int | None = None                 # /dev/nvidia<minor>; None for simulated GPUs
     foreign_pids: tuple[int, ...] = ()       # compute processes gpusched did not start
     simulated: bool = False
+    foreign: tuple[ForeignProcess, ...] = ()  # the first of them (gpus.MAX_DESCRIBED), with who and what
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,9 @@ import select
 import signal
 import sys
 import time
+import traceback
 
-from gpusched import journal
+from gpusched import fds, jobcgroup, joblog, journal, output, pam
 from gpusched.atomicfile import atomic_write
 
 SETUP_FAILED = 127
@@ -38,14 +39,20 @@ def _wait_in_unit(unit: str, timeout: float = 10.0) -> bool:
         delay = min(delay * 2, 0.01)
 
 
-def _child(spec: dict, out_fd: int, err_w: int) -> None:
-    """In the forked child: become the user, enter the workdir, exec. Never returns."""
+def _child(spec: dict, out_fd: int, err_w: int, cgroup: jobcgroup.JobCgroup) -> None:
+    """In the forked child: join the job's cgroup, become the user, enter the workdir, exec. Never returns."""
     try:
         os.setsid()                                   # own session and process group
+        try:
+            cgroup.enter()                            # as root, before anything of the user's runs
+        except OSError as e:
+            raise OSError(f"cannot enter the job's cgroup {cgroup.directory}: {e.strerror}") from None
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
+        # exactly 0, 1 and 2 reach the job: the error pipe is CLOEXEC, and closes itself at a successful exec
+        fds.close_all_but((0, 1, 2, err_w))
         uid, gid = spec["uid"], spec["gid"]
         if os.getuid() == 0:
             os.initgroups(spec["user"], gid)
@@ -72,44 +79,6 @@ def _child(spec: dict, out_fd: int, err_w: int) -> None:
             os._exit(SETUP_FAILED)
 
 
-def _cgroup_procs_file() -> str | None:
-    with open("/proc/self/cgroup") as f:
-        lines = f.read().splitlines()
-    for line in lines:
-        hierarchy, controllers, path = line.split(":", 2)
-        candidates = []
-        if hierarchy == "0":
-            candidates = [f"/sys/fs/cgroup{path}/cgroup.procs", f"/sys/fs/cgroup/unified{path}/cgroup.procs"]
-        elif controllers == "name=systemd":
-            candidates = [f"/sys/fs/cgroup/systemd{path}/cgroup.procs"]
-        for c in candidates:
-            if os.path.exists(c):
-                return c
-    return None
-
-
-def _kill_leftovers() -> int:
-    """When the job's main process has ended, the job has ended: kill what it left in its scope (background
-    children would otherwise keep the scope, and its GPUs, busy). Returns how many were killed."""
-    path = _cgroup_procs_file()
-    if path is None:
-        return 0
-    killed: set[int] = set()
-    for _ in range(10):
-        with open(path) as f:
-            pids = {int(p) for p in f.read().split()} - {os.getpid()}
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
-    return len(killed)
-
-
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
@@ -118,12 +87,63 @@ def _drain(fd: int) -> None:
         pass
 
 
+class _Output:
+    """The job's output, to the log file as it is and to journald line by line."""
+
+    def __init__(self, spec: dict, fields: dict):
+        self.fields = fields
+        self.lines = output.LineSplitter()
+        self.log: joblog.JobLog | None = None
+        try:
+            fd = os.open(spec["log"], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.fchown(fd, spec["uid"], 0)
+            os.fchmod(fd, 0o600)
+            self.log = joblog.JobLog(fd, spec.get("max_log_size", 0), spec.get("log_min_free", 0), say=self.say)
+        except OSError as e:                          # no log, but the job still runs and is still recorded
+            self.say(f"gpusched: can't open the log {spec['log']} ({e.strerror}); output goes to the journal only")
+
+    def say(self, text: str, priority: int = 4) -> None:
+        journal.send(text, priority, **self.fields)
+
+    def data(self, data: bytes) -> None:
+        if self.log:
+            self.log.write(data)
+        for line in self.lines.feed(data):
+            journal.send(line, 6, **self.fields)
+
+    def own(self, text: str, priority: int = 6) -> None:
+        """A line of the monitor's own, to both."""
+        for line in self.lines.finish():              # the job's unfinished last line goes first
+            journal.send(line, 6, **self.fields)
+        if self.log:
+            self.log.line(text)
+        journal.send(text, priority, **self.fields)
+
+    def close(self) -> None:
+        for line in self.lines.finish():
+            journal.send(line, 6, **self.fields)
+        if self.log:
+            self.log.finish()
+            os.close(self.log.fd)
+            self.log = None
+
+
 def run(spec: dict) -> dict:
     fields = {"GPUSCHED_JOB_ID": spec["id"], "GPUSCHED_JOB_NAME": spec["name"], "GPUSCHED_USER": spec["user"],
               "GPUSCHED_ATTEMPT": spec["attempt"], "SYSLOG_IDENTIFIER": spec["ident"]}
-    log_fd = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    os.fchown(log_fd, spec["uid"], 0)
-    os.fchmod(log_fd, 0o600)
+    out = _Output(spec, fields)
+    cgroup = jobcgroup.prepare(spec["unit"])
+    if cgroup.mode not in ("kill", "freeze"):
+        out.say(f"gpusched: job {spec['id']}: no cgroup to kill its leftovers at once ({cgroup.note}); "
+                f"they will be swept")
+
+    # --- PAM: a session of the job's own (gpusched/pam.py), opened here so that the job inherits it ---
+    try:
+        session = _open_session(spec, fields)
+    except pam.SessionError as e:
+        return _refused(spec, fields, out, cgroup, str(e))
+    spec = {**spec, "env": pam.merge_env(spec["env"], session.env)}
+    # ---
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -133,66 +153,34 @@ def run(spec: dict) -> dict:
     started = time.time()
     pid = os.fork()
     if pid == 0:
-        os.close(out_r)
-        os.close(err_r)
-        _child(spec, out_w, err_w)
+        _child(spec, out_w, err_w, cgroup)           # closes every fd but its 0, 1, 2 (PAM's too)
+    session.restore_monitor()                         # PAM: the user's limits were for the job, not the monitor
     os.close(out_w)
     os.close(err_w)
     error = b""
     while chunk := os.read(err_r, 4096):             # EOF at a successful exec (CLOEXEC) or the child's exit
-        error += chunk
+        error += chunk[:4096 - len(error)]
     os.close(err_r)
     fields["SYSLOG_PID"] = pid
-
-    def emit(line: bytes) -> None:
-        try:
-            os.write(log_fd, line + b"\n")
-        except OSError:
-            pass                                      # a full disk loses log lines, never the job
-        journal.send(line, 6, **fields)
-
     if error:
-        emit(b"gpusched: " + error)
+        out.own("gpusched: " + error.decode("utf-8", "replace"))
 
-    # Copy output until the job has exited and the pipe is drained. Background children that keep the pipe
-    # open don't hold the monitor for long: once the job itself is reaped, read what comes within a second.
-    os.set_blocking(out_r, False)
-    buf = b""
-    status = None
-    deadline = None
-    while True:
-        ready, _, _ = select.select([out_r, wake_r], [], [], None if status is None else 0.1)
-        if wake_r in ready:
-            _drain(wake_r)
-        if status is None:
-            done, raw_status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status, deadline = raw_status, time.monotonic() + 1.0
-        if out_r in ready:
-            try:
-                data = os.read(out_r, 65536)
-            except BlockingIOError:
-                data = None
-            if data == b"":                           # EOF: every writer is gone
-                if status is None:
-                    status = os.waitpid(pid, 0)[1]
-                break
-            if data:
-                buf += data
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    emit(line)
-                if deadline is None or time.monotonic() < deadline:
-                    continue
-        if status is not None and (out_r not in ready or time.monotonic() >= deadline):
-            break
-    os.close(out_r)
-    if buf:
-        emit(buf)
-
-    leftovers = _kill_leftovers()
-    if leftovers:
-        emit(f"gpusched: killed {leftovers} process(es) the job left behind".encode())
+    reaped: list[int] = []
+    internal = ""
+    try:
+        _copy_output(pid, out_r, wake_r, out, cgroup, reaped)
+    except Exception:  # noqa: BLE001 - a bug here must not lose the job's end: record what can be recorded
+        internal = traceback.format_exc(limit=5)[-2000:]
+        out.say(f"gpusched: monitor of job {spec['id']} failed while copying output: {internal}", 3)
+        if not reaped:                                # its output pipe is closed: it can't block on it
+            reaped.append(os.waitpid(pid, 0)[1])
+    status = reaped[0]
+    killed, left = cgroup.kill_all()
+    cgroup.remove()
+    if killed:
+        out.own(f"gpusched: killed {killed} process(es) the job left behind")
+    if left:
+        out.own(f"gpusched: {left} process(es) of the job could not be killed")
     ended = time.time()
     result: dict = {"pid": pid, "started": started, "ended": ended}
     if error:
@@ -206,10 +194,78 @@ def run(spec: dict) -> dict:
     else:
         result["exit_code"] = os.WEXITSTATUS(status)
         summary = f"exited with code {result['exit_code']}"
-    emit(f"gpusched: job {spec['id']} {summary}".encode())
-    os.close(log_fd)
+    if left:
+        result["leftovers"] = left
+    if internal:
+        result["monitor_error"] = internal
+    out.own(f"gpusched: job {spec['id']} {summary}")
+    out.close()
+    _write_result(spec["result"], result, fields)
+    session.close()                                   # PAM: after the result, so a slow module can't delay it
+    return result
+
+
+def _open_session(spec: dict, fields: dict) -> pam.Session:
+    """The job's PAM session; the journal says which path ran (PAM, or gpusched's own keyring/loginuid)."""
+    ids = {"GPUSCHED_JOB_ID": fields["GPUSCHED_JOB_ID"], "GPUSCHED_USER": spec["user"]}
+
+    def log(message: str, priority: int) -> None:
+        journal.send(f"gpusched: job {spec['id']}: {message}", priority, **ids)
+
+    session = pam.open_session(spec.get("pam_service", pam.SERVICE), spec["user"], spec["uid"], spec["gid"], log)
+    journal.send(f"gpusched: job {spec['id']} session for {spec['user']}: {session.describe}", 6,
+                 GPUSCHED_EVENT="session", **ids)
+    return session
+
+
+def _refused(spec: dict, fields: dict, out: _Output, cgroup: jobcgroup.JobCgroup, reason: str) -> dict:
+    """The account or its session was refused (PAM): the job does not start, and its record says why."""
+    now = time.time()
+    out.own(f"gpusched: job {spec['id']} could not start: {reason}", 4)
+    out.close()
+    cgroup.remove()
+    result = {"pid": 0, "started": now, "ended": now, "exit_code": SETUP_FAILED, "error": reason}
     _write_result(spec["result"], result, fields)
     return result
+
+
+def _copy_output(pid: int, out_r: int, wake_r: int, out: _Output, cgroup: jobcgroup.JobCgroup,
+                 reaped: list[int]) -> None:
+    """Copy the job's output until it has exited and the pipe is drained; its wait status goes to `reaped`.
+
+    When the job's main process ends, the job has ended: what it left in its cgroup is killed at once, and
+    the pipe is read to its end (or while output keeps coming, for up to a second, if a leftover could not be
+    killed and holds it open). Closes out_r, also on an error: the job then gets EPIPE, never a full pipe."""
+    try:
+        os.set_blocking(out_r, False)
+        deadline = 0.0
+        while True:
+            ready, _, _ = select.select([out_r, wake_r], [], [], 0.1 if reaped else None)
+            if wake_r in ready:
+                _drain(wake_r)
+            if not reaped:
+                done, raw_status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    reaped.append(raw_status)
+                    deadline = time.monotonic() + 1.0
+                    cgroup.kill_all(timeout=1.0)      # its leftovers can't write more output meanwhile
+            if out_r in ready:
+                try:
+                    data = os.read(out_r, 65536)
+                except BlockingIOError:
+                    data = None
+                if data == b"":                       # EOF: every writer is gone
+                    if not reaped:
+                        reaped.append(os.waitpid(pid, 0)[1])
+                    return
+                if data:
+                    out.data(data)
+                    if not reaped or time.monotonic() < deadline:
+                        continue
+            if reaped and (out_r not in ready or time.monotonic() >= deadline):
+                return
+    finally:
+        os.close(out_r)
 
 
 def _write_result(path: str, result: dict, fields: dict) -> None:
@@ -227,6 +283,10 @@ def _write_result(path: str, result: dict, fields: dict) -> None:
 
 
 def main(result_path: str | None = None) -> int:
+    # Started by the zygote or posix_spawn'ed by the daemon: either way it may hold fds that were never meant
+    # for it (and through it, for the job). Keep stdin (the spec), stdout and stderr (the daemon's journal
+    # stream, for tracebacks).
+    fds.close_all_but((0, 1, 2))
     chunks = []
     while chunk := os.read(0, 65536):                 # fd 0, not sys.stdin: a zygote's child has no fresh one
         chunks.append(chunk)

@@ -2,7 +2,9 @@
 
 Pure: plain data in, a Decision out. Order is priority (lower number = more urgent), then job id (arrival).
 Each job in that order takes the GPUs it fits on (first fit); a job that can't fit may preempt less urgent,
-preemptible running jobs when the difference in priority is at least preempt_margin.
+preemptible running jobs when the difference in priority is at least preempt_margin. Per-user caps (jobs
+running at once, CPU-only jobs running at once) hold a user's further jobs back, whatever their priority, so
+one user's load can't crowd out the others (root's jobs are exempt).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Request:
     gpu_memory: int | None = None
     gpu_type: str | None = None
     gpu_ids: tuple[int | str, ...] = ()
+    uid: int = -1
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Holder:
     gpus: tuple[int, ...]
     preemptible: bool = True
     stopping: bool = False
+    uid: int = -1
+    cpu_only: bool = False
 
 
 @dataclass
@@ -69,8 +74,15 @@ def never_fits(req: Request, gpus: Sequence[Gpu]) -> str | None:
 
 
 def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequence[Gpu] | None,
-             *, max_running: int = 0, preempt_margin: int = 10) -> Decision:
+             *, max_running: int = 0, preempt_margin: int = 10, max_running_per_user: int = 0,
+             max_cpu_jobs_per_user: int = 0) -> Decision:
     d = Decision()
+    running_of: dict[int, int] = {}          # uid -> jobs holding resources (stopping ones too: they still do)
+    cpu_of: dict[int, int] = {}
+    for h in holders:
+        running_of[h.uid] = running_of.get(h.uid, 0) + 1
+        if h.cpu_only:
+            cpu_of[h.uid] = cpu_of.get(h.uid, 0) + 1
     held = {i for h in holders for i in h.gpus}
     by_index = {g.index: g for g in gpus or ()}
     free = [g for g in gpus or () if g.index not in held and not g.foreign_pids]
@@ -85,8 +97,19 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
         if max_running and active >= max_running:
             d.waiting[req.id] = f"max_running ({max_running}) reached"
             continue
+        capped = req.uid != 0                # root is trusted (and exempt, as from max_queued_per_user)
+        if capped and max_running_per_user and running_of.get(req.uid, 0) >= max_running_per_user:
+            d.waiting[req.id] = (f"waiting for the user's own jobs: {running_of[req.uid]} running, "
+                                 f"max_running_per_user is {max_running_per_user}")
+            continue
         if req.gpus == 0:
+            if capped and max_cpu_jobs_per_user and cpu_of.get(req.uid, 0) >= max_cpu_jobs_per_user:
+                d.waiting[req.id] = (f"waiting for the user's own CPU-only jobs: {cpu_of[req.uid]} running, "
+                                     f"max_cpu_jobs_per_user is {max_cpu_jobs_per_user}")
+                continue
             d.starts.append((req.id, ()))
+            cpu_of[req.uid] = cpu_of.get(req.uid, 0) + 1
+            running_of[req.uid] = running_of.get(req.uid, 0) + 1
             active += 1
             continue
         if gpus is None:
@@ -103,6 +126,7 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
             take = usable[:req.gpus]
             d.starts.append((req.id, tuple(g.index for g in take)))
             free = [g for g in free if g not in take]
+            running_of[req.uid] = running_of.get(req.uid, 0) + 1
             active += 1
             continue
         # Not enough now. GPUs already being freed for it (earlier preemptions) count before preempting more.

@@ -1,7 +1,9 @@
 """Starts job monitors: forked by the zygote (fast), or exec'd fresh when the zygote can't be had.
 
 Either way the monitor is a new process whose stdin is the read end of the spec pipe; the daemon watches it
-through a pidfd, since a zygote's child is not the daemon's own.
+through a pidfd, since a zygote's child is not the daemon's own. posix_spawn can't close "every other fd"
+(Python has no closefrom action), so the zygote and the monitor each close all but what they need at their
+start: stdin, stdout and stderr (the daemon's journal stream, kept for tracebacks), and the zygote's socket.
 """
 
 from __future__ import annotations

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tomllib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import tomli_w
 
 from gpusched import jobfile
 from gpusched.atomicfile import atomic_write
-from gpusched.model import Job, job_from_dict, job_to_dict
+from gpusched.model import FINAL, Job, State, job_from_dict, job_to_dict
 
 
 ID_BLOCK = 100
@@ -129,3 +130,59 @@ class Store:
                 yield self.load_job(name)
             except Exception as e:  # noqa: BLE001
                 on_error(name, e)
+
+    # expiry
+    def remove_job(self, job_id: int) -> int:
+        """Remove a final job: its status copy, original file, log, result files, and its record last (so
+        a crash halfway leaves a record to expire again, never files nobody knows of). Returns the bytes
+        freed. Never follows a link; missing files are fine. Raises ValueError if the record says the job is
+        still queued or active."""
+        return self.remove_jobs([job_id])
+
+    def remove_jobs(self, job_ids: Iterable[int]) -> int:
+        """remove_job for many jobs, listing results/ once."""
+        ids = sorted(set(job_ids))
+        for job_id in ids:
+            state = self._recorded_state(job_id)
+            if state is not None and state not in FINAL:
+                raise ValueError(f"job {job_id} is {state}: only a finished job can be removed")
+        wanted = {str(i) for i in ids}
+        results = []
+        try:
+            with os.scandir(self.results_dir) as it:
+                for e in it:
+                    # <id>.<attempt>[.<token>].json, and a monitor's temp file .<id>.<attempt>....tmp
+                    if e.name.lstrip(".").split(".", 1)[0] in wanted:
+                        results.append(e.path)
+        except FileNotFoundError:
+            pass
+        freed = sum(_unlink(p) for p in results)
+        for job_id in ids:
+            freed += sum(_unlink(p) for p in (self.status_path(job_id), self.source_path(job_id),
+                                               self.log_path(job_id)))
+            freed += _unlink(self.record_path(job_id))
+        return freed
+
+    def _recorded_state(self, job_id: int) -> State | None:
+        try:
+            with open(self.record_path(job_id), "rb") as f:
+                return State(tomllib.load(f)["state"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"job {job_id}: record unreadable ({e}); not removed") from e
+
+
+def _unlink(path: str) -> int:
+    """Unlink path (never following a link). Returns the bytes that frees: 0 if it was missing, or if other
+    hard links keep its data (a user can link their own log elsewhere)."""
+    try:
+        st = os.lstat(path)
+        os.unlink(path)
+    except FileNotFoundError:
+        return 0
+    except IsADirectoryError:
+        return 0                          # not something this store writes: leave it
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return 0
+    return st.st_blocks * 512

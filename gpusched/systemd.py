@@ -1,72 +1,127 @@
-"""systemd over the system bus (pydbus): start a job's scope, stop it, ask whether it still runs."""
+"""systemd over the system bus (pydbus): start a job's scope, stop it, kill it, ask whether it still runs.
+
+The connection can change under us (the bus daemon restarts; gpusched.bus reconnects): `rebind(bus)` gives
+the adapter the new one, `rebind(None)` says there is none for now, and then every call raises
+SystemdUnavailable at once instead of waiting on a dead connection. D-Bus errors become typed errors in one
+place (`_error`), so nothing above this module decides by an error's text.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
 
-from gi.repository import GLib
+from gi.repository import Gio, GLib
+
+from gpusched import cgroups
+from gpusched.cgroups import SLICE
 
 
 class Units(Protocol):
     def start_scope(self, unit: str, pid: int, properties: Sequence[tuple[str, str, Any]]) -> None: ...
     def stop(self, unit: str) -> bool: ...
+    def kill(self, unit: str, signal: int) -> bool: ...
     def alive(self, unit: str) -> bool: ...
 
 
 class SystemdError(Exception):
-    pass
+    """systemd refused or failed a request."""
 
 
-def _short(e: Exception) -> str:
-    msg = str(e)
-    return msg.split(": ", 1)[-1] if msg.startswith("g-dbus-error") or "GDBus.Error" in msg else msg
+class UnitExists(SystemdError):
+    """StartTransientUnit: a unit of that name is already loaded (a scope left by an earlier start)."""
+
+
+class NoSuchUnit(SystemdError):
+    """The unit is not loaded (it has ended and been collected)."""
+
+
+class SystemdUnavailable(SystemdError):
+    """No usable connection to the system bus right now (it is being re-established): try again later."""
+
+
+_ACTIVE = ("active", "activating", "deactivating", "reloading")
+_UNAVAILABLE = {"org.freedesktop.DBus.Error.Disconnected", "org.freedesktop.DBus.Error.ServiceUnknown",
+                "org.freedesktop.DBus.Error.NameHasNoOwner", "org.freedesktop.DBus.Error.NoServer"}
+_TYPED = {"org.freedesktop.systemd1.UnitExists": UnitExists, "org.freedesktop.systemd1.NoSuchUnit": NoSuchUnit}
+
+
+def _error(what: str, e: GLib.Error) -> SystemdError:
+    """The one place where a D-Bus error becomes a typed error (by its D-Bus name, never by its text)."""
+    remote = Gio.DBusError.get_remote_error(e) if Gio.DBusError.is_remote_error(e) else None
+    message = e.message
+    if remote and message.startswith(f"GDBus.Error:{remote}: "):
+        message = message[len(f"GDBus.Error:{remote}: "):]
+    if remote is None and e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.CLOSED):
+        return SystemdUnavailable(f"{what}: the connection to the system bus is closed")
+    cls = _TYPED.get(remote or "") or (SystemdUnavailable if remote in _UNAVAILABLE else SystemdError)
+    return cls(f"{what}: {message}")
 
 
 class Systemd:
     def __init__(self, bus: Any):
         self._bus = bus
-        self._manager = bus.get("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
+        self._manager: Any = None
+
+    def rebind(self, bus: Any) -> None:
+        """Use this connection from now on (None: there is none; calls fail with SystemdUnavailable)."""
+        self._bus, self._manager = bus, None
+
+    def _mgr(self) -> Any:
+        if self._manager is None:
+            if self._bus is None:
+                raise SystemdUnavailable("not connected to the system bus (reconnecting)")
+            try:
+                self._manager = self._bus.get("org.freedesktop.systemd1", "/org/freedesktop/systemd1")
+            except GLib.Error as e:
+                raise _error("systemd's manager", e) from None
+        return self._manager
 
     def start_scope(self, unit: str, pid: int, properties: Sequence[tuple[str, str, Any]]) -> None:
         props = [("PIDs", GLib.Variant("au", [pid]))]
         props += [(name, GLib.Variant(sig, value)) for name, sig, value in properties]
+        manager = self._mgr()
         try:
-            self._manager.StartTransientUnit(unit, "fail", props, [])
+            manager.StartTransientUnit(unit, "fail", props, [])
         except GLib.Error as e:
-            raise SystemdError(f"StartTransientUnit {unit}: {_short(e)}") from None
+            raise _error(f"StartTransientUnit {unit}", e) from None
 
     def stop(self, unit: str) -> bool:
         """StopUnit: systemd sends the unit's KillSignal, waits TimeoutStopUSec, then SIGKILL. False if gone."""
+        manager = self._mgr()
         try:
-            self._manager.StopUnit(unit, "replace")
+            manager.StopUnit(unit, "replace")
             return True
         except GLib.Error as e:
-            if "NoSuchUnit" in str(e) or "not loaded" in str(e):
-                return False
-            raise SystemdError(f"StopUnit {unit}: {_short(e)}") from None
+            err = _error(f"StopUnit {unit}", e)
+        if isinstance(err, NoSuchUnit):
+            return False
+        raise err
+
+    def kill(self, unit: str, signal: int) -> bool:
+        """KillUnit(who="all"): the signal to every process of the unit at once, whatever its stop timeout.
+        False if the unit is gone."""
+        manager = self._mgr()
+        try:
+            manager.KillUnit(unit, "all", int(signal))
+            return True
+        except GLib.Error as e:
+            err = _error(f"KillUnit {unit}", e)
+        if isinstance(err, NoSuchUnit):
+            return False
+        raise err
 
     def alive(self, unit: str) -> bool:
         # ListUnitsByNames: one call, no per-unit proxy (building one parses introspection XML: slow)
+        manager = self._mgr()
         try:
-            units = self._manager.ListUnitsByNames([unit])
+            units = manager.ListUnitsByNames([unit])
         except GLib.Error as e:
-            raise SystemdError(f"ListUnitsByNames {unit}: {_short(e)}") from None
-        active = any(u[0] == unit and u[3] in ("active", "activating", "deactivating", "reloading") for u in units)
-        if active and scope_pids(unit) == set():
+            raise _error(f"ListUnitsByNames {unit}", e) from None
+        active = any(u[0] == unit and u[3] in _ACTIVE for u in units)
+        if active and cgroups.pids(cgroups.unit_dir(SLICE, unit)) == set():
             # An active scope with no process left: systemd missed the empty-cgroup event (seen with
             # cgroup v1 in containers, when the only process died as it was being moved in). Nothing runs
             # there; stop it so the name is free again.
             self.stop(unit)
             return False
         return active
-
-
-def scope_pids(unit: str, slice_: str = "gpusched.slice") -> set[int] | None:
-    """The pids in a scope's cgroup, or None if its cgroup can't be found here."""
-    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"):
-        try:
-            with open(f"{root}/{slice_}/{unit}/cgroup.procs") as f:
-                return {int(p) for p in f.read().split()}
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-    return None

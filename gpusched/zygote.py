@@ -18,7 +18,7 @@ import struct
 import sys
 import traceback
 
-from gpusched import monitor
+from gpusched import fds, monitor, pam
 
 
 def _reap(*_: object) -> None:
@@ -51,8 +51,8 @@ def serve(sock: socket.socket) -> None:
         if pid == 0:
             code = 1
             try:
-                sock.close()
-                os.dup2(spec_fd, 0)
+                sock.close()                          # the daemon's socket is not the monitor's (main() closes
+                os.dup2(spec_fd, 0)                   # every other fd too)
                 os.close(spec_fd)
                 os.setsid()
                 for s in (signal.SIGCHLD, signal.SIGPIPE):
@@ -67,6 +67,11 @@ def serve(sock: socket.socket) -> None:
 
 
 def main() -> int:
+    # posix_spawn passes on every fd the daemon holds without CLOEXEC (a library's inotify fd, NVML's device
+    # fds): keep only stdin (/dev/null), stdout and stderr (the daemon's journal stream, for tracebacks) and the
+    # socket, so no monitor or job forked from here can inherit them.
+    fds.close_all_but((0, 1, 2, 3))
+    pam.preload()                                     # libpam loaded once here, not in every monitor
     sock = socket.socket(fileno=3)
     serve(sock)
     return 0

@@ -156,6 +156,7 @@ def test_default_scope_properties():
     assert p["DevicePolicy"] == ("s", "closed")
     assert p["DeviceAllow"] == ("a(ss)", [("/dev/nvidia10", "rw"), ("/dev/nvidiactl", "rw")])
     assert p["Description"] == ("s", "gpusched job 42 (train) of alice")
+    assert p["Delegate"] == ("b", True)             # the monitor runs the job in a child cgroup (jobcgroup.py)
     for key in ("MemoryMax", "MemoryAccounting", "CPUQuotaPerSecUSec", "CPUAccounting", "TasksMax",
                 "TasksAccounting", "RuntimeMaxUSec"):
         assert key not in p
@@ -212,3 +213,12 @@ def test_plan_ties_it_together():
     assert m["env"]["GPUSCHED_ATTEMPT"] == "2"
     assert ("DeviceAllow", "a(ss)", [("/dev/nvidia10", "rw")]) in plan.properties
     assert ("KillSignal", "i", int(signal.SIGUSR1)) in plan.properties
+    # no log cap, no floor, unless the daemon passes its config's
+    assert (m["max_log_size"], m["log_min_free"], m["pam_service"]) == (0, 0, "gpusched")
+
+
+def test_plan_carries_the_log_limits_and_the_pam_service():
+    s = spec('command = "x"')
+    m = launch.plan(1, 1, s, ALICE, [], [], "/l", "/r", max_log_size=1 << 20, log_min_free=5 << 30,
+                    pam_service="gpusched-test").monitor
+    assert (m["max_log_size"], m["log_min_free"], m["pam_service"]) == (1 << 20, 5 << 30, "gpusched-test")

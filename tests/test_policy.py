@@ -478,3 +478,35 @@ def test_second_pass_after_preemption_preempts_no_more_for_the_same_job(scenario
     d2 = schedule(queued2, holders2, inventory, max_running=max_running, preempt_margin=margin)
     assert [p for p in d2.preempts if p[1] == first.id] == []
     assert d2.waiting[first.id] in ("waiting for GPUs being freed by stopping jobs", f"max_running ({max_running}) reached")
+
+
+# --- per-user caps (issue 7) -------------------------------------------------------------------------------
+
+def _gpus(n):
+    from gpusched.model import Gpu
+    return [Gpu(index=i, uuid=f"GPU-{i}", name="Sim", memory_total=80 << 30, memory_free=80 << 30) for i in range(n)]
+
+
+def test_cpu_only_jobs_are_capped_per_user_not_globally():
+    from gpusched.policy import Request, schedule
+    queued = [Request(i, 100, 0, uid=1000) for i in range(1, 11)] + [Request(20, 100, 0, uid=1001)]
+    d = schedule(queued, [], _gpus(0), max_cpu_jobs_per_user=3)
+    started = [j for j, _ in d.starts]
+    assert started == [1, 2, 3, 20]
+    assert "max_cpu_jobs_per_user is 3" in d.waiting[4]
+
+
+def test_running_cap_counts_jobs_already_running_and_spares_other_users():
+    from gpusched.policy import Holder, Request, schedule
+    holders = [Holder(1, 100, (0,), uid=1000), Holder(2, 100, (), uid=1000, cpu_only=True)]
+    queued = [Request(3, 1, 1, uid=1000), Request(4, 100, 0, uid=1000), Request(5, 100, 1, uid=1001)]
+    d = schedule(queued, holders, _gpus(4), max_running_per_user=2)
+    assert [j for j, _ in d.starts] == [5]
+    assert "2 running, max_running_per_user is 2" in d.waiting[3]
+    assert 4 in d.waiting
+
+
+def test_caps_zero_means_no_cap():
+    from gpusched.policy import Request, schedule
+    d = schedule([Request(i, 100, 0, uid=7) for i in range(1, 51)], [], _gpus(0))
+    assert len(d.starts) == 50

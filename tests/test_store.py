@@ -302,3 +302,98 @@ def test_the_peoples_copy_is_never_read_back(tmp_path):
     [loaded] = list(s.load_jobs_safely(lambda name, e: None))
     assert (loaded.uid, loaded.user, loaded.state) == (1000, "alice", "queued")
     assert oct(os.stat(s.jobs_dir).st_mode & 0o777) == "0o700"
+
+
+# --- expiry: remove_job ---------------------------------------------------------------------------------------
+
+def _finished_job(s: Store, job_id: int, attempts: int = 2):
+    spec = jobfile.parse(b'command = "true"\n', "t.toml", owner_is_root=False)
+    job = lifecycle.accepted(job_id, spec, "alice", os.getuid(), os.getgid(), "t.toml", T0)
+    s.save_source(job_id, b'command = "true"\n', os.getuid())
+    for n in range(attempts):
+        lifecycle.starting(job, [], f"gpusched-job-{job_id}.scope", s.log_path(job_id), T0 + n, token=f"tok{n}")
+        lifecycle.running(job)
+        if n < attempts - 1:
+            lifecycle.stopping(job, "preempt", "preempted", T0 + n)
+            lifecycle.ended(job, {"signal": "SIGTERM", "ended": T0 + n}, T0 + n)
+        atomic_write(s.result_path(job_id, job.attempt, job.start_token), b'{"exit_code": 0}')
+    lifecycle.ended(job, {"exit_code": 0, "ended": T0 + 9}, T0 + 9)
+    s.save_status(job)
+    with open(s.log_path(job_id), "wb") as f:
+        f.write(b"x" * 100_000)
+    return job
+
+
+def _files_of(s: Store) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), s.root) for d in (s.jobs_dir, s.status_dir, s.results_dir, s.logs_dir)
+            for n in os.listdir(d)}
+
+
+@needs_root
+def test_remove_job_removes_everything_of_that_job_only(tmp_path):
+    s = make_store(tmp_path)
+    _finished_job(s, 7)
+    keep = _finished_job(s, 70)                          # 70 and 7: the prefix must match a whole id
+    _finished_job(s, 17)
+    atomic_write(os.path.join(s.results_dir, ".7.3.tokx.json.999.tmp"), b"{")   # a monitor died mid-write
+    before = _files_of(s)
+    freed = s.remove_job(7)
+    assert freed >= 100_000                               # at least the log's data
+    gone = before - _files_of(s)
+    assert gone == {"jobs/7.status.toml", "jobs/7.toml", "status/7.toml", "logs/7.log",
+                    "results/7.1.tok0.json", "results/7.2.tok1.json", "results/.7.3.tokx.json.999.tmp"}
+    assert s.load_job("70.status.toml").id == keep.id
+    assert s.remove_job(7) == 0                           # again: nothing left, no error
+
+
+@needs_root
+def test_remove_job_never_follows_links(tmp_path):
+    s = make_store(tmp_path)
+    _finished_job(s, 3)
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"keep me")
+    os.unlink(s.log_path(3))
+    os.symlink(outside, s.log_path(3))                    # the log's owner can't do this, but nothing follows it
+    os.link(outside, os.path.join(s.results_dir, "3.1.tok0.json.hard"))   # a hard link frees nothing
+    s.remove_job(3)
+    assert outside.read_bytes() == b"keep me"
+    assert not os.path.lexists(s.log_path(3))
+
+
+@needs_root
+def test_remove_job_refuses_an_active_or_queued_job(tmp_path):
+    s = make_store(tmp_path)
+    spec = jobfile.parse(b'command = "true"\n', "t.toml", owner_is_root=False)
+    job = lifecycle.accepted(5, spec, "alice", os.getuid(), os.getgid(), "t.toml", T0)
+    s.save_source(5, b'command = "true"\n', os.getuid())
+    s.save_status(job)
+    with pytest.raises(ValueError, match="queued"):
+        s.remove_job(5)
+    lifecycle.starting(job, [], "gpusched-job-5.scope", s.log_path(5), T0)
+    lifecycle.running(job)
+    s.save_status(job)
+    with pytest.raises(ValueError, match="running"):
+        s.remove_job(5)
+    assert os.path.exists(s.record_path(5)) and os.path.exists(s.source_path(5))
+
+
+@needs_root
+def test_remove_job_of_a_rejected_job_and_of_one_without_a_record(tmp_path):
+    s = make_store(tmp_path)
+    s.save_status(lifecycle.rejected(4, "bob", os.getuid(), "bad.toml", "bad", T0))
+    assert s.remove_job(4) > 0
+    assert not os.path.exists(s.record_path(4)) and not os.path.exists(s.status_path(4))
+    with open(s.log_path(9), "wb") as f:                  # leftovers of a record already gone
+        f.write(b"y" * 10000)
+    assert s.remove_job(9) > 0 and not os.path.exists(s.log_path(9))
+
+
+@needs_root
+def test_remove_jobs_many_at_once(tmp_path):
+    s = make_store(tmp_path)
+    for i in range(1, 21):
+        _finished_job(s, i, attempts=1)
+    s.remove_jobs(range(1, 11))
+    left = {n.split(".")[0] for n in os.listdir(s.jobs_dir)}
+    assert left == {str(i) for i in range(11, 21)}
+    assert all(int(n.split(".")[0]) > 10 for n in os.listdir(s.results_dir))

@@ -4,8 +4,10 @@ driven the way users drive it: files into the spool, gpuschedctl, systemctl, jou
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import shlex
 import shutil
 import time
 import tomllib
@@ -107,6 +109,25 @@ class Gs:
 
     def active(self) -> bool:
         return self.sh("systemctl is-active gpusched", check=False).stdout.strip() == "active"
+
+    @contextlib.contextmanager
+    def configured(self, extra: str, state_dir: str | None = None):
+        """Run the service with `extra` lines added to its config (and another state directory), then put
+        the config back and restart it."""
+        conf = "/etc/gpusched/gpusched.toml"
+        head = f'state_dir = "{state_dir}"\n' if state_dir else ""
+        self.sh(f"cp {conf} {conf}.orig && {{ printf %s {shlex.quote(head + extra + chr(10))}; cat {conf}.orig; }} "
+                f"> {conf} && systemctl restart gpusched")
+        old_state = self.state
+        self.state = state_dir or self.state
+        try:
+            yield self
+        finally:
+            self.state = old_state
+            self.sh(f"mv {conf}.orig {conf}; systemctl restart gpusched", check=False)
+
+    def main_pid(self) -> str:
+        return self.sh("systemctl show -p MainPID --value gpusched").stdout.strip()
 
     def clear(self) -> None:
         """Cancel whatever the last test left and wait until nothing runs: reset through the service."""

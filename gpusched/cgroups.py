@@ -1,0 +1,53 @@
+"""Reads a unit's cgroup straight from cgroupfs: which processes are still in it.
+
+The daemon frees a job's GPUs only once its scope holds no process: systemd's view of a scope ("active") lags
+the kernel's, and a job's leftover process that forks in a loop can outlive a kill sweep. Works on the
+unified hierarchy (cgroup v2), the hybrid one, and v1's name=systemd hierarchy (the dev box).
+"""
+
+from __future__ import annotations
+
+import os
+
+SLICE = "gpusched.slice"   # every job's scope lives here (the unit file units/gpusched.slice)
+ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
+
+
+def _base() -> str | None:
+    for root in ROOTS:
+        if os.path.exists(os.path.join(root, "cgroup.procs")) and (
+                root != "/sys/fs/cgroup" or os.path.exists("/sys/fs/cgroup/cgroup.controllers")):
+            return root
+    return None
+
+
+def unit_dir(slice_: str, unit: str) -> str | None:
+    base = _base()
+    return os.path.join(base, slice_, unit) if base else None
+
+
+def pids(path: str | None) -> set[int] | None:
+    """Every pid in the cgroup at `path` and below it; None if it doesn't exist (or can't be read)."""
+    if path is None or not os.path.isdir(path):
+        return None
+    found: set[int] = set()
+    try:
+        for dirpath, _dirs, files in os.walk(path):
+            if "cgroup.procs" in files:
+                try:
+                    with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                        found.update(int(p) for p in f.read().split())
+                except FileNotFoundError:
+                    pass                      # removed meanwhile
+    except OSError:
+        return None
+    return {pid for pid in found if _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    """Not a zombie: a monitor that just exited can still be listed until its parent reaps it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False

@@ -1,0 +1,106 @@
+"""Issue 7, the daemon's share: a hostile user's flood, load and disk use must not stall anyone else.
+Each test makes the attempt as an unprivileged user against the real service in the box."""
+
+from __future__ import annotations
+
+import json
+import time
+
+SPOOL = "/var/spool/gpusched"
+
+
+def test_a_flood_of_key_bombs_does_not_stall_a_normal_job(gs):
+    """1 MiB files of ~74,000 unknown keys, dropped at once: each is rejected with a short reason, the daemon
+    is never killed by its watchdog, and bob's job starts promptly meanwhile."""
+    pid = gs.main_pid()
+    gs.sh("python3 -c \"import sys; sys.stdout.write(''.join(f'k{i:05d} = 1\\n' for i in range(74000)))\" "
+          "> ~/bomb.toml && ls -l ~/bomb.toml", user="alice")
+    gs.sh("for i in $(seq 1 30); do cp ~/bomb.toml ~/b$i.toml; done; mv ~/b*.toml /var/spool/gpusched/",
+          user="alice")
+    t0 = time.monotonic()
+    job = gs.submit("bob", 'command = "echo bob ran"\ngpus = 1\n')
+    gs.wait(job, "succeeded", timeout=30)
+    took = time.monotonic() - t0
+    bombs = [j for j in gs.list(all=True) if j["user"] == "alice" and j["source"].startswith("b")
+             and j["source"].endswith(".toml")]
+    deadline = time.monotonic() + 60
+    while len(bombs) < 30 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        bombs = [j for j in gs.list(all=True) if j["user"] == "alice" and j["source"].startswith("b")]
+    assert len(bombs) == 30
+    for j in bombs:
+        assert j["state"] == "rejected"
+        assert len(j["reason"].encode()) < 5000 and "unknown key" in j["reason"], j["reason"][:300]
+    size = int(gs.sh(f"stat -c %s {gs.state}/status/{bombs[0]['id']}.toml").stdout)
+    assert size < 16384, f"a rejected bomb's status file is {size} bytes"
+    assert gs.main_pid() == pid, "the daemon was restarted (watchdog?) during the flood"
+    print(f"bob's job went through the flood in {took:.1f}s")
+    assert took < 20
+
+
+def test_per_user_caps_hold_back_one_users_load(gs):
+    with gs.configured("max_cpu_jobs_per_user = 2\nmax_queued_per_user = 6\n"):
+        ids = [gs.submit("alice", 'command = "sleep 30"\ngpus = 0\n') for _ in range(5)]
+        time.sleep(2)
+        mine = {j["id"]: j for j in gs.list() if j["id"] in ids}
+        running = [i for i in ids if mine[i]["state"] == "running"]
+        assert len(running) == 2, mine
+        waiting = [mine[i] for i in ids if i not in running]
+        assert all("max_cpu_jobs_per_user is 2" in j["reason"] for j in waiting), waiting
+        assert "max_cpu_jobs_per_user" in gs.sh("gpuschedctl list", user="bob").stdout
+        # bob is not held back by alice's jobs
+        b = gs.submit("bob", 'command = "echo bob"\ngpus = 0\n')
+        gs.wait(b, "succeeded", timeout=20)
+        # alice has 3 waiting; three more fill her cap of 6, and the next one is rejected, naming it
+        more = [gs.drop("alice", 'command = "sleep 30"\ngpus = 0\n') for _ in range(3)]
+        for name in more:
+            gs.wait(gs.job_by_source("alice", name)["id"], "queued")
+        over = gs.drop("alice", 'command = "sleep 30"\ngpus = 0\n')
+        st = gs.wait(gs.job_by_source("alice", over)["id"], "rejected")
+        assert "max_queued_per_user = 6" in st["reason"]
+        gs.sh("for j in $(gpuschedctl list --json | python3 -c 'import json,sys; "
+              "print(*[j[\"id\"] for j in json.load(sys.stdin)])'); do gpuschedctl cancel --now $j || "
+              "gpuschedctl cancel $j; done", user="alice", check=False)
+
+
+def test_disk_filled_by_one_users_output_stalls_nobody(gs):
+    """A small filesystem as the state directory: alice's job prints without end; bob's job still ends,
+    its result is recorded and its GPU freed; alice's log stays under the cap; expiry removes finished jobs'
+    files and never an active job's."""
+    small = "/var/lib/gpusched-small"
+    how = "loop"
+    if gs.sh(f"mkdir -p {small} && truncate -s 64M /var/tmp/small.img && mkfs.ext4 -q -F /var/tmp/small.img "
+             f"&& mount -o loop /var/tmp/small.img {small}", check=False).returncode != 0:
+        how = "tmpfs"                       # no loop devices in this box: the same ENOSPC, from tmpfs
+        gs.sh(f"mount -t tmpfs -o size=64m tmpfs {small}")
+    print(f"state directory on a 64 MiB {how} filesystem")
+    try:
+        with gs.configured('max_log_size = "4M"\nlog_min_free = "16M"\nkeep_finished = "8s"\n', state_dir=small):
+            old = gs.submit("bob", 'command = "echo finished early"\ngpus = 0\n')
+            gs.wait(old, "succeeded")
+            hog = gs.submit("alice", 'command = "yes spam-spam-spam-spam-spam-spam-spam"\ngpus = 1\n')
+            gs.wait(hog, "running")
+            # fill the rest of the disk as alice (as if her quota were the whole filesystem)
+            gs.sh(f"chmod 1777 {small}")
+            gs.sh(f"dd if=/dev/zero of={small}/alice-filler bs=1M 2>/dev/null || true", user="alice")
+            bob = gs.submit("bob", 'command = "sleep 2; echo bob done"\ngpus = 1\n')
+            st = gs.wait(bob, "succeeded", timeout=30)
+            assert st["exit_code"] == 0
+            gpus = json.loads(gs.sh("gpuschedctl gpus --json").stdout)
+            assert not any(g.get("job") == bob for g in gpus["gpus"]), "bob's GPU was not freed"
+            log_size = int(gs.sh(f"stat -c %s {small}/logs/{hog}.log").stdout)
+            assert log_size <= 4 * 1024 * 1024 + 65536, f"alice's log is {log_size} bytes"
+            gs.sh(f"rm -f {small}/alice-filler")
+            # expiry: finished jobs older than 8 s go, the running hog stays
+            deadline = time.monotonic() + 30
+            while gs.sh(f"test -e {small}/status/{old}.toml", check=False).returncode == 0:
+                assert time.monotonic() < deadline, "a finished job was never expired"
+                time.sleep(1)
+            for path in (f"jobs/{old}.toml", f"logs/{old}.log"):
+                assert gs.sh(f"test -e {small}/{path}", check=False).returncode != 0, path
+            assert gs.sh(f"test -e {small}/status/{hog}.toml", check=False).returncode == 0
+            assert gs.status(hog)["state"] == "running"
+            gs.sh(f"gpuschedctl cancel {hog}", user="alice")
+            gs.wait(hog, "cancelled", timeout=30)
+    finally:
+        gs.sh(f"umount {small}; rm -f /var/tmp/small.img", check=False)

@@ -1,0 +1,111 @@
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from gpusched import api, lifecycle
+from gpusched.api import Api
+from gpusched.jobfile import JobSpec
+from gpusched.listing import Listing
+from gpusched.model import FINAL
+
+ALICE, BOB = 1000, 1001
+
+
+class DBus:
+    def GetConnectionUnixUser(self, sender):
+        return {":1.alice": ALICE, ":1.bob": BOB, ":1.root": 0}[sender]
+
+
+class Bus:
+    def get(self, name, path):
+        return DBus()
+
+
+class Daemon:
+    def __init__(self, jobs):
+        self.jobs = {j.id: j for j in jobs}
+        self.live = {j.id: j for j in jobs if j.state not in FINAL}
+        self.listing = Listing()
+        self.cancelled = []
+        self.store = SimpleNamespace(root="/var/lib/gpusched")
+
+    def is_admin(self, uid):
+        return uid == 0
+
+    def may_act(self, uid, job):
+        return uid in (0, job.uid)
+
+    def cancel(self, job_id, caller, now=False):
+        job = self.jobs[job_id]
+        if not self.may_act(caller, job):
+            raise PermissionError(f"job {job_id} belongs to {job.user}")
+        self.cancelled.append((job_id, caller, now))
+        return "killed" if now else "stopping"
+
+    def gpu_table(self):
+        raise KeyError("a bug")
+
+
+def job(i, uid=ALICE, user="alice", tags=(), command="true"):
+    return lifecycle.accepted(i, JobSpec(command=command, name=f"j{i}", tags=tuple(tags)), user, uid, uid,
+                              f"{i}.toml", 1_700_000_000.0)
+
+
+def ctx(who):
+    return SimpleNamespace(sender=f":1.{who}")
+
+
+def list_all(a, who, all=False, table=False):
+    out, after, pages = [], 0, 0
+    while True:
+        raw = a.ListPage(all, after, table, dbus_context=ctx(who))
+        assert len(raw) <= api.PAGE_BYTES + 4096
+        reply = json.loads(raw)
+        out += reply["ok"] if not table else reply["ok"].split("\n")
+        pages += 1
+        if not reply["last"]:
+            return out, pages
+        after = reply["last"]
+
+
+def test_listing_over_the_bus_limit_comes_in_bounded_pages(monkeypatch):
+    # 40 jobs of ~1 MB each: 40 MB in all, over the system bus's 32 MiB message limit
+    jobs = [job(i, tags=["t" * 1000] * 1000) for i in range(1, 41)]
+    a = Api(Daemon(jobs), Bus())
+    got, pages = list_all(a, "bob")
+    assert [j["id"] for j in got] == list(range(1, 41)) and pages >= 10
+    assert all("source" not in j for j in got)          # bob sees alice's jobs as the queue, not her files
+    rows, _ = list_all(a, "bob", table=True)
+    assert len(rows) == 41
+
+
+def test_a_reply_over_the_limit_is_an_error_that_says_so(monkeypatch):
+    monkeypatch.setattr(api, "MAX_REPLY", 2000)
+    a = Api(Daemon([job(1, command="x" * 5000)]), Bus())
+    shown = json.loads(a.Show(1, dbus_context=ctx("alice")))["ok"]
+    assert "spec" not in shown and "left out" in shown["truncated"]
+    monkeypatch.setattr(api, "MAX_REPLY", 100)
+    err = json.loads(a.Show(1, dbus_context=ctx("alice")))["error"]
+    assert "too large" in err and "Show" in err
+
+
+def test_errors_are_answers_and_bugs_are_not_blamed_on_the_caller():
+    a = Api(Daemon([job(1)]), Bus())
+    assert json.loads(a.Show(99, dbus_context=ctx("bob"))) == {"error": "no job 99"}
+    assert "belongs to alice" in json.loads(a.CancelNow(1, dbus_context=ctx("bob")))["error"]
+    err = json.loads(a.Gpus(dbus_context=ctx("bob")))["error"]
+    assert "internal error" in err and "journalctl" in err and "a bug" not in err
+
+
+def test_cancel_now_passes_now_and_old_cancel_still_works():
+    d = Daemon([job(1), job(2)])
+    a = Api(d, Bus())
+    assert json.loads(a.CancelNow(1, dbus_context=ctx("alice"))) == {"ok": "killed"}
+    assert json.loads(a.Cancel(2, dbus_context=ctx("root"))) == {"ok": "stopping"}
+    assert d.cancelled == [(1, ALICE, True), (2, 0, False)]
+
+
+@pytest.mark.parametrize("method", ["CancelNow", "Cancel", "Show", "ListPage", "Lookup", "Gpus"])
+def test_every_method_is_in_the_introspection(method):
+    assert f'<method name="{method}">' in Api.__doc__

@@ -1,0 +1,137 @@
+import io
+import json
+
+import pytest
+from gi.repository import Gio, GLib
+
+from gpusched import ctl
+
+EVIL = "x\x1b]0;pwned\x07\x1b[2J\r\u202ey"
+RAW = ("\x1b", "\x07", "\r", "\u202e")
+
+
+class FakeClient:
+    calls: list = []
+    replies: dict = {}
+
+    def __init__(self):
+        pass
+
+    def call(self, method, *args):
+        FakeClient.calls.append((method, *args))
+        reply = FakeClient.replies[method]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def raw(self, method, *args):
+        FakeClient.calls.append((method, *args))
+        return FakeClient.replies[method]
+
+
+@pytest.fixture
+def client(monkeypatch):
+    FakeClient.calls, FakeClient.replies = [], {}
+    monkeypatch.setattr(ctl, "Client", FakeClient)
+    return FakeClient
+
+
+def no_raw_controls(text):
+    return not any(c in text for c in RAW)
+
+
+def test_show_escapes_every_field_and_keeps_command_lines(client, capsys):
+    client.replies["Show"] = {"id": 3, "name": EVIL, "reason": f"bad\n{EVIL}", "source": EVIL + ".toml",
+                              "gpus": [{"index": 0, "uuid": EVIL}], "history": [{"attempt": 1, "outcome": EVIL}],
+                              "spec": {"command": f"echo 1\n{EVIL}", "tags": [EVIL], EVIL: 1}}
+    assert ctl.main(["show", "3"]) == 0
+    out = capsys.readouterr().out
+    assert no_raw_controls(out) and "\\x1b]0;pwned\\x07" in out and "\\u202e" in out
+    assert "   command: echo 1\n                x\\x1b" in out
+    assert ctl.main(["show", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == EVIL        # --json stays exact
+
+
+def test_list_escapes_rows_again_and_json_is_passed_through(client, capsys):
+    client.replies["ListPage"] = json.dumps({"last": 0, "ok": f"ID  NAME\n1   {EVIL}"})
+    assert ctl.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert no_raw_controls(out) and out.count("\n") == 2
+    client.replies["ListPage"] = '{"last": 0, "ok": [%s]}' % json.dumps({"id": 1, "name": EVIL})
+    assert ctl.main(["list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"id": 1, "name": EVIL}]
+
+
+def test_list_json_follows_pages(client, capsys):
+    pages = iter(['{"last": 2, "ok": [{"id": 1},{"id": 2}]}', '{"last": 0, "ok": [{"id": 3}]}'])
+    client.raw = lambda self, method, *args: next(pages)
+    assert ctl.main(["list", "--json", "--all"]) == 0
+    assert [j["id"] for j in json.loads(capsys.readouterr().out)] == [1, 2, 3]
+
+
+def test_errors_are_escaped_and_exit_non_zero(client, capsys):
+    client.replies["Show"] = ctl.CtlError(f"no job named {EVIL}")
+    with pytest.raises(SystemExit) as e:
+        ctl.main(["show", "4"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gpuschedctl: no job named x\\x1b") and no_raw_controls(err)
+
+
+def test_cancel_now_calls_cancel_now_and_reports_each_failure(client, capsys):
+    client.replies["CancelNow"] = "killed"
+    assert ctl.main(["cancel", "--now", "5", "6"]) == 0
+    assert client.calls == [("CancelNow", 5), ("CancelNow", 6)]
+    assert capsys.readouterr().out == "job 5: killed\njob 6: killed\n"
+    client.replies["Cancel"] = ctl.CtlError("job 7 belongs to alice; only its owner or root may cancel it")
+    assert ctl.main(["cancel", "7"]) == 1
+    assert "belongs to alice" in capsys.readouterr().err
+
+
+def test_gpus_table_is_escaped(client, capsys):
+    client.replies["Gpus"] = {"gpus": [{"index": 0, "name": EVIL, "memory_total": 1 << 30, "memory_free": 0,
+                                        "state": "foreign", "uuid": "GPU-1", "foreign_pids": [1, 2],
+                                        "foreign_pids_more": 3,
+                                        "foreign": [{"pid": 1, "user": "bob", "name": "x", "cmdline": EVIL,
+                                                     "gpu_memory": None}]}],
+                               "simulated": False, "error": EVIL}
+    assert ctl.main(["gpus"]) == 0
+    out = capsys.readouterr().out
+    assert no_raw_controls(out) and "pids 1,2 and 3 more" in out
+    assert any(line.split()[:4] == ["0", "1", "bob", "-"] and "x\\x1b]0;pwned" in line for line in out.splitlines())
+
+
+class Tty(io.BytesIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tty,raw", [(True, False), (False, False), (True, True)])
+def test_logs_are_escaped_on_a_terminal_and_raw_otherwise(client, monkeypatch, tmp_path, tty, raw):
+    log = tmp_path / "1.log"
+    data = "ok\tline\n\x1b]0;pwned\x07 50%\r100%\r\n\u202eé".encode() + b"\xff\xc3"
+    log.write_bytes(data)
+    client.replies["Show"] = {"state": "succeeded", "log": str(log), "user": "alice", "source": "a.toml"}
+    buf = Tty() if tty else io.BytesIO()
+    monkeypatch.setattr(ctl.sys, "stdout", io.TextIOWrapper(buf))
+    assert ctl.main(["logs", "1"] + (["--raw"] if raw else [])) == 0
+    out = buf.getvalue()
+    if tty and not raw:
+        assert out.decode() == "ok\tline\n\\x1b]0;pwned\\x07 50%\n100%\n\\u202eé\\xff\\xc3"
+    else:
+        assert out == data
+
+
+def remote(name, text):
+    return GLib.Error.new_literal(Gio.io_error_quark(), f"GDBus.Error:{name}: {text}", Gio.IOErrorEnum.DBUS_ERROR)
+
+
+def test_bus_errors_are_said_in_words():
+    msg = ctl.bus_error(remote("org.freedesktop.DBus.Error.ServiceUnknown", "The name org.gpusched1 was not "
+                                                                            "provided by any .service files"))
+    assert msg.startswith("gpusched is not on the system bus") and "ServiceUnknown" in msg
+    msg = ctl.bus_error(remote("unknown.KeyError", "'x'"))
+    assert msg.startswith("gpusched failed (KeyError: 'x')") and "journalctl" in msg
+    msg = ctl.bus_error(remote("org.freedesktop.DBus.Error.NoReply", "did not receive a reply"))
+    assert "no answer in time" in msg
+    assert ctl.bus_error(ValueError("plain")) == "plain"

@@ -1,0 +1,207 @@
+"""The daemon's orchestration with fakes for systemd, the GPUs and the monitor spawner (real store and spool
+in tmp_path): errors are contained per job, per-user caps hold jobs back, leftovers keep a job's GPUs.
+Fakes only stand in for side effects; the real thing is tested in tests/integration/."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+
+import pytest
+
+from gpusched import config as configmod
+from gpusched.daemon import Daemon
+from gpusched.model import Gpu, State
+from gpusched.spool import Spool
+from gpusched.store import Store
+from gpusched.systemd import SystemdError
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the spool must be root-owned: needs root")
+
+
+class FakeUnits:
+    def __init__(self, fail_for: set[str] = frozenset()):
+        self.fail_for = set(fail_for)
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+        self.killed: list[tuple[str, int]] = []
+
+    def start_scope(self, unit, pid, properties):
+        if unit in self.fail_for:
+            raise RuntimeError(f"a bug while starting {unit}")      # not a SystemdError: an unexpected one
+        self.started.append(unit)
+
+    def stop(self, unit):
+        self.stopped.append(unit)
+        return True
+
+    def alive(self, unit):
+        return unit in self.started
+
+    def kill(self, unit, sig):
+        self.killed.append((unit, sig))
+        return True
+
+
+class FakeSpawner:
+    """Stands in for the zygote: a real, harmless process per 'monitor' (the daemon watches it by pidfd)."""
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def spawn(self, spec_fd, result_path):
+        p = subprocess.Popen(["sleep", "30"], stdin=spec_fd)      # holds the spec pipe's read end, as a monitor
+        self.procs.append(p)
+        return p.pid
+
+    def reap(self):
+        pass
+
+
+class FourGpus:
+    simulated = True
+
+    def probe(self, active_units=frozenset()):
+        return [Gpu(i, f"GPU-{i}", "Sim", 80 << 30, 80 << 30, simulated=True) for i in range(4)]
+
+
+@pytest.fixture
+def make(tmp_path):
+    made = []
+
+    def _make(units=None, **cfg):
+        c = configmod.Config(spool_dir=str(tmp_path / "spool"), state_dir=str(tmp_path / "state"), **cfg)
+        d = Daemon(c, Store(c.state_dir), Spool(c.spool_dir), units or FakeUnits(), FourGpus(), FakeSpawner())
+        d.recover()
+        made.append(d)
+        return d
+    yield _make
+    for d in made:
+        for p in d.spawner.procs:
+            p.kill()
+            p.wait()
+
+
+def drop(d: Daemon, name: str, text: str, uid: int = 0) -> int:
+    path = os.path.join(d.spool.root, name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chown(path, uid, uid)
+    d.ingest(name)
+    return max(d.jobs)
+
+
+def test_one_failing_start_does_not_block_the_others(make):
+    d = make(units=FakeUnits(fail_for={"gpusched-job-1.scope"}))
+    bad = drop(d, "urgent.toml", 'command = "true"\ngpus = 1\npriority = 1\n')
+    others = [drop(d, f"j{i}.toml", 'command = "true"\ngpus = 1\n') for i in range(3)]
+    d._schedule()
+    assert d.jobs[bad].state == State.QUEUED and "internal error" in d.jobs[bad].reason
+    assert [d.jobs[j].state for j in others] == [State.RUNNING] * 3
+    d._schedule()                                    # and again on every later pass: still contained
+    assert d.jobs[bad].state == State.QUEUED
+
+
+def test_a_monitor_that_died_before_its_spec_requeues_only_that_job(make, monkeypatch):
+    d = make()
+    real_spawn = d.spawner.spawn
+    calls = []
+
+    def spawn(spec_fd, result_path):
+        calls.append(result_path)
+        if len(calls) == 1:
+            # the read end of the spec pipe is closed with the 'monitor': the daemon's write gets EPIPE
+            return subprocess.Popen(["true"], stdin=subprocess.DEVNULL).pid
+        return real_spawn(spec_fd, result_path)
+    monkeypatch.setattr(d.spawner, "spawn", spawn)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    first = drop(d, "first.toml", 'command = "true"\ngpus = 1\npriority = 1\n')
+    second = drop(d, "second.toml", 'command = "true"\ngpus = 1\n')
+    d._schedule()
+    assert d.jobs[first].state == State.QUEUED and "monitor died" in d.jobs[first].reason
+    assert d.jobs[second].state == State.RUNNING
+
+
+def test_per_user_caps_in_the_daemon(make):
+    d = make(max_cpu_jobs_per_user=2, max_queued_per_user=5)
+    alice = pwd.getpwnam("nobody").pw_uid          # any unprivileged account that exists everywhere
+    ids = [drop(d, f"a{i}.toml", 'command = "true"\ngpus = 0\n', uid=alice) for i in range(7)]
+    states = [d.jobs[i].state for i in ids]
+    assert states[:5] == [State.QUEUED] * 5 and states[5:] == [State.REJECTED] * 2
+    assert "max_queued_per_user = 5" in d.jobs[ids[5]].reason
+    d._schedule()
+    assert sum(d.jobs[i].state == State.RUNNING for i in ids) == 2
+    assert "max_cpu_jobs_per_user is 2" in d.jobs[ids[4]].reason
+    # root is not held to the queued cap
+    assert d.jobs[drop(d, "r.toml", 'command = "true"\n')].state == State.QUEUED
+
+
+def test_a_put_back_entry_is_not_looked_up(make, monkeypatch):
+    d = make()
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(d.store, "save_status", full)
+    path = os.path.join(d.spool.root, "x.toml")
+    with open(path, "w") as f:
+        f.write('command = "true"\n')
+    ino = os.stat(path).st_ino
+    d.ingest("x.toml")
+    assert d.lookup(0, "x.toml", ino) == 0 and not d.jobs
+
+
+def test_leftover_processes_keep_the_gpus_until_the_scope_is_empty(make, monkeypatch):
+    from gpusched import cgroups
+    d = make()
+    job = d.jobs[drop(d, "j.toml", 'command = "true"\ngpus = 1\n')]
+    d._schedule()
+    assert job.state == State.RUNNING
+    monkeypatch.setattr(d.store, "read_result", lambda *a: {"exit_code": 0, "ended": 1.0})
+    left = {os.getpid()}
+    monkeypatch.setattr(cgroups, "pids", lambda path: set(left))
+    d._reconcile(job)
+    assert job.state == State.RUNNING and job.gpus and d.units.killed == [(job.unit, signal.SIGKILL)]
+    left.clear()
+    d._reconcile(job)
+    assert job.state == State.SUCCEEDED
+
+
+def test_cancel_now_kills_whatever_the_grace(make):
+    d = make()
+    job = d.jobs[drop(d, "j.toml", 'command = "sleep 100"\ngpus = 1\ngrace = "5m"\n')]
+    d._schedule()
+    assert d.cancel(job.id, 0, now=True) == "killed"
+    assert job.state == State.STOPPING and job.stop_intent == "cancel"
+    assert d.units.killed == [(job.unit, signal.SIGKILL)]
+    with pytest.raises(PermissionError):
+        d.cancel(job.id, 12345, now=True)
+
+
+def test_expiry_removes_old_finished_jobs_only(make, monkeypatch):
+    d = make(keep_finished=3600.0)
+    old = d.jobs[drop(d, "old.toml", 'command = "true"\n')]
+    d.cancel(old.id, 0)
+    old.ended -= 7200
+    queued = drop(d, "q.toml", 'command = "true"\ngpus = 9\n')
+    removed = []
+    monkeypatch.setattr(d.store, "remove_jobs", lambda ids: removed.extend(ids) or 0)
+    monkeypatch.setattr(d.spool, "expire_rejected", lambda cutoff: 0)
+    d.expire()
+    while d._expire_batch():
+        pass
+    assert removed == [old.id] and old.id not in d.jobs and queued in d.jobs
+
+
+def test_typed_systemd_error_fails_only_that_start(make):
+    class Failing(FakeUnits):
+        def start_scope(self, unit, pid, properties):
+            if unit == "gpusched-job-1.scope":
+                raise SystemdError("StartTransientUnit: refused")
+            super().start_scope(unit, pid, properties)
+    d = make(units=Failing())
+    a = drop(d, "a.toml", 'command = "true"\ngpus = 1\n')
+    b = drop(d, "b.toml", 'command = "true"\ngpus = 1\n')
+    d._schedule()
+    assert d.jobs[a].state == State.FAILED and d.jobs[b].state == State.RUNNING

@@ -1,0 +1,93 @@
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpusched import lifecycle
+from gpusched.jobfile import JobSpec
+from gpusched.listing import HEADER, INFO_WIDTH, MAX_ENTRY, Listing, bounded_json, printable, row
+from gpusched.model import job_to_dict
+
+HOSTILE = "a\x1b]0;pwned\x07b\x1b[2J\rc\x9b1m\u202ed\u200be\u2028f\x7f\ud800"
+
+
+def job(i, name="train", uid=1000, tags=(), reason=None, user="alice"):
+    j = lifecycle.accepted(i, JobSpec(command="true", name=name, tags=tuple(tags)), user, uid, uid, f"{i}.toml",
+                           1_700_000_000.0 + i)
+    if reason is not None:
+        j.reason = reason
+    return j
+
+
+def test_printable_escapes_what_a_terminal_acts_on():
+    out = printable(HOSTILE)
+    for bad in "\x1b\x07\r\x9b\u202e\u200b\u2028\x7f\ud800":
+        assert bad not in out
+    assert out == "a\\x1b]0;pwned\\x07b\\x1b[2J\\x0dc\\x9b1m\\u202ed\\u200be\\u2028f\\x7f\\ud800"
+    assert printable("émoji 🙂 and 中文") == "émoji 🙂 and 中文"            # printable text is left alone
+    assert printable("a\nb\tc", keep="\n\t") == "a\nb\tc"
+    assert printable("a\nb") == "a\\x0ab"
+
+
+@given(st.text())
+def test_printable_output_is_printable_and_idempotent(s):
+    out = printable(s)
+    assert out.isprintable()
+    assert printable(out) == out
+
+
+def test_rows_escape_every_column():
+    j = job(7, name="n\x1b[2J", reason="bad " + HOSTILE, user="u\x1bx")
+    r = row(j)
+    assert r.isprintable()
+    assert "\\x1b" in r
+    assert len(r) <= len(HEADER) + INFO_WIDTH
+
+
+def test_oversized_entry_is_listed_cut_with_a_marker():
+    big = job(1, tags=["t" * 1000] * 2000)
+    text = bounded_json(job_to_dict(big))
+    d = json.loads(text)
+    assert len(text) <= MAX_ENTRY
+    assert d["id"] == 1 and d["state"] == "queued" and d["user"] == "alice"
+    assert "over the listing's limit" in d["truncated"]
+    assert "tags" not in d
+    small = json.loads(bounded_json(job_to_dict(job(2, tags=["x"]))))
+    assert small["tags"] == ["x"] and "truncated" not in small
+
+
+def test_pages_are_cut_by_bytes_and_by_count():
+    listing = Listing()
+    jobs = [job(i, tags=["t" * 1000] * 50) for i in range(1, 101)]       # ~50 KB each
+    size = len(listing.entry(jobs[0])[0])
+    text, last = listing.page(iter(jobs), True, 0, False, True, 10 * size + 50, 1000)
+    got = json.loads(text)
+    assert [j["id"] for j in got] == list(range(1, len(got) + 1))
+    assert 5 <= len(got) <= 10 and last == len(got)
+    assert len(text) <= 10 * size + 50
+    text, last = listing.page(iter(jobs), True, 0, False, True, 1 << 30, 7)
+    assert len(json.loads(text)) == 7 and last == 7
+    text, last = listing.page(iter(jobs[:3]), True, 0, False, True, 1 << 30, 7)
+    assert len(json.loads(text)) == 3 and last is None
+    # one entry bigger than the page still goes, alone
+    text, last = listing.page(iter(jobs), True, 0, False, True, 10, 7)
+    assert len(json.loads(text)) == 1 and last == 1
+
+
+def test_table_page_is_a_json_string_of_rows_with_the_header_first():
+    listing = Listing()
+    jobs = [job(i, name=f"j\x1b{i}") for i in range(1, 4)]
+    text, last = listing.page(iter(jobs), False, 5, True, True, 1 << 20, 10)
+    lines = json.loads(text).split("\n")
+    assert lines[0] == HEADER and len(lines) == 4 and last is None
+    assert all(line.isprintable() for line in lines)
+    text, _ = listing.page(iter(jobs), False, 5, True, False, 1 << 20, 10)
+    assert len(json.loads(text).split("\n")) == 3
+
+
+def test_public_entries_hide_private_fields_from_others():
+    listing = Listing()
+    j = job(1, uid=1000)
+    mine = json.loads(listing.page(iter([j]), False, 1000, False, True, 1 << 20, 10)[0])[0]
+    theirs = json.loads(listing.page(iter([j]), False, 1001, False, True, 1 << 20, 10)[0])[0]
+    assert mine["source"] == "1.toml" and "source" not in theirs
