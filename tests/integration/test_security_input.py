@@ -12,9 +12,6 @@ import time
 
 from tests.integration.conftest import SPOOL, STATE
 
-CONFIG = "/etc/gpusched/gpusched.toml"
-
-
 def _copy_in(gs, user: str, name: str, make: str) -> str:
     """`make` (a shell command run as `user`) writes ~/NAME; it is then copied into the spool, as a user would."""
     gs.sh(f"cd ~ && {make} && cp ~/{name} {SPOOL}/{name}", user=user)
@@ -77,30 +74,30 @@ def test_root_may_be_urgent_and_patient(gs):
 
 def test_caps_and_the_admin_group_from_the_config(gs):
     """max_time_limit set to 1d and an admin group with bob in it: the daemon reads them at (re)start."""
-    gs.sh(f"cp {CONFIG} {CONFIG}.orig && sed -i '1i max_time_limit = \"1d\"\\nadmin_group = \"gsadmin\"' {CONFIG} "
-          f"&& (getent group gsadmin || groupadd gsadmin) && usermod -aG gsadmin bob && systemctl restart gpusched")
+    gs.sh("(getent group gsadmin || groupadd gsadmin) && usermod -aG gsadmin bob")
     try:
-        assert gs.active()
-        long = gs.drop("alice", 'command = "true"\ngpus = 0\ntime_limit = "2d"\n', name="two-days.toml")
-        none = gs.drop("alice", 'command = "true"\ngpus = 0\n', name="no-limit.toml")
-        assert _rejected(gs, "alice", long)["reason"] == \
-            "two-days.toml:3: time_limit: 2d is more than the 1d this server allows (max_time_limit)"
-        assert _rejected(gs, "alice", none)["reason"] == \
-            "no-limit.toml: time_limit: required on this server: at most 1d (max_time_limit)"
-        assert gs.wait(gs.submit("alice", 'command = "true"\ngpus = 0\ntime_limit = "12h"\n'), "succeeded")
-        # an admin may be urgent, but is capped like everyone (only root is not)
-        n = gs.submit("bob", 'command = "true"\ngpus = 0\ntime_limit = "1h"\npriority = -1000\n')
-        assert gs.wait(n, "succeeded")["priority"] == -1000
-        name = gs.drop("bob", 'command = "true"\ngpus = 0\ntime_limit = "30d"\n', name="admin-long.toml")
-        assert "more than the 1d this server allows" in _rejected(gs, "bob", name)["reason"]
-        # alice is no admin
-        name = gs.drop("alice", 'command = "true"\ngpus = 0\ntime_limit = "1h"\npriority = -1000\n', name="a.toml")
-        assert "is more urgent than this server allows" in _rejected(gs, "alice", name)["reason"]
-        # root is exempt from the time cap
-        assert gs.wait(gs.submit("root", 'command = "true"\ngpus = 0\ntime_limit = "30d"\n'), "succeeded")
+        with gs.configured('max_time_limit = "1d"\nadmin_group = "gsadmin"'):
+            assert gs.active()
+            long = gs.drop("alice", 'command = "true"\ngpus = 0\ntime_limit = "2d"\n', name="two-days.toml")
+            none = gs.drop("alice", 'command = "true"\ngpus = 0\n', name="no-limit.toml")
+            assert _rejected(gs, "alice", long)["reason"] == \
+                "two-days.toml:3: time_limit: 2d is more than the 1d this server allows (max_time_limit)"
+            assert _rejected(gs, "alice", none)["reason"] == \
+                "no-limit.toml: time_limit: required on this server: at most 1d (max_time_limit)"
+            assert gs.wait(gs.submit("alice", 'command = "true"\ngpus = 0\ntime_limit = "12h"\n'), "succeeded")
+            # an admin may be urgent, but is capped like everyone (only root is not)
+            n = gs.submit("bob", 'command = "true"\ngpus = 0\ntime_limit = "1h"\npriority = -1000\n')
+            assert gs.wait(n, "succeeded")["priority"] == -1000
+            name = gs.drop("bob", 'command = "true"\ngpus = 0\ntime_limit = "30d"\n', name="admin-long.toml")
+            assert "more than the 1d this server allows" in _rejected(gs, "bob", name)["reason"]
+            # alice is no admin
+            name = gs.drop("alice", 'command = "true"\ngpus = 0\ntime_limit = "1h"\npriority = -1000\n',
+                           name="a.toml")
+            assert "is more urgent than this server allows" in _rejected(gs, "alice", name)["reason"]
+            # root is exempt from the time cap
+            assert gs.wait(gs.submit("root", 'command = "true"\ngpus = 0\ntime_limit = "30d"\n'), "succeeded")
     finally:
-        gs.sh(f"mv {CONFIG}.orig {CONFIG}; gpasswd -d bob gsadmin; groupdel gsadmin; systemctl restart gpusched",
-              check=False)
+        gs.sh("gpasswd -d bob gsadmin; groupdel gsadmin", check=False)
     assert gs.active()
 
 
