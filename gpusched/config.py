@@ -9,6 +9,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from gpusched import jobfile
 from gpusched.jobfile import key_lines
 from gpusched.units import parse_duration, parse_size
 
@@ -42,6 +43,11 @@ class Config:
     max_cpu_jobs_per_user: int = -1      # CPU-only (gpus = 0) jobs running at once; -1: the number of CPUs; 0: no cap
     max_queued_per_user: int = 10000     # jobs waiting at once (over it: rejected); 0: no cap; root is exempt
     simulated_gpus: tuple[SimulatedGpu, ...] = field(default_factory=tuple)
+
+    def job_limits(self) -> jobfile.Limits:
+        """What a job file may ask for on this server (jobfile.parse checks it)."""
+        floor = jobfile.DEFAULT_PRIORITY if self.min_user_priority is None else self.min_user_priority
+        return jobfile.Limits(min_priority=floor, max_grace=self.max_grace, max_time_limit=self.max_time_limit)
 
 
 class ConfigError(Exception):

@@ -263,7 +263,8 @@ class Daemon:
         spec = None
         if problem is None:
             try:
-                spec = parse_jobfile(taken.data or b"", taken.name, owner_is_root=uid == 0)
+                spec = parse_jobfile(taken.data or b"", taken.name, owner_is_root=uid == 0,
+                                     limits=self.cfg.job_limits(), privileged=uid == 0 or self.is_admin(uid))
             except JobFileError as e:
                 problem = str(e)
         account = None

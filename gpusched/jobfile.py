@@ -9,7 +9,7 @@ import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Iterator
 
 from gpusched.units import parse_duration, parse_signal, parse_size
 
@@ -18,6 +18,20 @@ DEFAULT_PRIORITY = 100
 DEFAULT_GRACE = 180.0
 MAX_GPUS = 64
 MAX_NAME = 128
+# Every value a job keeps is bounded, so no file can make a listing, a status file or the daemon's memory big
+MAX_TAGS = 32
+MAX_TAG = 64
+MAX_ENV = 1024                 # variables; real jobs set a handful
+MAX_PATH = 4095                # bytes, as PATH_MAX counts them (without the NUL)
+MAX_GPU_TYPE = 128
+MAX_UUID = 128
+MAX_UNIT_STRING = 64           # a size, duration or signal written as a string ("1d12h"): longer is a mistake
+PRIORITY_RANGE = (-(1 << 31), (1 << 31) - 1)
+# A rejected file's reason goes into its status, the journal and every listing: report the first problems only
+MAX_PROBLEMS = 20
+MAX_MESSAGE = 300              # characters of one problem's message
+MAX_KEY_SHOWN = 64             # characters of a key in a message
+MAX_REASON = 4096              # bytes of the whole report (str(JobFileError)), "and N more problems" included
 
 # Set by gpusched for every job; a job may not override them (they decide which GPUs it sees and who it is).
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES",
@@ -33,10 +47,21 @@ MAX_U63 = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class ResourceLimits:
+    """A job's [limits] table: cgroup limits on its scope."""
     memory: int | None = None      # bytes, MemoryMax
     cpus: float | None = None      # CPUs, CPUQuota
     tasks: int | None = None       # TasksMax
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What this server lets a file ask for (from the daemon's config: Config.job_limits()). Urgency is granted,
+    not claimed: a file that is neither root's nor an admin's may not be more urgent than min_priority; grace and
+    time_limit are capped for every file but root's, so no job can hold its GPUs past what the server allows."""
+    min_priority: int = DEFAULT_PRIORITY   # the most urgent (lowest) priority a user's file may have
+    max_grace: float = 600.0               # seconds
+    max_time_limit: float = 0.0            # seconds; 0: no cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +77,7 @@ class JobSpec:
     gpu_type: str | None = None
     gpu_ids: tuple[int | str, ...] = ()
     priority: int = DEFAULT_PRIORITY
-    limits: Limits = Limits()
+    limits: ResourceLimits = ResourceLimits()
     time_limit: float | None = None
     grace: float = DEFAULT_GRACE
     stop_signal: int = 15
@@ -75,18 +100,48 @@ class Problem:
 
 
 class JobFileError(Exception):
-    def __init__(self, filename: str, problems: list[Problem]):
+    """A rejected file. `problems` holds at most MAX_PROBLEMS; `more` counts those found but not kept.
+    str() is the report, one problem per line, never more than MAX_REASON bytes."""
+
+    def __init__(self, filename: str, problems: list[Problem], more: int = 0):
         self.filename = filename
         self.problems = problems
-        super().__init__(str(self))
+        self.more = more
+        super().__init__(filename)
 
     def __str__(self) -> str:
-        return "\n".join(format_problem(self.filename, p) for p in self.problems)
+        lines: list[str] = []
+        size = 0
+        budget = MAX_REASON - 80 - len(_clip(self.filename, 255).encode())    # room for the "more" line
+        for p in self.problems:
+            line = format_problem(self.filename, p)
+            size += len(line.encode()) + 1
+            if size > budget and lines:
+                break
+            lines.append(line)
+        rest = len(self.problems) - len(lines) + self.more
+        if rest:
+            lines.append(f"{_clip(self.filename, 255)}: ... and {rest} more problem{'s' if rest > 1 else ''} "
+                         f"(only the first are reported)")
+        return "\n".join(lines)
 
 
 def format_problem(filename: str, p: Problem) -> str:
+    filename = _clip(filename, 255)
     where = filename if p.line is None else f"{filename}:{p.line}"
-    return f"{where}: {p.key}: {p.message}" if p.key else f"{where}: {p.message}"
+    message = _clip(p.message, MAX_MESSAGE)
+    return f"{where}: {_show_key(p.key)}: {message}" if p.key else f"{where}: {message}"
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[:n - 3] + "..."
+
+
+def _show_key(key: str) -> str:
+    # a quoted TOML key can hold anything, terminal escapes included: show it escaped, and not all of it
+    if not key.isprintable():
+        key = key.encode("unicode_escape").decode("ascii")
+    return _clip(key, MAX_KEY_SHOWN)
 
 
 # --- where a key stands in the text (tomllib gives values, not lines) -------------------------------------
@@ -105,13 +160,23 @@ def _split_key(raw: str) -> list[str]:
     return [p.strip().strip("\"'") for p in re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", raw)]
 
 
-def key_lines(text: str) -> dict[str, int]:
+def _lines(text: str) -> Iterator[str]:
+    start = 0
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    yield text[start:]
+
+
+def key_lines(text: str, wanted: Collection[str] | None = None) -> dict[str, int]:
     """Map 'key' and 'table.key' to the 1-based line where it is set. Good enough for error messages:
-    lines inside multi-line strings are skipped, and lines are split at "\n" only, as TOML counts them."""
+    lines inside multi-line strings are skipped, and lines are split at "\n" only, as TOML counts them.
+    With `wanted`, stops reading once every key in it has been seen (a big file's first problems are cheap)."""
     lines: dict[str, int] = {}
+    missing = set(wanted) if wanted is not None else None
     table: list[str] = []
     in_string: str | None = None
-    for n, line in enumerate(text.split("\n"), 1):
+    for n, line in enumerate(_lines(text), 1):
         if in_string is not None:
             if line.count(in_string) % 2 == 1:
                 in_string = None
@@ -128,6 +193,10 @@ def key_lines(text: str) -> dict[str, int]:
             if rest.lstrip().startswith("{"):
                 for ik in _INLINE_KEY.findall(rest):
                     lines.setdefault(".".join(path + [ik.strip("\"'")]), n)
+        if missing is not None:
+            missing.difference_update([key for key in missing if key in lines])
+            if not missing:
+                break
         for quote in ('"""', "'''"):
             if line.count(quote) % 2 == 1:
                 in_string = quote
@@ -138,15 +207,26 @@ def key_lines(text: str) -> dict[str, int]:
 # --- validation ---------------------------------------------------------------------------------------------
 
 class _Checker:
-    def __init__(self, text: str):
-        self.lines = key_lines(text)
-        self.problems: list[Problem] = []
+    """Collects problems: the first MAX_PROBLEMS are kept, the rest only counted. Lines are looked up at the end,
+    for the kept ones only."""
 
-    def fail(self, key: str, message: str) -> None:
-        line = self.lines.get(key)
-        if line is None and "." in key:
-            line = self.lines.get(key.rsplit(".", 1)[0])
-        self.problems.append(Problem(key, line, message))
+    def __init__(self, text: str):
+        self.text = text
+        self.problems: list[Problem] = []
+        self.more = 0
+        self._locate: list[int] = []          # indices of problems whose line is to be found
+
+    @property
+    def full(self) -> bool:
+        return len(self.problems) >= MAX_PROBLEMS
+
+    def fail(self, key: str, message: str, *, locate: bool = True) -> None:
+        if self.full:
+            self.more += 1
+            return
+        if locate:
+            self._locate.append(len(self.problems))
+        self.problems.append(Problem(key, None, _clip(message, MAX_MESSAGE)))
 
     def take(self, key: str, value: Any, conv: Callable[[Any], Any]) -> Any:
         try:
@@ -154,6 +234,17 @@ class _Checker:
         except (ValueError, TypeError, OverflowError) as e:
             self.fail(key, str(e) if not isinstance(e, OverflowError) else "the number is too large")
             return None
+
+    def error(self, filename: str) -> JobFileError:
+        keys = {self.problems[i].key for i in self._locate}
+        lines = key_lines(self.text, {k for k in keys if k})
+        for i in self._locate:
+            key = self.problems[i].key or ""
+            line = lines.get(key)
+            if line is None and "." in key:
+                line = lines.get(key.rsplit(".", 1)[0])
+            self.problems[i] = dataclasses.replace(self.problems[i], line=line)
+        return JobFileError(filename, self.problems, self.more)
 
 
 def _typename(v: Any) -> str:
@@ -212,8 +303,8 @@ def _gpu_id(v: Any) -> int | str:
         raise ValueError("each GPU id must be an index (integer) or a UUID (\"GPU-...\")")
     if isinstance(v, int) and v < 0:
         raise ValueError(f"GPU index can't be negative: {v}")
-    if isinstance(v, str) and not _GPU_UUID.fullmatch(v):
-        raise ValueError(f"not a GPU UUID: {v!r} (NVML UUIDs look like \"GPU-8f6c...\")")
+    if isinstance(v, str) and (len(v) > MAX_UUID or not _GPU_UUID.fullmatch(v)):
+        raise ValueError(f"not a GPU UUID: {_clip(v, 80)!r} (NVML UUIDs look like \"GPU-8f6c...\")")
     return v
 
 
@@ -238,15 +329,22 @@ def _time_limit(v: Any) -> float:
     return s
 
 
+def _short(v: Any, what: str) -> Any:
+    # units' regexes are cheap on short strings only (one is quadratic in blanks): cap the length first
+    if isinstance(v, str) and len(v) > MAX_UNIT_STRING:
+        raise ValueError(f"too long for {what}: {len(v)} characters (at most {MAX_UNIT_STRING})")
+    return v
+
+
 def _bounded_duration(v: Any) -> float:
-    s = parse_duration(v)
+    s = parse_duration(_short(v, "a duration"))
     if s > MAX_SECONDS:
         raise ValueError("a duration can be at most 100 years")
     return s
 
 
 def _bounded_size(v: Any) -> int:
-    n = parse_size(v)
+    n = parse_size(_short(v, "a size"))
     if n > MAX_U63:
         raise ValueError("the size is too large")
     return n
@@ -257,10 +355,16 @@ TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_m
 LIMIT_KEYS = {"memory", "cpus", "tasks"}
 
 
-def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str | None = None) -> JobSpec:
-    """Validate a job file's bytes. Raises JobFileError naming every problem found (key and line)."""
+def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str | None = None,
+          limits: Limits | None = None, privileged: bool = False) -> JobSpec:
+    """Validate a job file's bytes. Raises JobFileError naming the problems found (key and line; the first
+    MAX_PROBLEMS of them, and how many more).
+
+    owner_is_root: the file is root's (it may name `user`, and no limit applies to it). limits: what this server
+    allows (None: no limits, as when a stored file is read back). privileged: the owner is root or an admin, who
+    may ask for any priority; the grace and time caps still apply to admins."""
     def bad(message: str, line: int | None = None) -> JobFileError:
-        return JobFileError(filename, [Problem(None, line, message)])
+        return JobFileError(filename, [Problem(None, line, _clip(message, MAX_MESSAGE))])
 
     if len(data) > MAX_BYTES:
         raise bad(f"file is larger than {MAX_BYTES} bytes")
@@ -283,10 +387,9 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
         raise bad("invalid TOML: nested too deeply") from None
 
     c = _Checker(text)
-    for key in sorted(set(doc) - TOP_KEYS):
-        c.fail(key, "unknown key" + _did_you_mean(key, TOP_KEYS))
+    _unknown(c, doc, TOP_KEYS, "")
     if "command" not in doc:
-        c.problems.append(Problem("command", None, "required key is missing"))
+        c.fail("command", "required key is missing", locate=False)
 
     kw: dict[str, Any] = {}
 
@@ -302,21 +405,16 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     opt("conda", _conda)
     opt("gpus", _nonneg_int(MAX_GPUS))
     opt("gpu_memory", _bounded_size)
-    opt("gpu_type", lambda v: _expect(str, "a string")(v).strip() or _raise("gpu_type is empty"))
-    opt("priority", _expect(int, "an integer"))
+    opt("gpu_type", _gpu_type)
+    opt("priority", _priority)
     opt("time_limit", _time_limit)
     opt("grace", _bounded_duration)
-    opt("stop_signal", lambda v: int(parse_signal(v)))
+    opt("stop_signal", lambda v: int(parse_signal(_short(v, "a signal"))))
     opt("preemptible", _expect(bool, "true or false"))
     opt("user", _user)
 
     if "tags" in doc:
-        tags = c.take("tags", doc["tags"], _expect(list, "an array of strings"))
-        if tags is not None:
-            if all(isinstance(t, str) and t and len(t) <= MAX_NAME and t.isprintable() for t in tags):
-                kw["tags"] = tuple(tags)
-            else:
-                c.fail("tags", "every tag must be a printable, non-empty string of at most 128 characters")
+        opt("tags", _tags)
     if "gpu_ids" in doc:
         ids = c.take("gpu_ids", doc["gpu_ids"], _expect(list, "an array of GPU indices or UUIDs"))
         if ids is not None:
@@ -333,7 +431,9 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
                 kw["gpu_ids"] = tuple(converted)
     if "env" in doc:
         env = c.take("env", doc["env"], _expect(dict, "a table of strings"))
-        if env is not None:
+        if env is not None and len(env) > MAX_ENV:
+            c.fail("env", f"sets {len(env)} variables; at most {MAX_ENV}")
+        elif env is not None:
             kw["env"] = {}
             for k, v in env.items():
                 key = f"env.{k}"
@@ -351,15 +451,14 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     if "limits" in doc:
         lim = c.take("limits", doc["limits"], _expect(dict, "a table ([limits])"))
         if lim is not None:
-            for key in sorted(set(lim) - LIMIT_KEYS):
-                c.fail(f"limits.{key}", "unknown key" + _did_you_mean(key, LIMIT_KEYS))
+            _unknown(c, lim, LIMIT_KEYS, "limits.")
             lkw = {}
             for key, conv in (("memory", _bounded_size), ("cpus", _cpus), ("tasks", _positive_int)):
                 if key in lim:
                     value = c.take(f"limits.{key}", lim[key], conv)
                     if value is not None:
                         lkw[key] = value
-            kw["limits"] = Limits(**lkw)
+            kw["limits"] = ResourceLimits(**lkw)
 
     if "gpu_ids" in kw:
         if "gpus" not in doc:
@@ -375,42 +474,131 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     if "user" in kw and not owner_is_root:
         c.fail("user", "only a file owned by root may name the user to run as; "
                        "drop the key, the job runs as the file's owner")
+    if limits is not None and not owner_is_root:
+        _check_limits(c, doc, kw, limits, privileged)
 
     if c.problems:
-        raise JobFileError(filename, c.problems)
+        raise c.error(filename)
     kw.setdefault("name", default_name or _stem(filename))
     return JobSpec(**kw)
 
 
-def _raise(message: str) -> Any:
-    raise ValueError(message)
+def _unknown(c: _Checker, table: dict[str, Any], known: set[str], prefix: str) -> None:
+    # 74,000 unknown keys must cost what 20 do: report the first ones in file order, count the rest
+    count = len(table) - len(table.keys() & known)
+    for key in table:
+        if not count or c.full:
+            break
+        if key not in known:
+            c.fail(prefix + key, "unknown key" + _did_you_mean(key, known))
+            count -= 1
+    c.more += count
+
+
+def _check_limits(c: _Checker, doc: dict[str, Any], kw: dict[str, Any], limits: Limits, privileged: bool) -> None:
+    """The server's limits, on the values the job would run with (written or default), so that what is
+    accepted stays within them however the file is read back later."""
+    floor = limits.min_priority
+    if privileged:                          # root and the admin group may ask for any urgency
+        pass
+    elif "priority" in doc:
+        if "priority" in kw and kw["priority"] < floor:
+            c.fail("priority", f"{kw['priority']} is more urgent than this server allows (at most {floor}; "
+                               f"lower is more urgent; urgency is granted by the administrator: see "
+                               f"min_user_priority and admin_group)")
+    elif DEFAULT_PRIORITY < floor:
+        c.fail("priority", f"the default {DEFAULT_PRIORITY} is more urgent than this server allows: "
+                           f"set priority = {floor} or more (min_user_priority)", locate=False)
+    cap = _human(limits.max_grace)
+    if "grace" in doc:
+        if "grace" in kw and kw["grace"] > limits.max_grace:
+            c.fail("grace", f"{_human(kw['grace'])} is more than the {cap} this server allows (max_grace)")
+    elif DEFAULT_GRACE > limits.max_grace:
+        c.fail("grace", f"the default {_human(DEFAULT_GRACE)} is more than the {cap} this server allows "
+                        f"(max_grace): set grace to at most {cap}", locate=False)
+    if limits.max_time_limit > 0:
+        cap = _human(limits.max_time_limit)
+        if "time_limit" not in doc:
+            c.fail("time_limit", f"required on this server: at most {cap} (max_time_limit)", locate=False)
+        elif "time_limit" in kw and kw["time_limit"] > limits.max_time_limit:
+            c.fail("time_limit", f"{_human(kw['time_limit'])} is more than the {cap} this server allows "
+                                 f"(max_time_limit)")
+
+
+def _human(seconds: float) -> str:
+    """A duration as a file would write it: 600 -> "10m", 3153600000 -> "36500d", 90.5 -> "90.5s"."""
+    if seconds != int(seconds) or seconds == 0:
+        return f"{seconds:g}s"
+    rest, out = int(seconds), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out += f"{rest // size}{unit}"
+            rest %= size
+    return out
+
+
+def _priority(v: Any) -> int:
+    v = _expect(int, "an integer")(v)
+    lo, hi = PRIORITY_RANGE
+    if not lo <= v <= hi:
+        raise ValueError(f"must be between {lo} and {hi}")
+    return v
+
+
+def _tags(v: Any) -> tuple[str, ...]:
+    v = _expect(list, "an array of strings")(v)
+    if len(v) > MAX_TAGS:
+        raise ValueError(f"{len(v)} tags; at most {MAX_TAGS}")
+    if not all(isinstance(t, str) and t and len(t) <= MAX_TAG and t.isprintable() for t in v):
+        raise ValueError(f"every tag must be a printable, non-empty string of at most {MAX_TAG} characters")
+    return tuple(v)
+
+
+def _gpu_type(v: Any) -> str:
+    v = _expect(str, "a string")(v).strip()
+    if not v:
+        raise ValueError("gpu_type is empty")
+    if len(v) > MAX_GPU_TYPE:
+        raise ValueError(f"at most {MAX_GPU_TYPE} characters (it is matched against GPU names)")
+    return v
 
 
 def _workdir(v: Any) -> str:
     v = _expect(str, "a string")(v)
-    if not v.startswith(("/", "~")):
-        raise ValueError(f"must be an absolute path or start with ~, got {v!r}")
     if "\0" in v:
         raise ValueError("contains a NUL character")
+    if not v.isprintable():
+        raise ValueError("can't contain control characters (or other unprintable ones)")
+    if len(v.encode()) > MAX_PATH:
+        raise ValueError(f"longer than {MAX_PATH} bytes")
+    if v.startswith("~") and v != "~" and not v.startswith("~/"):
+        # "~bob" once passed and was then entered as a path relative to /
+        user = v[1:].split("/", 1)[0]
+        raise ValueError(f"{_clip(v, 80)!r}: only '~' and '~/...' (the home of the user the job runs as) are "
+                         f"expanded, never '~{_clip(user, 32)}'; write an absolute path instead")
+    if not v.startswith(("/", "~")):
+        raise ValueError(f"must be an absolute path or start with ~/ (the job user's home), got {_clip(v, 80)!r}")
     return v
 
 
 def _conda(v: Any) -> str:
     v = _expect(str, "a string")(v)
-    if not _CONDA_NAME.fullmatch(v):
-        raise ValueError(f"not a conda environment name or path: {v!r}")
+    if len(v) > MAX_PATH or not _CONDA_NAME.fullmatch(v):
+        raise ValueError(f"not a conda environment name or path: {_clip(v, 80)!r}")
     return v
 
 
 def _user(v: Any) -> str:
     v = _expect(str, "a user name")(v)
-    if not _USER_NAME.fullmatch(v) or len(v) > 32:
-        raise ValueError(f"not a user name: {v!r}")
+    if len(v) > 32 or not _USER_NAME.fullmatch(v):
+        raise ValueError(f"not a user name: {_clip(v, 40)!r}")
     return v
 
 
 def _did_you_mean(key: str, known: set[str]) -> str:
     import difflib
+    if len(key) > 64:                       # no known key is near it, and difflib's cost grows with it
+        return ""
     close = difflib.get_close_matches(key, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

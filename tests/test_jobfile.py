@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpusched import jobfile, launch
-from gpusched.jobfile import JobFileError, JobSpec, Limits, key_lines, parse
+from gpusched.jobfile import JobFileError, JobSpec, Limits, ResourceLimits, key_lines, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "jobs"
@@ -82,7 +82,7 @@ EXPECTED: dict[str, dict] = {
                           "gpu_ids": ("GPU-8f6c1e2a-5b3d-4c7e-9a10-2f4b6d8e0c11",
                                       "GPU-3a9d7b15-0e4f-4c21-8b6a-7d2e1f9c5a34")},
     "urgent.toml": {"name": "urgent-eval", "priority": 10},
-    "limits.toml": {"name": "limited", "gpus": 0, "limits": Limits(memory=8 * GiB, cpus=2.5, tasks=256)},
+    "limits.toml": {"name": "limited", "gpus": 0, "limits": ResourceLimits(memory=8 * GiB, cpus=2.5, tasks=256)},
     "time-limit.toml": {"name": "bounded", "time_limit": 2.5 * 3600},
     "checkpoint.toml": {"name": "train-with-checkpoint", "stop_signal": int(signal.SIGUSR1), "grace": 120.0},
     "non-preemptible.toml": {"name": "db-migration", "gpus": 0, "preemptible": False},
@@ -114,6 +114,20 @@ def test_example_fields(name):
             assert getattr(spec, f) == EXPECTED[name][f], f
         elif f not in ("name", "command"):
             assert getattr(spec, f) == getattr(defaults, f), f
+
+
+PRIVILEGED_ONLY = {"urgent.toml"}    # more urgent than a user may be under the default limits
+
+
+@pytest.mark.parametrize("path", valid_examples(), ids=lambda p: p.name)
+def test_example_is_within_the_default_limits(path):
+    """What a plain user may submit on a server with the default config; the others say who may."""
+    root, privileged = path.name in ROOT_OWNED, path.name in ROOT_OWNED | PRIVILEGED_ONLY
+    parse(path.read_bytes(), path.name, owner_is_root=root, limits=Limits(), privileged=privileged)
+    if privileged:
+        with pytest.raises(JobFileError):
+            parse(path.read_bytes(), path.name, owner_is_root=False, limits=Limits(), privileged=False)
+        assert "root" in path.read_text() or "admin_group" in path.read_text()
 
 
 def test_root_only_example_is_rejected_when_not_root():
@@ -180,7 +194,7 @@ def test_there_is_a_non_utf8_example():
 def test_invalid_example_is_rejected(path):
     want = EXPECT[path.name]
     with pytest.raises(JobFileError) as e:
-        parse(path.read_bytes(), path.name, owner_is_root=False)
+        parse(path.read_bytes(), path.name, owner_is_root=False, limits=Limits())
     msg = str(e.value)
     assert want["expect"] in msg
     assert msg.startswith(path.name)
@@ -201,7 +215,7 @@ def test_defaults():
     assert (s.gpus, s.priority, s.grace, s.stop_signal, s.preemptible) == (1, 100, 180.0, 15, True)
     assert (s.workdir, s.env, s.conda, s.tags, s.gpu_memory, s.gpu_type, s.gpu_ids) == (None, {}, None, (), None,
                                                                                          None, ())
-    assert (s.limits, s.time_limit, s.user) == (Limits(), None, None)
+    assert (s.limits, s.time_limit, s.user) == (ResourceLimits(), None, None)
     assert s.to_dict() == {"command": "python train.py", "name": "resnet50", "gpus": 1, "priority": 100,
                            "limits": {"memory": None, "cpus": None, "tasks": None}, "grace": 180.0,
                            "stop_signal": 15, "preemptible": True}
@@ -233,7 +247,7 @@ def test_sizes_durations_signals():
     assert s.gpu_memory == 3 * GiB // 2
     assert s.time_limit == 36 * 3600 and s.grace == 30.0
     assert s.stop_signal == int(signal.SIGINT)
-    assert s.limits == Limits(memory=1 << 20, cpus=4.0)
+    assert s.limits == ResourceLimits(memory=1 << 20, cpus=4.0)
     assert p('command = "x"\ntime_limit = "500ms"').time_limit == 0.5
     assert p('command = "x"\nstop_signal = 10').stop_signal == 10
     assert "time_limit: a time limit must be more than 0" in str(error('command = "x"\ntime_limit = 0'))
@@ -345,13 +359,15 @@ def test_toml_bomb_is_rejected_cleanly(bomb):
 def test_huge_arrays_within_the_size_limit():
     n = 80_000
     t0 = time.monotonic()
-    text = 'command = ["echo"' + ', "a"' * n + ']\ntags = [' + ", ".join(['"t"'] * n) + ']\n'
+    text = 'command = ["echo"' + ', "a"' * n + ']\n'
     assert len(text) <= jobfile.MAX_BYTES
     s = p(text)
-    assert len(s.command) == n + 1 and len(s.tags) == n
+    assert len(s.command) == n + 1
+    e = error('command = "x"\ntags = [' + ", ".join(['"t"'] * n) + ']\n')
+    assert str(e) == f"job.toml:2: tags: {n} tags; at most {jobfile.MAX_TAGS}"
     assert "pins 300000 GPUs; at most 64" in str(error('command = "x"\ngpu_ids = [' + "0," * 300_000 + ']'))
     e = error('command = "x"\nenv = {' + ", ".join(f"V{i} = {i}" for i in range(60_000)) + "}")
-    assert len(e.problems) == 60_000
+    assert str(e) == f"job.toml:2: env: sets 60000 variables; at most {jobfile.MAX_ENV}"
     assert time.monotonic() - t0 < 30
 
 
@@ -400,16 +416,22 @@ _keys = st.sampled_from(sorted(jobfile.TOP_KEYS | {"gpu", "limits.memory", "limi
                                                    "limits.bogus", "env.FOO", "env.GPUSCHED_X", "env.HOME"}))
 
 
+_limits = st.one_of(st.none(), st.builds(Limits, st.integers(-200, 300), st.sampled_from([0.0, 60.0, 600.0, 1e9]),
+                                         st.sampled_from([0.0, 3600.0, 86400.0])))
+
+
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(_keys, _value, max_size=8), st.booleans(), st.booleans())
-def test_tomlish_documents_give_a_spec_or_a_jobfile_error(doc, root, crlf):
+@given(st.dictionaries(_keys, _value, max_size=8), st.booleans(), st.booleans(), _limits, st.booleans())
+def test_tomlish_documents_give_a_spec_or_a_jobfile_error(doc, root, crlf, limits, privileged):
     text = "\n".join(f"{k} = {v}" for k, v in doc.items()) + "\n"
     if crlf:
         text = text.replace("\n", "\r\n")
+    privileged = privileged or root
     try:
-        spec = parse(text.encode(), "fuzz.toml", owner_is_root=root)
+        spec = parse(text.encode(), "fuzz.toml", owner_is_root=root, limits=limits, privileged=privileged)
     except JobFileError as e:
         assert e.problems and str(e).startswith("fuzz.toml")
+        assert len(e.problems) <= jobfile.MAX_PROBLEMS and len(str(e).encode()) <= jobfile.MAX_REASON
         for pr in e.problems:
             assert pr.line is None or 1 <= pr.line <= text.count("\n") + 1
     else:
@@ -417,6 +439,11 @@ def test_tomlish_documents_give_a_spec_or_a_jobfile_error(doc, root, crlf):
         assert spec.command and spec.name
         assert 0 <= spec.gpus
         assert spec.user is None or root
+        assert len(spec.tags) <= jobfile.MAX_TAGS
+        if limits is not None and not root:
+            assert spec.grace <= limits.max_grace
+            assert not limits.max_time_limit or spec.time_limit <= limits.max_time_limit
+            assert privileged or spec.priority >= limits.min_priority
 
 
 # --- bugs found by these tests, since fixed -------------------------------------------------------------------
@@ -547,3 +574,228 @@ def test_limits_are_validated():
     assert "limits.tasks: must be positive and below 2^63, got 0" in str(error('command = "x"\nlimits.tasks = 0'))
     assert "limits.memory: a size must be positive" in str(error('command = "x"\nlimits.memory = 0'))
     assert math.isclose(p('command = "x"\nlimits.cpus = 0.5').limits.cpus, 0.5)
+
+
+# --- what a user may not ask for (issue 7) ------------------------------------------------------------------
+
+def lim(text: str, *, root: bool = False, privileged: bool = False, **limits) -> JobSpec:
+    return p(text, root=root, limits=Limits(**limits), privileged=privileged or root)
+
+
+def lim_error(text: str, *, root: bool = False, privileged: bool = False, **limits) -> JobFileError:
+    with pytest.raises(JobFileError) as e:
+        lim(text, root=root, privileged=privileged, **limits)
+    return e.value
+
+
+def test_default_limits_are_the_configs():
+    from gpusched.config import Config
+    assert Config().job_limits() == Limits() == Limits(min_priority=100, max_grace=600.0, max_time_limit=0.0)
+    cfg = Config(min_user_priority=-5, max_grace=30.0, max_time_limit=7200.0)
+    assert cfg.job_limits() == Limits(min_priority=-5, max_grace=30.0, max_time_limit=7200.0)
+
+
+def test_a_user_may_not_claim_urgency():
+    e = lim_error('command = "x"\n\npriority = -1000000\n')
+    assert str(e) == ("job.toml:3: priority: -1000000 is more urgent than this server allows (at most 100; lower is "
+                      "more urgent; urgency is granted by the administrator: see min_user_priority and admin_group)")
+    assert "at most 100" in str(lim_error('command = "x"\npriority = 99\n'))
+    assert lim('command = "x"\npriority = 100\n').priority == 100
+    assert lim('command = "x"\npriority = 5000\n').priority == 5000
+    assert lim('command = "x"\n').priority == 100
+    assert "at most 50" in str(lim_error('command = "x"\npriority = 49\n', min_priority=50))
+    assert lim('command = "x"\npriority = 50\n', min_priority=50).priority == 50
+    # without limits (a stored file read back, the old API) any priority parses
+    assert p('command = "x"\npriority = -1000000\n').priority == -1000000
+
+
+def test_root_and_admins_may_be_urgent():
+    assert lim('command = "x"\npriority = -1000000\n', privileged=True).priority == -1000000
+    assert lim('command = "x"\npriority = -1000000\n', root=True).priority == -1000000
+    # the flag alone decides: owner_is_root without privileged is root's file all the same
+    assert p('command = "x"\npriority = -7\n', root=True, limits=Limits()).priority == -7
+
+
+def test_the_default_priority_must_fit_a_raised_floor():
+    e = lim_error('command = "x"\n', min_priority=200)
+    assert str(e) == ("job.toml: priority: the default 100 is more urgent than this server allows: "
+                      "set priority = 200 or more (min_user_priority)")
+    assert lim('command = "x"\npriority = 200\n', min_priority=200).priority == 200
+    assert lim('command = "x"\n', min_priority=200, privileged=True).priority == 100
+
+
+def test_priority_has_a_range():
+    assert "must be between -2147483648 and 2147483647" in str(error('command = "x"\npriority = 2147483648\n'))
+    assert "must be between" in str(error('command = "x"\npriority = -2147483649\n', root=True))
+    assert p('command = "x"\npriority = -2147483648\n').priority == -(1 << 31)
+
+
+def test_grace_is_capped_for_everyone_but_root():
+    e = lim_error('command = "x"\ngrace = "36500d"\n')
+    assert str(e) == "job.toml:2: grace: 36500d is more than the 10m this server allows (max_grace)"
+    assert str(lim_error('command = "x"\ngrace = 601\n', privileged=True)) == \
+        "job.toml:2: grace: 10m1s is more than the 10m this server allows (max_grace)"
+    assert lim('command = "x"\ngrace = "10m"\n').grace == 600.0
+    assert lim('command = "x"\ngrace = 0\n').grace == 0.0
+    assert lim('command = "x"\ngrace = "36500d"\n', root=True).grace == 36500 * 86400.0
+    assert "grace: 2m is more than the 1m30s" in str(lim_error('command = "x"\ngrace = "2m"\n', max_grace=90.0))
+
+
+def test_the_default_grace_must_fit_a_lowered_cap():
+    e = lim_error('command = "x"\n', max_grace=60.0)
+    assert str(e) == ("job.toml: grace: the default 3m is more than the 1m this server allows (max_grace): "
+                      "set grace to at most 1m")
+    assert lim('command = "x"\ngrace = 30\n', max_grace=60.0).grace == 30.0
+    assert lim('command = "x"\n', max_grace=60.0, root=True).grace == jobfile.DEFAULT_GRACE
+
+
+def test_time_limit_is_capped_for_everyone_but_root():
+    assert lim('command = "x"\ntime_limit = "100d"\n').time_limit == 100 * 86400.0      # no cap by default
+    e = lim_error('command = "x"\ntime_limit = "1d1s"\n', max_time_limit=86400.0)
+    assert str(e) == "job.toml:2: time_limit: 1d1s is more than the 1d this server allows (max_time_limit)"
+    assert "more than the 1d" in str(lim_error('command = "x"\ntime_limit = "2d"\n', privileged=True,
+                                               max_time_limit=86400.0))
+    assert lim('command = "x"\ntime_limit = "1d"\n', max_time_limit=86400.0).time_limit == 86400.0
+    assert lim('command = "x"\ntime_limit = "30d"\n', root=True, max_time_limit=86400.0).time_limit == 30 * 86400.0
+    # no time_limit would be no limit at all: under a cap it must be given
+    assert str(lim_error('command = "x"\n', max_time_limit=86400.0)) == \
+        "job.toml: time_limit: required on this server: at most 1d (max_time_limit)"
+    assert lim('command = "x"\n', root=True, max_time_limit=86400.0).time_limit is None
+
+
+def test_limits_and_other_problems_are_reported_together():
+    e = lim_error('command = "x"\npriority = -1\ngrace = "1h"\ntime_limit = "2d"\ngpus = -1\n',
+                  max_time_limit=3600.0)
+    assert [(pr.key, pr.line) for pr in e.problems] == [("gpus", 5), ("priority", 2), ("grace", 3),
+                                                        ("time_limit", 4)]
+
+
+def test_tags_are_capped_in_count_and_length():
+    ok = ", ".join(f'"t{i}"' for i in range(jobfile.MAX_TAGS))
+    assert len(p(f'command = "x"\ntags = [{ok}]\n').tags) == jobfile.MAX_TAGS
+    e = error(f'command = "x"\ntags = [{ok}, "one-more"]\n')
+    assert str(e) == "job.toml:2: tags: 33 tags; at most 32"
+    assert p('command = "x"\ntags = ["' + "t" * jobfile.MAX_TAG + '"]\n').tags == ("t" * 64,)
+    e = error('command = "x"\ntags = ["' + "t" * (jobfile.MAX_TAG + 1) + '"]\n')
+    assert "tags: every tag must be a printable, non-empty string of at most 64 characters" in str(e)
+
+
+def _unknown_keys_file() -> bytes:
+    lines, size, i = ['command = "x"'], 14, 0
+    while size + len(f"k{i} = 1\n") <= jobfile.MAX_BYTES:
+        lines.append(f"k{i} = 1")
+        size += len(lines[-1]) + 1
+        i += 1
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_a_flood_of_unknown_keys_gives_a_short_report():
+    data = _unknown_keys_file()
+    n = data.count(b"\n") - 1
+    assert len(data) <= jobfile.MAX_BYTES and n > 74_000
+    t0 = time.perf_counter()
+    with pytest.raises(JobFileError) as info:
+        parse(data, "flood.toml", owner_is_root=False, limits=Limits())
+    print(f"\n{n} unknown keys in {len(data)} bytes: rejected in {(time.perf_counter() - t0) * 1000:.0f} ms")
+    e = info.value
+    assert len(e.problems) <= 21 and len(e.problems) == jobfile.MAX_PROBLEMS
+    assert e.more == n - jobfile.MAX_PROBLEMS
+    report = str(e)
+    assert len(report.encode()) <= jobfile.MAX_REASON
+    lines = report.splitlines()
+    assert len(lines) <= 21
+    assert lines[0] == "flood.toml:2: k0: unknown key"
+    assert lines[19] == "flood.toml:21: k19: unknown key"
+    assert lines[-1] == f"flood.toml: ... and {n - 20} more problems (only the first are reported)"
+
+
+def test_every_kind_of_problem_is_counted_not_kept():
+    e = error('command = "x"\n[env]\n' + "".join(f"V{i} = {i}\n" for i in range(1000)))
+    assert len(e.problems) == 20 and e.more == 980
+    assert str(e).splitlines()[0] == "job.toml:3: env.V0: expected a string, got an integer"
+    assert str(e).endswith("... and 980 more problems (only the first are reported)")
+    e = error('command = "x"\n[limits]\n' + "".join(f"m{i} = 1\n" for i in range(30)))
+    assert e.more == 10 and str(e).splitlines()[0] == "job.toml:3: limits.m0: unknown key"
+    e = error('gpu = 1\n' + "".join(f"x{i} = 1\n" for i in range(19)) + "gpus = -1\n")
+    assert str(e).endswith("... and 2 more problems (only the first are reported)")     # command, gpus
+    assert "(did you mean 'gpus'?)" in str(e).splitlines()[0]
+
+
+def test_one_problem_is_bounded_too():
+    key = "k" * 100_000
+    e = error(f'command = "x"\n"{key}" = 1\n')
+    line = str(e)
+    assert line.startswith("job.toml:2: kkk") and len(line) < 200 and "..." in line
+    assert len(e.problems[0].message) <= jobfile.MAX_MESSAGE
+    e = error('command = "x"\n"\\u001b[31mred" = 1\n')
+    assert "\x1b" not in str(e) and "\\x1b[31mred: unknown key" in str(e)
+    e = error(f'command = "x"\nuser = "{"u" * 100_000}"\n', root=True)
+    assert len(str(e)) < 200
+    for key in ("gpu_type", "conda", "workdir"):
+        assert len(str(error(f'command = "x"\n{key} = "/{"a" * 100_000}"\n'))) < 400, key
+    assert len(str(error(f'command = "x"\ngpu_ids = ["GPU-{"a" * 100_000}"]\n'))) < 300
+
+
+def test_the_whole_report_is_bounded_whatever_the_file_name():
+    name = "n" * 250 + ".toml"
+    e = error("".join(f"bad{i} = 1\n" for i in range(40)), name)
+    report = str(e)
+    assert len(report.encode()) <= jobfile.MAX_REASON
+    assert report.splitlines()[0].startswith(name + ":1: bad0: unknown key")
+    assert report.endswith("more problems (only the first are reported)")
+    assert e.more + len(e.problems) == 41               # and the missing command
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("gpu_memory", '"1' + " " * 100_000 + 'x"', "too long for a size: 100002 characters (at most 64)"),
+    ("time_limit", '"' + "1m" * 100_000 + '!"', "too long for a duration"),
+    ("grace", '"1' + " " * 200 + 's"', "too long for a duration"),
+    ("limits.memory", '"1' + " " * 100_000 + 'x"', "too long for a size"),
+    ("stop_signal", '"' + "T" * 100_000 + '"', "too long for a signal"),
+], ids=["size-blanks", "duration-parts", "grace", "limits.memory", "signal"])
+def test_unit_strings_are_capped_before_their_regexes(key, value, why):
+    """units.py's size regex takes minutes on '1', 500,000 blanks, 'x' (two adjacent \\s*): never reached."""
+    t0 = time.monotonic()
+    assert why in str(error(f'command = "x"\n{key} = {value}\n'))
+    assert time.monotonic() - t0 < 5
+
+
+def test_key_lines_stops_when_it_has_what_it_wants():
+    text = "a = 1\nb = 2\n" + "x = 1\n" * 200_000 + "[t]\nc = 3\n"
+    full = key_lines(text)
+    assert full["t.c"] == 200_004
+    assert key_lines(text, {"a", "b"}) == {"a": 1, "b": 2}
+    assert key_lines(text, {"a", "t.c"})["t.c"] == 200_004
+    assert key_lines(text, {"nowhere"}) == full
+
+
+@pytest.mark.parametrize("workdir", ["~", "~/", "~/runs/x", "/data/run1", "/", "/tmp/a b", "/data/../x"])
+def test_workdir_forms_that_are_kept(workdir):
+    assert p(f'command = "x"\nworkdir = "{workdir}"\n').workdir == workdir
+
+
+@pytest.mark.parametrize("workdir,why", [
+    ("~bob", "'~bob': only '~' and '~/...' (the home of the user the job runs as) are expanded, never '~bob'; "
+             "write an absolute path instead"),
+    ("~bob/data", "never '~bob'"),
+    ("~root/", "never '~root'"),
+    ("data/run1", "must be an absolute path or start with ~/ (the job user's home), got 'data/run1'"),
+    ("", "must be an absolute path"),
+    ("./x", "must be an absolute path"),
+    ("/tmp/\\u001b[2J", "can't contain control characters"),
+    ("/tmp/a\\nb", "can't contain control characters"),
+    ("/tmp/a\\u0000b", "contains a NUL character"),
+    ("/" + "d" * 4095, "longer than 4095 bytes"),
+], ids=["tilde-user", "tilde-user-path", "tilde-root", "relative", "empty", "dot", "escape", "newline", "nul",
+        "too-long"])
+def test_workdir_forms_that_are_refused(workdir, why):
+    e = error(f'command = "x"\nworkdir = "{workdir}"\n')
+    assert str(e).startswith("job.toml:2: workdir: ") and why in str(e), str(e)
+
+
+def test_values_kept_with_a_job_are_bounded():
+    assert "at most 128 characters" in str(error(f'command = "x"\ngpu_type = "{"A" * 129}"\n'))
+    assert p(f'command = "x"\ngpu_type = "{"A" * 128}"\n').gpu_type == "A" * 128
+    env = "".join(f"V{i} = \"1\"\n" for i in range(jobfile.MAX_ENV))
+    assert len(p(f'command = "x"\n[env]\n{env}').env) == jobfile.MAX_ENV
+    assert "sets 1025 variables; at most 1024" in str(error(f'command = "x"\n[env]\n{env}W = "1"\n'))
