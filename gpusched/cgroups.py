@@ -8,6 +8,7 @@ unified hierarchy (cgroup v2), the hybrid one, and v1's name=systemd hierarchy (
 from __future__ import annotations
 
 import os
+import signal
 
 SLICE = "gpusched.slice"   # every job's scope lives here (the unit file units/gpusched.slice)
 ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
@@ -41,11 +42,31 @@ def pids(path: str | None) -> set[int] | None:
                     pass                      # removed meanwhile
     except OSError:
         return None
-    return {pid for pid in found if _alive(pid)}
+    return {pid for pid in found if alive(pid)}
 
 
-def _alive(pid: int) -> bool:
-    """Not a zombie: a monitor that just exited can still be listed until its parent reaps it."""
+def kill(path: str | None) -> bool:
+    """SIGKILL every process in the cgroup at `path` and below: at once through cgroup.kill where the kernel
+    has it (v2, Linux 5.14+; a process forking in a loop can't escape it), else one sweep of the pids listed
+    (the caller looks again later). False if there is no such cgroup."""
+    if path is None or not os.path.isdir(path):
+        return False
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+        return True
+    except OSError:
+        pass
+    for pid in pids(path) or ():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return True
+
+
+def alive(pid: int) -> bool:
+    """Not a zombie: a process that just exited (or was killed) is listed until its parent reaps it."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")

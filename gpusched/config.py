@@ -107,7 +107,7 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
     for key in _SIZES:
         if key in doc:
             try:
-                kw[key] = parse_size(doc[key])
+                kw[key] = 0 if doc[key] in (0, "0") else parse_size(doc[key])   # 0: no cap / no floor
             except ValueError as e:
                 raise err(key, str(e)) from None
     if "gpu_poll_interval" in doc:

@@ -540,8 +540,19 @@ class Daemon:
             self._killing.add(job.id)
             log(f"job {job.id} ended but {len(left)} process(es) remain in {job.unit}; killing them before its "
                 f"GPUs are freed", 4, job=job)
-        self.units.kill(job.unit, signal.SIGKILL)
+        self._kill(job, cgroups.unit_dir(launch.SLICE, job.unit))
         return True
+
+    def _kill(self, job: Job, cgroup: str | None) -> None:
+        """SIGKILL what runs in `cgroup` (the job's own part of its scope, or all of it) straight through
+        cgroupfs; systemd's KillUnit when there is no such cgroup here. KillUnit fails on a scope with a
+        delegated subtree under systemd 252 ("Input/output error"), and cgroup.kill is atomic besides."""
+        if cgroups.kill(cgroup):
+            return
+        try:
+            self.units.kill(job.unit, signal.SIGKILL)
+        except SystemdError as e:
+            log(f"can't kill the processes of job {job.id}: {e}", 3, job=job)
 
     def _watch_monitor(self, pid: int, job_id: int) -> None:
         """Call _monitor_exited when it exits: a pidfd works for the zygote's children as for our own."""
@@ -678,7 +689,11 @@ class Daemon:
         else:
             self._stop(job, "cancel", f"cancelled by {who} {how}".rstrip())
         if now and job.state in ACTIVE:
-            self.units.kill(job.unit, signal.SIGKILL)
+            # the job's own cgroup (jobcgroup.py) where it has one, so that its monitor lives on to record the
+            # SIGKILL; else the whole scope, monitor included (then the record says killed after its grace)
+            scope = cgroups.unit_dir(launch.SLICE, job.unit)
+            self._kill(job, os.path.join(scope, "job") if scope and os.path.isdir(os.path.join(scope, "job"))
+                       else scope)
             return "killed"
         return "stopping"
 

@@ -27,7 +27,7 @@ import os
 import signal
 import time
 
-from gpusched.cgroups import SLICE
+from gpusched.cgroups import SLICE, alive
 
 V1_FREEZER_PARENT = SLICE
 
@@ -65,15 +65,6 @@ def _read_pids(procs: str) -> set[int]:
         return set()
 
 
-def _alive(pid: int) -> bool:
-    """Not a zombie: a killed process is listed until its new parent reaps it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
-
-
 def _write(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
@@ -103,7 +94,7 @@ class JobCgroup:
         for procs in {self.procs, self.scope_procs} - {None}:
             found |= _read_pids(procs)      # type: ignore[arg-type]
         found.discard(os.getpid())
-        return {p for p in found if _alive(p)}
+        return {p for p in found if alive(p)}
 
     def kill_all(self, timeout: float = 10.0) -> tuple[int, int]:
         """Kill every process of the job still there and wait until they are gone. Returns (killed, left):
@@ -135,7 +126,7 @@ class JobCgroup:
         """Processes in the scope's own cgroup but not the job's (none, unless something moved them)."""
         if self.scope_procs is None or self.scope_procs == self.procs:
             return set()
-        return {p for p in _read_pids(self.scope_procs) - {os.getpid()} if _alive(p)}
+        return {p for p in _read_pids(self.scope_procs) - {os.getpid()} if alive(p)}
 
     def _freeze_and_kill(self, deadline: float) -> None:
         assert self.directory is not None

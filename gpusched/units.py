@@ -6,7 +6,9 @@ import math
 import re
 import signal
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)\s*$", re.IGNORECASE)
+# matched against the stripped value: adjacent \s* around optional groups backtrack quadratically
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?) ?([KMGTP]?)(i?B?)$", re.IGNORECASE)
+MAX_TEXT = 64                  # a size or duration written longer than this is a mistake (or an attack)
 _SIZE_MULT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)", re.IGNORECASE)
@@ -24,9 +26,9 @@ def parse_size(value: object) -> int:
         return value
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as \"32G\", got {type(value).__name__}")
-    m = _SIZE_RE.match(value)
+    m = _SIZE_RE.match(value.strip()) if len(value) <= MAX_TEXT else None
     if not m:
-        raise ValueError(f"not a size: {value!r} (use a number with K, M, G or T, e.g. \"32G\")")
+        raise ValueError(f"not a size: {value[:MAX_TEXT]!r} (use a number with K, M, G or T, e.g. \"32G\")")
     number = float(m.group(1)) * _SIZE_MULT[m.group(2).upper()]
     if not math.isfinite(number):
         raise ValueError(f"size too large: {value!r}")
@@ -45,8 +47,8 @@ def parse_duration(value: object) -> float:
         return float(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a duration such as \"2h\", got {type(value).__name__}")
-    if not _DURATION_FULL.match(value):
-        raise ValueError(f"not a duration: {value!r} (use e.g. \"90m\", \"2h\", \"1d12h\" or seconds)")
+    if len(value) > MAX_TEXT or not _DURATION_FULL.match(value):
+        raise ValueError(f"not a duration: {value[:MAX_TEXT]!r} (use e.g. \"90m\", \"2h\", \"1d12h\" or seconds)")
     total = sum(float(n) * _DURATION_MULT[u.lower()] for n, u in _DURATION_PART.findall(value))
     if not math.isfinite(total):
         raise ValueError(f"duration too long: {value!r}")

@@ -155,7 +155,7 @@ def test_urgent_job_preempts_and_the_victim_is_requeued(gs):
     low = gs.submit("alice", 'command = "echo low attempt $GPUSCHED_ATTEMPT; sleep 4"\ngpus = 4\n'
                              'priority = 200\ngrace = "5s"\n')
     gs.wait(low, "running")
-    urgent = gs.submit("bob", 'command = "echo urgent; sleep 1"\ngpus = 2\npriority = 10\n')
+    urgent = gs.submit("bob", 'command = "echo urgent; sleep 1"\ngpus = 2\npriority = 100\n')
     st = gs.wait(urgent, "succeeded", timeout=30)
     assert st["exit_code"] == 0
     st = gs.wait(low, "succeeded", timeout=60)
