@@ -36,7 +36,10 @@ class Config:
     max_time_limit: float = 0.0          # seconds; 0: no cap
     # Disk: one user's output must never stop another's job from being recorded
     max_log_size: int = 1 << 30          # bytes per job log; the head and the tail are kept
-    log_min_free: int = 1 << 30          # bytes: logging stops before the state filesystem has less free
+    # logging stops before the state filesystem has less free than this: bytes, or a percentage of its size;
+    # neither (the default): the smaller of 1 GiB and 5%
+    log_min_free: int = 0
+    log_min_free_percent: float = 0.0
     keep_finished: float = 30 * 86400.0  # seconds a finished job's files are kept; 0: for ever
     # Per-user caps: one user's load must not crowd out the others
     max_running_per_user: int = 0        # jobs running at once; 0: no cap
@@ -56,8 +59,8 @@ class ConfigError(Exception):
 
 _INTS = ("max_running", "preempt_margin", "max_running_per_user", "max_queued_per_user")
 _DURATIONS = ("max_grace", "max_time_limit", "keep_finished")
-_SIZES = ("max_log_size", "log_min_free")
-_TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority",
+_SIZES = ("max_log_size",)
+_TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
         "max_cpu_jobs_per_user", *_INTS, *_DURATIONS, *_SIZES}
 
 
@@ -104,6 +107,23 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
                 kw[key] = parse_duration(doc[key])
             except ValueError as e:
                 raise err(key, str(e)) from None
+    if "log_min_free" in doc:
+        v = doc["log_min_free"]
+        if isinstance(v, str) and v.strip().endswith("%"):
+            try:
+                pct = float(v.strip()[:-1])
+            except ValueError:
+                pct = -1.0
+            if not 0 < pct < 100:
+                raise err("log_min_free", f"a percentage must be between 0 and 100, got {v!r}")
+            kw["log_min_free_percent"] = pct
+        else:
+            try:
+                kw["log_min_free"] = 0 if v in (0, "0") else parse_size(v)
+            except ValueError as e:
+                raise err("log_min_free", str(e)) from None
+            if kw["log_min_free"] == 0:
+                kw["log_min_free_percent"] = -1.0       # "0": no floor at all
     for key in _SIZES:
         if key in doc:
             try:
@@ -142,6 +162,17 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
 def cpu_job_cap(cfg: Config) -> int:
     """max_cpu_jobs_per_user resolved: -1 means the number of CPUs; 0 means no cap."""
     return (os.cpu_count() or 1) if cfg.max_cpu_jobs_per_user < 0 else cfg.max_cpu_jobs_per_user
+
+
+def log_floor(cfg: Config, fs_size: int) -> int:
+    """log_min_free in bytes for a filesystem of fs_size bytes."""
+    if cfg.log_min_free_percent < 0:
+        return 0
+    if cfg.log_min_free_percent:
+        return int(fs_size * cfg.log_min_free_percent / 100)
+    if cfg.log_min_free:
+        return cfg.log_min_free
+    return min(1 << 30, fs_size // 20)
 
 
 def load(path: str = DEFAULT_PATH) -> Config:

@@ -419,6 +419,13 @@ class Daemon:
             self._copies_flushing = True
             GLib.idle_add(self._flush_copies, priority=GLib.PRIORITY_DEFAULT_IDLE)
 
+    def _log_floor(self) -> int:
+        try:
+            st = os.statvfs(self.store.logs_dir)
+        except OSError:
+            return 0
+        return configmod.log_floor(self.cfg, st.f_blocks * st.f_frsize)
+
     def _contained(self, action: Callable[..., None], job: Job, *args: Any) -> None:
         try:
             action(job, *args)
@@ -464,7 +471,7 @@ class Daemon:
             return
         result_path = self.store.result_path(job.id, job.attempt, job.start_token)
         plan = launch.plan(job.id, job.attempt, spec, account, gpus, device_nodes(gpus), job.log, result_path,
-                           max_log_size=self.cfg.max_log_size, log_min_free=self.cfg.log_min_free)
+                           max_log_size=self.cfg.max_log_size, log_min_free=self._log_floor())
         r, w = os.pipe()
         try:
             pid = self.spawner.spawn(r, result_path)

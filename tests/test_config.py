@@ -132,3 +132,15 @@ def test_unknown_key_in_a_simulated_gpu_names_key_and_line():
         config.parse('[[gpus.simulated]]\nname = "x"\nmem = "80G"\n', "c.toml")
     assert "'mem'" in str(e.value)
     assert "c.toml:3:" in str(e.value)
+
+
+def test_log_floor_is_a_size_a_percentage_or_the_default():
+    from gpusched.config import log_floor, parse
+    gib = 1 << 30
+    assert log_floor(parse(""), 100 * gib) == gib                 # the smaller of 1 GiB and 5%
+    assert log_floor(parse(""), 2 << 20) == (2 << 20) // 20        # a small filesystem: 5%
+    assert log_floor(parse('log_min_free = "10%"\n'), 100 * gib) == 10 * gib
+    assert log_floor(parse('log_min_free = "2G"\n'), 100 * gib) == 2 * gib
+    assert log_floor(parse("log_min_free = 0\n"), 100 * gib) == 0
+    with pytest.raises(ConfigError, match="log_min_free"):
+        parse('log_min_free = "150%"\n')
