@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import grp
 import json
 import os
+import pwd
 import sys
 import time
 from typing import Any, NoReturn
@@ -114,13 +116,28 @@ def bus_error(e: Exception) -> str:
     return f"{meaning} [{name}: {text}]" if meaning else f"{name}: {text}"
 
 
-def _spool_dir(args: argparse.Namespace) -> str:
-    if args.spool:
-        return args.spool
+def _config(args: argparse.Namespace) -> configmod.Config:
     try:
-        return configmod.load(args.config).spool_dir
-    except configmod.ConfigError:
-        return configmod.Config().spool_dir
+        return configmod.load(args.config)
+    except (configmod.ConfigError, OSError):
+        return configmod.Config()
+
+
+def _spool_dir(args: argparse.Namespace) -> str:
+    return args.spool or _config(args).spool_dir
+
+
+def _privileged(cfg: configmod.Config) -> bool:
+    """As the daemon judges it (root, or a member of admin_group), for the local check only."""
+    if os.getuid() == 0:
+        return True
+    if not cfg.admin_group:
+        return False
+    try:
+        return grp.getgrnam(cfg.admin_group).gr_gid in os.getgrouplist(pwd.getpwuid(os.getuid()).pw_name,
+                                                                        os.getgid())
+    except KeyError:
+        return False
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -132,7 +149,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CtlError(f"{args.file}: {e.strerror}") from None
     base = os.path.basename(args.file)
-    jobfile.parse(data, base, owner_is_root=os.getuid() == 0)        # the daemon checks again; fail early
+    # the daemon checks again, with the same limits; failing here loses nothing and says the same
+    cfg = _config(args)
+    jobfile.parse(data, base, owner_is_root=os.getuid() == 0, limits=cfg.job_limits(), privileged=_privileged(cfg))
     spool = _spool_dir(args)
     stem = base[:-5] if base.endswith(".toml") else base
     stem = stem.lstrip(".") or "job"
