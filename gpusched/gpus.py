@@ -44,19 +44,24 @@ class Probe(Protocol):
 
 
 def tracked_cgroup(proc_cgroup: str) -> str | None:
-    """The cgroup systemd tracks a process by, from the text of /proc/PID/cgroup: the name=systemd line
-    where there is one (cgroup v1 and hybrid), else the unified "0::" line (v2). None if neither."""
-    unified = None
+    """The cgroup a process is tracked by, from the text of /proc/PID/cgroup: the unified "0::" line where
+    the unified hierarchy is in use (v2, and hybrid: systemd tracks by it there), else the name=systemd line
+    (pure v1). Never v1 first where v2 is there: on v1 a process's owner may move it into any cgroup whose
+    cgroup.procs they can write (a job into its user's manager, to look foreign), while v2 asks for write
+    access at the common ancestor. None if neither."""
+    unified = legacy = None
     for line in proc_cgroup.splitlines():
         hid, _, rest = line.partition(":")
         controllers, sep, path = rest.partition(":")
         if not sep:
             continue
         if controllers == "name=systemd":
-            return path
-        if hid == "0" and controllers == "":
+            legacy = path
+        elif hid == "0" and controllers == "":
             unified = path
-    return unified
+    if unified and unified != "/":
+        return unified
+    return legacy if legacy is not None else unified
 
 
 def job_scope_of(cgroup: str | None, active_units: Iterable[str]) -> str | None:

@@ -499,6 +499,10 @@ def _check_limits(c: _Checker, doc: dict[str, Any], kw: dict[str, Any], limits: 
     """The server's limits, on the values the job would run with (written or default), so that what is
     accepted stays within them however the file is read back later."""
     floor = limits.min_priority
+    if not privileged and kw.get("preemptible") is False:
+        # the other half of urgency: a job nobody may preempt holds its GPUs against everyone's urgent work
+        c.fail("preemptible", "false: only root or a member of admin_group may make a job non-preemptible "
+                              "(it would keep its GPUs from more urgent work)")
     if privileged:                          # root and the admin group may ask for any urgency
         pass
     elif "priority" in doc:

@@ -24,9 +24,14 @@ V1 = """12:pids:/user.slice
 
 # --- which cgroup counts -----------------------------------------------------------------------------------------
 
-def test_tracked_cgroup_prefers_name_systemd_then_unified():
-    assert tracked_cgroup(V1.format(path="/gpusched.slice/gpusched-job-7.scope")) == \
-        "/gpusched.slice/gpusched-job-7.scope"
+def test_tracked_cgroup_prefers_the_unified_line_then_name_systemd():
+    # hybrid: the unified line wins (a job can move itself on v1 into its user's manager, not on v2)
+    assert tracked_cgroup(V1.format(path="/gpusched.slice/gpusched-job-7.scope")) == "/something/else"
+    hybrid = "9:name=systemd:/user.slice/user-1001.slice/user@1001.service\n0::/gpusched.slice/gpusched-job-7.scope/job\n"
+    assert tracked_cgroup(hybrid) == "/gpusched.slice/gpusched-job-7.scope/job"
+    # pure v1: no unified hierarchy in use ("0::/"), so name=systemd
+    pure_v1 = V1.format(path="/gpusched.slice/gpusched-job-7.scope").replace("0::/something/else", "0::/")
+    assert tracked_cgroup(pure_v1) == "/gpusched.slice/gpusched-job-7.scope"
     assert tracked_cgroup("0::/gpusched.slice/gpusched-job-7.scope\n") == "/gpusched.slice/gpusched-job-7.scope"
     assert tracked_cgroup("3:memory:/gpusched.slice/gpusched-job-7.scope\n") is None   # a controller: no
     assert tracked_cgroup("") is None

@@ -116,7 +116,8 @@ def test_example_fields(name):
             assert getattr(spec, f) == getattr(defaults, f), f
 
 
-PRIVILEGED_ONLY = {"urgent.toml"}    # more urgent than a user may be under the default limits
+# more urgent than a user may be, or never preempted: under the default limits, root's or an admin's only
+PRIVILEGED_ONLY = {"urgent.toml", "non-preemptible.toml"}
 
 
 @pytest.mark.parametrize("path", valid_examples(), ids=lambda p: p.name)
@@ -799,3 +800,14 @@ def test_values_kept_with_a_job_are_bounded():
     env = "".join(f"V{i} = \"1\"\n" for i in range(jobfile.MAX_ENV))
     assert len(p(f'command = "x"\n[env]\n{env}').env) == jobfile.MAX_ENV
     assert "sets 1025 variables; at most 1024" in str(error(f'command = "x"\n[env]\n{env}W = "1"\n'))
+
+
+def test_only_root_or_admins_may_make_a_job_non_preemptible():
+    from gpusched.jobfile import Limits
+    text = b'command = "true"\npreemptible = false\n'
+    with pytest.raises(JobFileError, match="preemptible: false: only root or a member of admin_group"):
+        parse(text, "job.toml", owner_is_root=False, limits=Limits())
+    assert parse(text, "job.toml", owner_is_root=False, limits=Limits(), privileged=True).preemptible is False
+    assert parse(text, "job.toml", owner_is_root=False).preemptible is False          # no limits: as read back
+    assert parse(b'command = "true"\npreemptible = true\n', "job.toml", owner_is_root=False,
+                 limits=Limits()).preemptible is True
