@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gpusched import journal
 from gpusched.errors import Refused
-from gpusched.listing import PRIVATE_FIELDS, to_json
+from gpusched.listing import PRIVATE_FIELDS, printable, to_json
 from gpusched.model import job_to_dict
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class Api:
             if _refusal(e):
                 text = to_json({"error": str(e.args[0] if e.args else e)})
             else:
-                journal.send(f"internal error in {method}: {traceback.format_exc()}", 3,
+                journal.send(printable(f"internal error in {method}: {traceback.format_exc()}", keep="\n"), 3,
                              SYSLOG_IDENTIFIER="gpusched")
                 text = to_json({"error": f"internal error in gpusched while answering {method}; "
                                          f"its journal (journalctl -u gpusched) says more"})

@@ -41,6 +41,8 @@ class Config:
     log_min_free: int = 0
     log_min_free_percent: float = 0.0
     keep_finished: float = 30 * 86400.0  # seconds a finished job's files are kept; 0: for ever
+    keep_rejected: float = 86400.0       # seconds a rejected entry's record and kept file are kept; 0: for ever
+    max_rejected_per_user: int = 100     # rejected entries with a record, per user, kept at once; 0: no cap
     # Per-user caps: one user's load must not crowd out the others
     max_running_per_user: int = 0        # jobs running at once; 0: no cap
     max_cpu_jobs_per_user: int = -1      # CPU-only (gpus = 0) jobs running at once; -1: the number of CPUs; 0: no cap
@@ -57,8 +59,8 @@ class ConfigError(Exception):
     pass
 
 
-_INTS = ("max_running", "preempt_margin", "max_running_per_user", "max_queued_per_user")
-_DURATIONS = ("max_grace", "max_time_limit", "keep_finished")
+_INTS = ("max_running", "preempt_margin", "max_running_per_user", "max_queued_per_user", "max_rejected_per_user")
+_DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected")
 _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
         "max_cpu_jobs_per_user", *_INTS, *_DURATIONS, *_SIZES}

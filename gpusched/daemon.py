@@ -26,7 +26,8 @@ from gpusched import cgroups, fds, journal, launch, lifecycle, policy
 from gpusched import config as configmod
 from gpusched.gpus import GpuProbeError, Probe, device_nodes, make_probe
 from gpusched.jobfile import JobFileError, parse as parse_jobfile
-from gpusched.listing import Listing
+from gpusched.fairqueue import FairQueue
+from gpusched.listing import Listing, printable
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
 from gpusched.spawner import Spawner
 from gpusched.spool import Spool, SpoolWatcher, Taken, ignored
@@ -40,7 +41,11 @@ EXPIRE_EVERY = 3600.0      # seconds between sweeps of finished jobs older than 
 EXPIRE_BATCH = 500         # finished jobs removed per main-loop turn
 
 
-def log(message: str, priority: int = 6, job: Job | None = None, **fields: Any) -> None:
+def log(message: str, priority: int = 6, job: Job | None = None, multiline: bool = False, **fields: Any) -> None:
+    """A line in the journal. Messages carry users' strings (file names, reasons): control characters are
+    escaped, so `journalctl -o cat` on an admin's terminal can't be steered; only a traceback keeps its newlines.
+    Structured fields keep the exact values."""
+    message = printable(message, keep="\n" if multiline else "")
     if job is not None:
         fields.setdefault("GPUSCHED_JOB_ID", job.id)
         fields.setdefault("GPUSCHED_USER", job.user)
@@ -54,7 +59,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args)
         except Exception:  # noqa: BLE001 - the daemon must outlive any one bad event
-            log(f"internal error in {fn.__name__}: {traceback.format_exc()}", 3)
+            log(f"internal error in {fn.__name__}: {traceback.format_exc()}", 3, multiline=True)
             return False
     wrapper.__name__ = fn.__name__
     return wrapper
@@ -91,6 +96,11 @@ class Daemon:
         self._draining = False
         self._rescan_backlog: list[str] = []
         self._queued_by_uid: dict[int, set[int]] = {}  # for max_queued_per_user, kept by _track
+        self._rejected_by_uid: dict[int, set[int]] = {}  # for max_rejected_per_user, kept by _track
+        self._unrecorded: dict[int, tuple[float, int]] = {}  # uid -> (last journal line, rejections since)
+        self._fair = FairQueue()                       # spool names to take, round-robin by owner
+        self._deferred: dict[str, float] = {}          # spool name -> not offered again before (monotonic)
+        self._room, self._room_checked, self._room_said = True, 0.0, 0.0
         # the first sweep a minute after start (or sooner with a short keep_finished), then every interval
         self._last_expire = time.monotonic() - self._expire_interval() + min(60.0, self._expire_interval())
         self._expiring: list[int] = []
@@ -123,11 +133,12 @@ class Daemon:
             self.live.pop(job.id, None)
         else:
             self.live[job.id] = job
-        waiting = self._queued_by_uid.setdefault(job.uid, set())
-        if job.state == State.QUEUED:
-            waiting.add(job.id)
-        else:
-            waiting.discard(job.id)
+        for by_uid, state in ((self._queued_by_uid, State.QUEUED), (self._rejected_by_uid, State.REJECTED)):
+            ids = by_uid.setdefault(job.uid, set())
+            if job.state == state:
+                ids.add(job.id)
+            else:
+                ids.discard(job.id)
 
     def _retry_dirty(self) -> None:
         for job_id in sorted(self.dirty):
@@ -180,7 +191,7 @@ class Daemon:
         # what waits in the spool is taken after READY=1, in batches, in the order of its names
         self._rescan_backlog = list(reversed(self.spool.entries()))
         if self._rescan_backlog:
-            GLib.idle_add(self._ingest_backlog, priority=GLib.PRIORITY_DEFAULT)
+            self._kick()
         n_active = sum(1 for j in self.live.values() if j.state in ACTIVE)
         log(f"recovered {len(self.jobs)} job(s): {n_active} active, {len(self.live) - n_active} queued")
 
@@ -221,37 +232,102 @@ class Daemon:
             self._draining = True
         GLib.idle_add(self._drain_incoming, priority=GLib.PRIORITY_DEFAULT)
 
+    def _kick(self) -> None:
+        """From the main loop: make sure the drain runs (for names that came from a rescan)."""
+        with self._incoming_lock:
+            if self._draining:
+                return
+            self._draining = True
+        GLib.idle_add(self._drain_incoming, priority=GLib.PRIORITY_DEFAULT)
+
     def _drain_incoming(self) -> bool:
+        """Sort new names by owner (one lstat each), then take them round-robin by owner (fairqueue.py), all
+        within INGEST_BUDGET per main-loop turn."""
         deadline = time.monotonic() + INGEST_BUDGET
+        while time.monotonic() <= deadline:
+            with self._incoming_lock:
+                name = self._incoming.popleft() if self._incoming else None
+                if name is not None:
+                    self._pending.discard(name)
+            if name is None:
+                if not self._rescan_backlog:
+                    break
+                name = self._rescan_backlog.pop()
+            self._classify(name)
         for _ in range(INGEST_BATCH):
             if time.monotonic() > deadline:
                 return True                            # the rest on the next turn, after timers and bus calls
-            with self._incoming_lock:
-                if not self._incoming:
-                    self._draining = False
-                    return False
-                name = self._incoming.popleft()
-                self._pending.discard(name)
+            name = self._fair.pop()
+            if name is None:
+                break
             guarded(self.ingest)(name)
-        return True
+        with self._incoming_lock:
+            if self._incoming or self._rescan_backlog or len(self._fair):
+                return True
+            self._draining = False
+            return False
+
+    def _classify(self, name: str) -> None:
+        if ignored(name) or name in self._fair:
+            return
+        try:
+            st = os.lstat(os.path.join(self.spool.root, name))
+        except OSError:
+            return                                     # gone already (or not a name we can look at)
+        self._fair.push(st.st_uid, name)
+
+    def _intake_room(self) -> bool:
+        """Is there room to record new entries? Intake stops at half the log floor, so that a flood of files
+        (rejected ones are small, but each has a record) can't take the last space from running jobs' records.
+        Looked up at most every 100 ms."""
+        now = time.monotonic()
+        if now - self._room_checked > 0.1:
+            self._room_checked = now
+            try:
+                st = os.statvfs(self.store.root)
+                free, size = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+            except OSError:
+                free, size = 1, 0
+            floor = configmod.log_floor(self.cfg, size) // 2
+            self._room = free > floor
+            if not self._room and now - self._room_said > 60:
+                self._room_said = now
+                log(f"the state filesystem {self.store.root} has {free >> 20} MiB free, under the intake floor "
+                    f"({floor >> 20} MiB, half of log_min_free): new spool entries wait there until there is room",
+                    3, GPUSCHED_EVENT="defer")
+        return self._room
 
     def ingest(self, name: str) -> bool:
         if ignored(name):
             return False
+        retry_at = self._deferred.get(name)
+        if retry_at is not None:
+            if time.monotonic() < retry_at:
+                return False                           # put back a moment ago: the rescan offers it again
+            del self._deferred[name]
         try:
             os.lstat(os.path.join(self.spool.root, name))
         except (FileNotFoundError, NotADirectoryError):
             return False
+        if not self._intake_room():
+            self._defer(name)
+            return False
         try:
             job_id = self.store.allocate_id()
         except OSError as e:                            # next-id can't be written: the entry waits
-            log(f"can't accept {name} now: {e.strerror} in {self.store.root}; it stays in the spool, "
+            log(f"can't accept {printable(name)} now: {e.strerror} in {self.store.root}; it stays in the spool, "
                 f"to be retried", 3, GPUSCHED_EVENT="defer")
+            self._defer(name)
             return False
         taken = self.spool.take(name, job_id)
         if taken is not None:
             self._process(job_id, taken)
         return False
+
+    def _defer(self, name: str) -> None:
+        self._deferred[name] = time.monotonic() + RESCAN_EVERY
+        while len(self._deferred) > 100000:            # bounded: the oldest are simply offered again sooner
+            del self._deferred[next(iter(self._deferred))]
 
     def _process(self, job_id: int, taken: Taken) -> None:
         uid = taken.st.st_uid
@@ -292,6 +368,7 @@ class Daemon:
                 self._queued_by_uid.get(dropped.uid, set()).discard(job_id)
             self.submissions.pop((uid, taken.name, taken.st.st_ino), None)   # Lookup must not name it
             where = self.spool.put_back(job_id, taken.name)
+            self._defer(os.path.basename(where))
             log(f"can't accept {taken.name} from {owner} now: {e.strerror} in {self.store.root}; "
                 f"left in the spool as {where}, to be retried", 3, GPUSCHED_EVENT="defer")
 
@@ -302,6 +379,10 @@ class Daemon:
         while len(self.submissions) > 10000:
             self.submissions.popitem(last=False)
         if problem is not None or spec is None or account is None:
+            cap = self.cfg.max_rejected_per_user
+            if cap and uid != 0 and len(self._rejected_by_uid.get(uid, ())) >= cap:
+                self._reject_unrecorded(job_id, taken, uid, owner, problem or "rejected")
+                return
             job = lifecycle.rejected(job_id, owner, uid, taken.name, problem or "rejected", now)
             self.store.save_status(job)                 # raises when the disk is full: put back, below
             self._track(job)
@@ -319,10 +400,26 @@ class Daemon:
             job=job, GPUSCHED_EVENT="accept")
         self.request_pass()
 
+    def _reject_unrecorded(self, job_id: int, taken: Taken, uid: int, owner: str, problem: str) -> None:
+        """Over max_rejected_per_user: the entry is kept byte for byte in .rejected/, but gets no record, no
+        status file and no memory; the journal names it, once a minute per user (with how many meanwhile)."""
+        self.submissions.pop((uid, taken.name, taken.st.st_ino), None)
+        kept = self.spool.finish_rejected(job_id, taken.name)
+        said, quiet = self._unrecorded.get(uid, (0.0, 0))
+        now = time.monotonic()
+        if now - said < 60:
+            self._unrecorded[uid] = (said, quiet + 1)
+            return
+        self._unrecorded[uid] = (now, 0)
+        more = f"; {quiet} more since the last such line" if quiet else ""
+        log(f"rejected {taken.name} from {owner} without a record: {owner} has {self.cfg.max_rejected_per_user} "
+            f"rejected entries kept (max_rejected_per_user){more}; kept as {kept}: {problem}", 4,
+            GPUSCHED_EVENT="reject", GPUSCHED_USER=owner)
+
     def _rescan(self) -> None:
         """Offer entries no event announced (an inotify overflow, a file put back): in batches, so a huge
         backlog never blocks the main loop (or the watchdog)."""
-        if self._rescan_backlog:
+        if self._rescan_backlog or len(self._fair):
             return                                    # the last rescan is still being worked through
         now = time.time()
         for name in self.spool.entries():
@@ -335,19 +432,7 @@ class Daemon:
             if now - st.st_mtime > 2:                 # a missed event, not a file still being written
                 self._rescan_backlog.append(name)
         if self._rescan_backlog:
-            GLib.idle_add(self._ingest_backlog, priority=GLib.PRIORITY_DEFAULT)
-
-    def _ingest_backlog(self) -> bool:
-        deadline = time.monotonic() + INGEST_BUDGET
-        for _ in range(INGEST_BATCH):
-            if time.monotonic() > deadline:
-                return True
-            if not self._rescan_backlog:
-                return False
-            name = self._rescan_backlog.pop()
-            if name not in self._pending:
-                guarded(self.ingest)(name)             # one bad entry must not stop the backlog
-        return True
+            self._kick()
 
     # --- scheduling ------------------------------------------------------------------------------------
 
@@ -373,7 +458,7 @@ class Daemon:
         try:
             self._schedule()
         except Exception:  # noqa: BLE001
-            log(f"internal error in scheduling pass: {traceback.format_exc()}", 3)
+            log(f"internal error in scheduling pass: {traceback.format_exc()}", 3, multiline=True)
         self.stats["last_pass_seconds"] = time.perf_counter() - t0
         self.stats["passes"] += 1
         self._last_pass_end = time.monotonic()
@@ -430,7 +515,8 @@ class Daemon:
         try:
             action(job, *args)
         except Exception:  # noqa: BLE001 - a bug or an odd failure with one job must not stop the pass
-            log(f"internal error in {action.__name__} for job {job.id}: {traceback.format_exc()}", 3, job=job)
+            log(f"internal error in {action.__name__} for job {job.id}: {traceback.format_exc()}", 3, job=job,
+                multiline=True)
             if job.state == State.STARTING:
                 # nothing of it can be running yet (the monitor got no spec): back to the queue, retried later
                 lifecycle.never_started(job, "waiting: an internal error stopped its start; retrying")
@@ -632,7 +718,7 @@ class Daemon:
                 self._rescan()
             self._update_status()
         except Exception:  # noqa: BLE001
-            log(f"internal error in tick: {traceback.format_exc()}", 3)
+            log(f"internal error in tick: {traceback.format_exc()}", 3, multiline=True)
         return True
 
     def status_line(self) -> str:
@@ -706,25 +792,38 @@ class Daemon:
 
     # --- expiry ----------------------------------------------------------------------------------------
 
+    def _keep(self) -> tuple[float, float]:
+        """(keep_finished, keep_rejected) in seconds, 0 meaning for ever; keep_rejected 0 follows keep_finished."""
+        finished = self.cfg.keep_finished
+        rejected = self.cfg.keep_rejected or finished
+        return finished, (min(rejected, finished) if finished else rejected)
+
     def _expire_interval(self) -> float:
-        return min(EXPIRE_EVERY, max(1.0, self.cfg.keep_finished / 4))
+        shortest = min((k for k in self._keep() if k), default=0.0)
+        return min(EXPIRE_EVERY, max(1.0, shortest / 4)) if shortest else EXPIRE_EVERY
 
     def expire(self) -> None:
-        """Start a sweep of finished jobs older than keep_finished: records, status files, logs, results and
-        rejected entries' kept copies go. Never an active or queued job. Done in batches on the main loop."""
-        if not self.cfg.keep_finished or self._expiring:
+        """Start a sweep of finished jobs older than keep_finished (rejected ones: keep_rejected): records,
+        status files, logs, results and rejected entries' kept copies go. Never an active or queued job. Done
+        in batches on the main loop."""
+        keep_finished, keep_rejected = self._keep()
+        if not (keep_finished or keep_rejected) or self._expiring:
             return
-        cutoff = time.time() - self.cfg.keep_finished
+        now = time.time()
+        cutoff = {State.REJECTED: now - keep_rejected if keep_rejected else 0.0}
+        default = now - keep_finished if keep_finished else 0.0
         self._expiring = [j.id for j in self.jobs.values()
-                          if j.state in FINAL and (j.ended or j.submitted) < cutoff]
-        try:
-            freed = self.spool.expire_rejected(cutoff)
-            if freed:
-                log(f"removed rejected spool entries older than keep_finished ({freed} bytes)")
-        except OSError as e:
-            log(f"can't expire rejected spool entries: {e}", 3)
+                          if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)]
+        if keep_rejected:
+            try:
+                freed = self.spool.expire_rejected(cutoff[State.REJECTED])
+                if freed:
+                    log(f"removed rejected spool entries older than keep_rejected ({freed} bytes)")
+            except OSError as e:
+                log(f"can't expire rejected spool entries: {e}", 3)
         if self._expiring:
-            log(f"removing {len(self._expiring)} finished job(s) older than keep_finished", GPUSCHED_EVENT="expire")
+            log(f"removing {len(self._expiring)} finished job(s) older than keep_finished / keep_rejected",
+                GPUSCHED_EVENT="expire")
             GLib.idle_add(self._expire_batch, priority=GLib.PRIORITY_DEFAULT_IDLE)
 
     def _expire_batch(self) -> bool:
@@ -742,6 +841,7 @@ class Daemon:
             del self.jobs[job.id]
             self.listing.invalidate(job.id)
             self._queued_by_uid.get(job.uid, set()).discard(job.id)
+            self._rejected_by_uid.get(job.uid, set()).discard(job.id)
         return bool(self._expiring)
 
     def stats_snapshot(self) -> dict[str, Any]:

@@ -59,11 +59,13 @@ class Store:
     def allocate_id(self) -> int:
         # next-id holds a ceiling reserved ahead, written once per ID_BLOCK ids: a restart continues from
         # the ceiling, so an id is never handed out twice (a crash costs at most a gap in the numbers)
+        # (the ceiling is raised only once it is on disk: a failed write hands out no id and changes nothing)
         job_id = self._next_id
-        self._next_id += 1
-        if self._next_id > self._ceiling:
-            self._ceiling = self._next_id + ID_BLOCK
-            atomic_write(os.path.join(self.root, "next-id"), f"{self._ceiling}\n".encode(), mode=0o644)
+        if job_id + 1 > self._ceiling:
+            ceiling = job_id + 1 + ID_BLOCK
+            atomic_write(os.path.join(self.root, "next-id"), f"{ceiling}\n".encode(), mode=0o644)
+            self._ceiling = ceiling
+        self._next_id = job_id + 1
         return job_id
 
     # paths

@@ -205,3 +205,30 @@ def test_typed_systemd_error_fails_only_that_start(make):
     b = drop(d, "b.toml", 'command = "true"\ngpus = 1\n')
     d._schedule()
     assert d.jobs[a].state == State.FAILED and d.jobs[b].state == State.RUNNING
+
+
+def test_rejected_entries_past_the_per_user_budget_get_no_record(make):
+    d = make(max_rejected_per_user=2)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for i in range(5):
+        drop(d, f"bad{i}.toml", "bogus = 1\n", uid=nobody)
+    recorded = [j for j in d.jobs.values() if j.state == State.REJECTED]
+    assert len(recorded) == 2
+    kept = sorted(os.listdir(d.spool.rejected))
+    assert len(kept) == 5 and all(any(n.endswith(f"-bad{i}.toml") for n in kept) for i in range(5))
+    # a good file of the same user is still accepted, and root is never held to the budget
+    assert d.jobs[drop(d, "good.toml", 'command = "true"\n', uid=nobody)].state == State.QUEUED
+    drop(d, "rootbad.toml", "bogus = 1\n")
+    assert sum(j.state == State.REJECTED for j in d.jobs.values()) == 3
+
+
+def test_no_intake_under_the_floor_and_no_id_spent(make, monkeypatch):
+    d = make(log_min_free=1 << 40)                  # a floor no test machine's disk is above
+    before = d.store._next_id
+    path = os.path.join(d.spool.root, "x.toml")
+    with open(path, "w") as f:
+        f.write('command = "true"\n')
+    d.ingest("x.toml")
+    assert not d.jobs and d.store._next_id == before and os.path.exists(path)
+    d.ingest("x.toml")                               # deferred: not even looked at again for a while
+    assert not d.jobs

@@ -429,3 +429,26 @@ def test_a_reserved_result_lands_on_a_full_filesystem(tmp_path):
         assert sorted(p.name for p in mnt.iterdir()) == ["1.1.json", "filler"]
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_failed_next_id_write_hands_out_no_id(tmp_path, monkeypatch):
+    from gpusched import store as storemod
+    st = storemod.Store(str(tmp_path))
+    st.init()
+    first = st.allocate_id()
+    ceiling = int((tmp_path / "next-id").read_text())
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(storemod, "atomic_write", full)
+    handed = [first]
+    for _ in range(ceiling + 5):
+        try:
+            handed.append(st.allocate_id())
+        except OSError:
+            break
+    assert max(handed) < ceiling                     # never past what is on disk
+    with pytest.raises(OSError):
+        st.allocate_id()                             # and again: still nothing handed out
+    monkeypatch.undo()
+    assert st.allocate_id() == max(handed) + 1

@@ -123,3 +123,46 @@ def test_disk_filled_by_one_users_output_stalls_nobody(gs):
                 gs.wait(h, "cancelled", timeout=30)
     finally:
         gs.sh(f"umount {small}; rm -f /var/tmp/small.img", check=False)
+
+
+def test_a_flood_of_bad_files_neither_fills_the_disk_nor_delays_others(gs):
+    """alice drops thousands of small files that are each rejected: past max_rejected_per_user they get no
+    record (kept in .rejected/ and named in the journal); intake takes owners in turn, so bob's file is taken
+    at once; the daemon's memory and the state directory barely grow."""
+    with gs.configured("max_rejected_per_user = 50\n"):
+        tag = uuid.uuid4().hex[:8]
+        before = int(gs.sh(f"du -sk {gs.state}").stdout.split()[0])
+        gs.sh("python3 -c 'import os\n"
+              "b = \"\".join(\"k%02d_%s = 1\\n\" % (i, \"x\" * 60) for i in range(25)).encode()\n"
+              f"for i in range(5000):\n"
+              f"    fd = os.open(\"/var/spool/gpusched/fl-{tag}-%05d.toml\" % i, os.O_CREAT | os.O_WRONLY, 0o600)\n"
+              "    os.write(fd, b); os.close(fd)'", user="alice")
+        t0 = time.monotonic()
+        job = gs.submit("bob", 'command = "echo bob ran"\ngpus = 0\n')
+        took = time.monotonic() - t0
+        gs.wait(job, "succeeded", timeout=30)
+        deadline = time.monotonic() + 120
+        while gs.sh(f"ls {SPOOL} | grep -c fl-{tag}-", check=False).stdout.strip() not in ("", "0"):
+            assert time.monotonic() < deadline, "the flood was never worked through"
+            time.sleep(1)
+        mine = [j for j in gs.list(all=True) if j["source"].startswith(f"fl-{tag}-")]
+        assert len(mine) == 50, len(mine)
+        kept = int(gs.sh(f"ls {SPOOL}/.rejected | grep -c fl-{tag}-").stdout)
+        assert kept == 5000, kept
+        grown = int(gs.sh(f"du -sk {gs.state}").stdout.split()[0]) - before
+        assert grown < 5000, f"the state directory grew by {grown} KiB"
+        assert "max_rejected_per_user" in gs.journal("-u", "gpusched", "--since=-3min")
+        print(f"bob's submit took {took:.1f}s behind 5000 of alice's files")
+        assert took < 10
+
+
+def test_escapes_in_names_never_reach_the_journal_raw(gs):
+    gs.sh("python3 -c 'open(\"/var/spool/gpusched/\x1b]0;PWNED\x07\x1b[2J z.toml\", \"w\").write(\"bogus = 1\")'",
+          user="alice")
+    deadline = time.monotonic() + 20
+    while "PWNED" not in (out := gs.journal("-u", "gpusched", "--since=-1min")):
+        assert time.monotonic() < deadline, "no journal line about the file"
+        time.sleep(0.5)
+    line = next(ln for ln in out.splitlines() if "PWNED" in ln)
+    assert "\x1b" not in out and "\x07" not in out, repr(line)
+    assert "\\x1b]0;PWNED" in line
