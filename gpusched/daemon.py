@@ -230,7 +230,7 @@ class Daemon:
             if self._draining:
                 return
             self._draining = True
-        GLib.idle_add(self._drain_incoming, priority=GLib.PRIORITY_DEFAULT)
+        GLib.idle_add(self._drain_incoming, priority=GLib.PRIORITY_DEFAULT_IDLE)
 
     def _kick(self) -> None:
         """From the main loop: make sure the drain runs (for names that came from a rescan)."""
@@ -238,11 +238,12 @@ class Daemon:
             if self._draining:
                 return
             self._draining = True
-        GLib.idle_add(self._drain_incoming, priority=GLib.PRIORITY_DEFAULT)
+        GLib.idle_add(self._drain_incoming, priority=GLib.PRIORITY_DEFAULT_IDLE)
 
     def _drain_incoming(self) -> bool:
         """Sort new names by owner (one lstat each), then take them round-robin by owner (fairqueue.py), all
-        within INGEST_BUDGET per main-loop turn."""
+        within INGEST_BUDGET per main-loop turn. At the scheduling pass's own (idle) priority, so the two
+        alternate: a flood of files never holds back the start of jobs already accepted."""
         deadline = time.monotonic() + INGEST_BUDGET
         while time.monotonic() <= deadline:
             with self._incoming_lock:
