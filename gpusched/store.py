@@ -69,7 +69,11 @@ class Store:
         highest = max((int(n.split(".")[0]) for n in os.listdir(self.jobs_dir) if n[0].isdigit()), default=0)
         self._next_id = max(self._next_id, highest + 1)
         self._ceiling = self._next_id - 1
-        self.fix_rights()
+        try:
+            self.fix_rights()
+        except OSError as e:                # a full disk, say: files stay as they are, tried again next start
+            self.say(f"{self.root}: can't check or fix the rights of its files now ({e}); retried at the "
+                     f"next start")
 
     def allocate_id(self) -> int:
         # next-id holds a ceiling reserved ahead, written once per ID_BLOCK ids: a restart continues from

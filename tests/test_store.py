@@ -290,6 +290,18 @@ def test_files_left_to_users_by_an_older_version_become_roots_once(tmp_path):
     assert os.lstat(os.path.join(s.logs_dir, "5.log")).st_uid == 1000
 
 
+def test_a_full_disk_does_not_stop_the_store_from_starting(tmp_path, monkeypatch):
+    said = []
+    def full(directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(acl, "supported", full)
+    s = Store(str(tmp_path), say=said.append)
+    s.init()
+    assert s.allocate_id() == 1
+    assert len(said) == 1 and "retried at the next start" in said[0]
+    assert not os.path.exists(os.path.join(s.root, "rights"))
+
+
 @needs_root
 def test_rejected_job_round_trips_without_a_source(tmp_path):
     s = make_store(tmp_path)
