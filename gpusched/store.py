@@ -254,7 +254,7 @@ def _fix_dir(directory: str, mode: int, *, share: bool) -> int:
 
 def _unlink(path: str) -> int:
     """Unlink path (never following a link). Returns the bytes that frees: 0 if it was missing, or if other
-    hard links keep its data (a user can link their own log elsewhere)."""
+    hard links keep its data (a link its user made while the file was theirs: before ACLs, or without)."""
     try:
         st = os.lstat(path)
         os.unlink(path)
