@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import os
 
+from gpusched import acl
+
 
 def atomic_write(path: str, data: bytes, *, mode: int = 0o600, uid: int = -1, gid: int = -1,
-                 durable: bool = True) -> None:
-    """Replace path with data atomically. durable: also fsync the file and the directory."""
+                 durable: bool = True, reader_uid: int | None = None) -> bool:
+    """Replace path with data atomically. durable: also fsync the file and the directory. reader_uid: the
+    file is root's (mode's owner bits only) and that user may read it through an ACL (acl.share; uid and gid
+    are then ignored). Returns False only if reader_uid was given and the filesystem has no ACLs: the file
+    is then reader_uid's, the old way."""
     d, base = os.path.split(path)
     tmp = os.path.join(d, f".{base}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         _write_all(fd, data)
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
+        if reader_uid is not None:
+            shared = acl.share(fd, reader_uid, mode)
+        else:
+            shared = True
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -26,6 +35,7 @@ def atomic_write(path: str, data: bytes, *, mode: int = 0o600, uid: int = -1, gi
     os.rename(tmp, path)
     if durable:
         fsync_dir(d)
+    return shared
 
 
 def _write_all(fd: int, data: bytes) -> None:

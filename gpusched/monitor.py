@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 
-from gpusched import fds, jobcgroup, joblog, journal, output, pam
+from gpusched import acl, fds, jobcgroup, joblog, journal, output, pam
 from gpusched.atomicfile import Reserved, atomic_write
 
 SETUP_FAILED = 127
@@ -96,8 +96,10 @@ class _Output:
         self.log: joblog.JobLog | None = None
         try:
             fd = os.open(spec["log"], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            os.fchown(fd, spec["uid"], 0)
-            os.fchmod(fd, 0o600)
+            # root's, read-only for the job's user (an ACL): a user who owned it could append to it past
+            # max_log_size and log_min_free ($GPUSCHED_LOG names it). Without ACLs, the user's (store.py
+            # says so in the journal once)
+            acl.share(fd, spec["uid"], 0o600)
             self.log = joblog.JobLog(fd, spec.get("max_log_size", 0), spec.get("log_min_free", 0), say=self.say)
         except OSError as e:                          # no log, but the job still runs and is still recorded
             self.say(f"gpusched: can't open the log {spec['log']} ({e.strerror}); output goes to the journal only")

@@ -4,12 +4,17 @@ Every write is atomic (temp file, fsync, rename, fsync of the directory), so the
 any instant. Layout under state_dir (default /var/lib/gpusched):
 
     next-id               a ceiling on the ids handed out (ids never repeat, across restarts)
+    rights                how the files below were last made unwritable by users ("acl" or "owner")
     jobs/<id>.toml        the accepted job file, byte for byte               } root-only directory: what
     jobs/<id>.status.toml the job's record, the daemon's truth              } the daemon trusts
-    status/<id>.toml      a copy of the record for people: owned by the job's user, mode 0400. Its owner
-                          could chmod and edit it, so the daemon never reads it back.
+    status/<id>.toml      a copy of the record for people, never read back
     results/<id>.<n>.<token>.json  written by the job's monitor when attempt n ends: exit code or signal
-    logs/<id>.log         the job's output, readable by its owner and root
+    logs/<id>.log         the job's output, written by its root monitor
+
+No file here is a user's or writable by one: a job's log and status copy are root's, mode 0600/0400, with
+a POSIX ACL `user:<uid>:r--` so the job's user (and root) can read them and nobody can write them (acl.py).
+A user who owned their log could append to it past max_log_size and log_min_free. Where the filesystem has
+no ACLs the daemon says so once in the journal and those two files are the user's, the old way.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import tomli_w
 
-from gpusched import jobfile
+from gpusched import acl, jobfile, journal
 from gpusched.atomicfile import atomic_write
 from gpusched.model import FINAL, Job, State, job_from_dict, job_to_dict
 
@@ -30,9 +35,18 @@ from gpusched.model import FINAL, Job, State, job_from_dict, job_to_dict
 ID_BLOCK = 100
 
 
+RIGHTS_FILE = "rights"
+
+
+def _say(text: str) -> None:
+    journal.send(text, 4, SYSLOG_IDENTIFIER="gpusched", GPUSCHED_EVENT="acl")
+
+
 class Store:
-    def __init__(self, root: str):
+    def __init__(self, root: str, say: Callable[[str], None] = _say):
         self.root = root
+        self.say = say                      # a warning for the journal (the daemon's identity)
+        self._said_no_acl = False
         self.jobs_dir = os.path.join(root, "jobs")
         self.status_dir = os.path.join(root, "status")
         self.results_dir = os.path.join(root, "results")
@@ -55,6 +69,11 @@ class Store:
         highest = max((int(n.split(".")[0]) for n in os.listdir(self.jobs_dir) if n[0].isdigit()), default=0)
         self._next_id = max(self._next_id, highest + 1)
         self._ceiling = self._next_id - 1
+        try:
+            self.fix_rights()
+        except OSError as e:                # a full disk, say: files stay as they are, tried again next start
+            self.say(f"{self.root}: can't check or fix the rights of its files now ({e}); retried at the "
+                     f"next start")
 
     def allocate_id(self) -> int:
         # next-id holds a ceiling reserved ahead, written once per ID_BLOCK ids: a restart continues from
@@ -84,8 +103,9 @@ class Store:
         return os.path.join(self.logs_dir, f"{job_id}.log")
 
     # writes
-    def save_source(self, job_id: int, data: bytes, uid: int) -> None:
-        atomic_write(self.source_path(job_id), data, mode=0o400, uid=uid, gid=0)
+    def save_source(self, job_id: int, data: bytes, uid: int = 0) -> None:
+        """The file as it was taken. uid (the submitter) is not its owner: nothing here is a user's."""
+        atomic_write(self.source_path(job_id), data, mode=0o400)
 
     def record_path(self, job_id: int) -> str:
         return os.path.join(self.jobs_dir, f"{job_id}.status.toml")
@@ -96,12 +116,44 @@ class Store:
         self._save_copy(job.id, job.uid, data)
 
     def refresh_copy(self, job: Job) -> None:
-        """Rewrite the people's copy from the record (its owner may have edited it)."""
+        """Rewrite the people's copy from the record (on a filesystem without ACLs its owner may have
+        edited it; a copy written before ACLs were used becomes root's)."""
         self._save_copy(job.id, job.uid, tomli_w.dumps(job_to_dict(job)).encode())
 
     def _save_copy(self, job_id: int, uid: int, data: bytes) -> None:
         # derived from the record and rewritten at every change (and at recovery), so no fsync needed
-        atomic_write(self.status_path(job_id), data, mode=0o400, uid=uid, gid=0, durable=False)
+        if not atomic_write(self.status_path(job_id), data, mode=0o400, reader_uid=uid, durable=False):
+            self._no_acl(self.status_dir)
+
+    def _no_acl(self, directory: str) -> None:
+        if not self._said_no_acl:
+            self._said_no_acl = True
+            self.say(f"{directory}: this filesystem has no POSIX ACLs, so jobs' logs and status copies are "
+                     f"owned by their users (who can read them, but also write them: max_log_size and "
+                     f"log_min_free don't bind a job that appends to its own log). Mount it with ACLs "
+                     f"(ext4, xfs, btrfs and tmpfs have them) to close this.")
+
+    # rights
+    def fix_rights(self) -> int:
+        """Once per state directory (and again if ACL support appears): make root's every file that a
+        version before ACLs left to users: status copies and logs (then readable by their user through an
+        ACL) and the original job files. Returns how many files were changed. Costs a stat per file, once:
+        afterwards every write makes its file root's."""
+        way = "acl" if all(acl.supported(d) for d in (self.status_dir, self.logs_dir)) else "owner"
+        if way == "owner":
+            self._no_acl(self.logs_dir)
+        marker = os.path.join(self.root, RIGHTS_FILE)
+        try:
+            with open(marker) as f:
+                if f.read().strip() == way:
+                    return 0
+        except FileNotFoundError:
+            pass
+        fixed = _fix_dir(self.jobs_dir, 0o400, share=False)
+        if way == "acl":
+            fixed += _fix_dir(self.status_dir, 0o400, share=True) + _fix_dir(self.logs_dir, 0o600, share=True)
+        atomic_write(marker, f"{way}\n".encode(), mode=0o644)
+        return fixed
 
     # reads
     def read_result(self, job_id: int, attempt: int, token: str = "") -> dict[str, Any] | None:
@@ -175,9 +227,36 @@ class Store:
             raise ValueError(f"job {job_id}: record unreadable ({e}); not removed") from e
 
 
+def _fix_dir(directory: str, mode: int, *, share: bool) -> int:
+    """Make every regular file in directory that isn't root's root's, with mode; share: readable by its old
+    owner (the job's user: a user can't give a file away) through an ACL. Never follows a link."""
+    fixed = 0
+    with os.scandir(directory) as it:
+        for e in it:
+            try:
+                st = e.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or not acl.is_user_writable(st):
+                    continue
+                fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                now = os.fstat(fd)
+                if stat.S_ISREG(now.st_mode) and now.st_ino == st.st_ino:
+                    if share:
+                        acl.share(fd, now.st_uid, mode)
+                    else:
+                        os.fchmod(fd, mode)
+                        os.fchown(fd, os.geteuid(), os.getegid())
+                    fixed += 1
+            finally:
+                os.close(fd)
+    return fixed
+
+
 def _unlink(path: str) -> int:
     """Unlink path (never following a link). Returns the bytes that frees: 0 if it was missing, or if other
-    hard links keep its data (a user can link their own log elsewhere)."""
+    hard links keep its data (a link its user made while the file was theirs: before ACLs, or without)."""
     try:
         st = os.lstat(path)
         os.unlink(path)

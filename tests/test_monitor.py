@@ -5,8 +5,11 @@ Journald is replaced by a file; the scope by whatever cgroup this machine lets t
 import json
 import os
 import pwd
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -50,7 +53,8 @@ def run_job(tmp_path, command, **extra):
     _remove_v1_freezer(unit)
     result = json.loads(p.stdout.splitlines()[-1])
     assert json.loads((tmp_path / "7.result").read_text())["ended"] == result["ended"]
-    log = (tmp_path / "7.log").read_bytes()
+    with open(spec["log"], "rb") as f:
+        log = f.read()
     journal = [eval(line) for line in (tmp_path / "journal").read_text().splitlines()]
     return result, log, journal
 
@@ -122,6 +126,31 @@ def test_nothing_of_the_job_outlives_it(tmp_path):
         except OSError:
             pass
     assert alive == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the log is given to root, the job runs as nobody")
+def test_the_log_is_roots_and_the_job_can_only_read_it(tmp_path):
+    from gpusched import acl
+    d = tempfile.mkdtemp(prefix="gsmonlog-", dir="/var/tmp")    # tmp_path is root's 0700: nobody can't enter
+    try:
+        os.chmod(d, 0o755)
+        if not acl.supported(d):
+            pytest.skip(f"{d}: no POSIX ACLs on this filesystem")
+        log_path = os.path.join(d, "7.log")
+        job = (f"import os\nopen({log_path!r}).read()\nprint('read')\n"
+               f"for how in ('ab', 'r+b'):\n"
+               f"    try:\n        open({log_path!r}, how)\n        print(how, 'opened')\n"
+               f"    except OSError as e:\n        print(how, e.strerror)\n"
+               f"try:\n    os.chmod({log_path!r}, 0o666)\nexcept OSError as e:\n    print('chmod', e.strerror)\n")
+        result, log, _ = run_job(tmp_path, job, log=log_path)
+        assert result["exit_code"] == 0
+        assert log.startswith(b"read\nab Permission denied\nr+b Permission denied\n"
+                              b"chmod Operation not permitted\n"), log
+        st = os.lstat(log_path)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o640)   # 4: the ACL's mask
+        assert acl.decode(os.getxattr(log_path, acl.XATTR)) == acl.decode(acl.read_only_for(account()[1], 6))
+    finally:
+        shutil.rmtree(d)
 
 
 def test_a_job_that_cannot_start_is_recorded(tmp_path):

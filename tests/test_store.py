@@ -1,16 +1,18 @@
+import errno
 import json
 import os
 import stat
 
 import pytest
 
-from gpusched import jobfile, lifecycle
+from gpusched import acl, jobfile, lifecycle
 from gpusched.atomicfile import atomic_write
 from gpusched.model import Gpu, State
 from gpusched.store import Store
 
 T0 = 1_700_000_000.25
-# save_source/save_status chown their files to the job's owner (and group 0): only root may do that
+# save_status gives status copies to root with an ACL for the job's user (or, without ACLs, to the user):
+# only root may do that
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid / gid 0 needs root")
 
 
@@ -228,16 +230,76 @@ def test_final_job_round_trip(tmp_path):
 
 
 @needs_root
-def test_status_file_permissions(tmp_path):
+def test_no_file_is_the_users_the_status_copy_is_readable_by_its_user_through_an_acl(tmp_path):
     s = make_store(tmp_path)
     job = lifecycle.accepted(s.allocate_id(), jobfile.parse(b'command = "x"\n', "x.toml", owner_is_root=False),
                              "alice", 1000, 1000, "x.toml", T0)
     s.save_source(job.id, b'command = "x"\n', 1000)
     s.save_status(job)
-    for p in (s.status_path(job.id), s.source_path(job.id)):
-        st = os.lstat(p)
-        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 0, 0o400)
+    st = os.lstat(s.source_path(job.id))
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o400)
+    st = os.lstat(s.status_path(job.id))
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o440)     # 4: the ACL's mask
+    assert acl.decode(os.getxattr(s.status_path(job.id), acl.XATTR)) == acl.decode(acl.read_only_for(1000, 4))
     assert leftovers(s.status_dir) == [] and leftovers(s.jobs_dir) == []
+
+
+@needs_root
+def test_without_acls_the_copy_is_the_users_and_the_journal_is_told_once(tmp_path, monkeypatch):
+    said = []
+    def no_acls(*a):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    monkeypatch.setattr(acl.os, "setxattr", no_acls)
+    s = Store(str(tmp_path), say=said.append)
+    s.init()
+    for _ in range(2):
+        job = lifecycle.accepted(s.allocate_id(), jobfile.parse(b'command = "x"\n', "x.toml", owner_is_root=False),
+                                 "alice", 1000, 1000, "x.toml", T0)
+        s.save_status(job)
+        st = os.lstat(s.status_path(job.id))
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (1000, 0o400)
+    assert len(said) == 1 and "no POSIX ACLs" in said[0] and "max_log_size" in said[0]
+
+
+@needs_root
+def test_files_left_to_users_by_an_older_version_become_roots_once(tmp_path):
+    s = make_store(tmp_path)
+    # as the version before ACLs left them: the user's
+    for path, mode, data in ((os.path.join(s.status_dir, "5.toml"), 0o400, b"id = 5\n"),
+                             (os.path.join(s.logs_dir, "5.log"), 0o600, b"output\n"),
+                             (os.path.join(s.jobs_dir, "5.toml"), 0o400, b'command = "x"\n')):
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chown(path, 1000, 0)
+        os.chmod(path, mode)
+    os.symlink("/etc/passwd", os.path.join(s.logs_dir, "6.log"))     # never followed
+    os.unlink(os.path.join(s.root, "rights"))                      # as before the upgrade
+    s = make_store(tmp_path)
+    for path, mode in ((os.path.join(s.status_dir, "5.toml"), 0o440), (os.path.join(s.logs_dir, "5.log"), 0o640)):
+        st = os.lstat(path)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, mode), path
+        assert (acl.USER, 4, 1000) in acl.decode(os.getxattr(path, acl.XATTR))
+    st = os.lstat(os.path.join(s.jobs_dir, "5.toml"))
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o400)
+    assert os.stat("/etc/passwd").st_uid == 0 and os.path.islink(os.path.join(s.logs_dir, "6.log"))
+    with open(os.path.join(s.root, "rights")) as f:
+        assert f.read() == "acl\n"
+    # done once: a later start doesn't look again
+    os.chown(os.path.join(s.logs_dir, "5.log"), 1000, 0)
+    assert s.fix_rights() == 0
+    assert os.lstat(os.path.join(s.logs_dir, "5.log")).st_uid == 1000
+
+
+def test_a_full_disk_does_not_stop_the_store_from_starting(tmp_path, monkeypatch):
+    said = []
+    def full(directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(acl, "supported", full)
+    s = Store(str(tmp_path), say=said.append)
+    s.init()
+    assert s.allocate_id() == 1
+    assert len(said) == 1 and "retried at the next start" in said[0]
+    assert not os.path.exists(os.path.join(s.root, "rights"))
 
 
 @needs_root
@@ -288,8 +350,8 @@ def test_times_just_below_a_whole_second_round_trip(tmp_path):
 
 
 def test_the_peoples_copy_is_never_read_back(tmp_path):
-    # the copy in status/ belongs to the job's user, who could chmod and edit it: the daemon trusts only
-    # its own record in the root-only jobs/ directory
+    # the copy in status/ is for people (and on a filesystem without ACLs its user's, who could chmod and
+    # edit it): the daemon trusts only its own record in the root-only jobs/ directory
     s = make_store(tmp_path)
     text = b'command = "a"\n'
     job = lifecycle.accepted(s.allocate_id(), jobfile.parse(text, "j.toml", owner_is_root=False),

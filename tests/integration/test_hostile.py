@@ -104,9 +104,13 @@ def test_nobody_changes_another_users_job_through_files_or_the_bus(gs):
     assert gs.sh(f"gpuschedctl cancel {n}", user="bob", check=False).returncode != 0
     shown = gs.sh(f"gpuschedctl show {n} --json", user="bob").stdout
     assert '"log"' not in shown and '"source"' not in shown
-    # alice edits her own copy of the status (she owns it): the daemon never trusts it
-    gs.sh(f"chmod 600 {status} && printf 'id = {n}\\nuser = \"root\"\\nuid = 0\\nstate = \"succeeded\"\\n' > {status}",
-          user="alice")
+    # alice can't edit her own copy of the status either: root's, she reads it through an ACL
+    forged = f"printf 'id = {n}\\nuser = \"root\"\\nuid = 0\\nstate = \"succeeded\"\\n' > {status}"
+    assert gs.sh(f"chmod 600 {status}", user="alice", check=False).returncode != 0
+    assert gs.sh(forged, user="alice", check=False).returncode != 0
+    assert gs.sh(f"echo x >> {st['log']}", user="alice", check=False).returncode != 0
+    # and if it is edited anyway (by root here; by its user where there are no ACLs): the daemon never trusts it
+    gs.sh(f"chmod 600 {status} && {forged}")
     gs.sh("systemctl restart gpusched")
     time.sleep(1)
     st = gs.status(n)                                # the daemon rewrote her copy from its own record
@@ -115,8 +119,9 @@ def test_nobody_changes_another_users_job_through_files_or_the_bus(gs):
     assert (shown["state"], shown["user"]) == ("running", "alice")
     gs.sh(f"gpuschedctl cancel {n}", user="alice")
     gs.wait(n, "cancelled")
-    # logs and status copies: owner and root only
-    assert gs.sh(f"stat -c '%a %U' {status} {st['log']}").stdout.split() == ["400", "alice", "600", "alice"]
+    # logs and status copies: root's, readable by their user alone through an ACL (group bits: its mask)
+    assert gs.sh(f"stat -c '%a %U' {status} {st['log']}").stdout.split() == ["440", "root", "640", "root"]
+    gs.sh(f"cat {status} {st['log']}", user="alice")
 
 
 def test_a_dropped_file_can_not_be_swapped_after_it_is_taken(gs):
