@@ -1,4 +1,5 @@
-"""The scheduling decision: which queued jobs start on which GPUs, and which running jobs to preempt.
+"""The first policy (gpusched/policy.py before it became a package), frozen: tests/test_policy_compat.py checks
+that schedule() called with only these arguments still decides exactly as it did.
 
 Pure: plain data in, a Decision out. Order is priority (lower number = more urgent), then job id (arrival).
 Each job in that order takes the GPUs it fits on (first fit); a job that can't fit may preempt less urgent,

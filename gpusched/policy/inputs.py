@@ -1,0 +1,84 @@
+"""A job record (model.Job with its JobSpec) as the policy sees it, and the config as schedule()'s keywords.
+
+The one place that decides what the policy is told about a job: its class (the one it was accepted into, else
+the one its file names, else the default), its time limit (its own, else its class's default, else an estimate
+from its user's history of the same job name, marked as such) and the rest of its file. Pure: the caller
+gives the time, the usage and the history.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from gpusched.model import Job, State
+from gpusched.policy.classes import DEFAULT, JobClass
+from gpusched.policy.data import Backfill, Holder, Request
+
+# how many of a user's latest runs of the same job name an estimate looks at, and how far above the longest it
+# is set: a recurring job varies, and an estimate that is too short only misleads the backfill plan
+ESTIMATE_RUNS = 5
+ESTIMATE_MARGIN = 1.5
+
+
+def job_class(job: Job, classes: Mapping[str, JobClass] | None, default_class: str = DEFAULT) -> str:
+    if not classes:
+        return ""
+    return job.job_class or (job.spec.job_class if job.spec and job.spec.job_class else None) or default_class
+
+
+def estimate(durations: Sequence[float]) -> float | None:
+    """A time limit guessed from the run times of a user's latest successful runs of the same job name (oldest
+    first): the longest of the last few, with a margin. None without history."""
+    recent = [d for d in durations[-ESTIMATE_RUNS:] if d > 0]
+    if not recent:
+        return None
+    return math.ceil(max(recent) * ESTIMATE_MARGIN / 60) * 60
+
+
+def time_limit(job: Job, cls: JobClass | None, history_estimate: float | None = None) -> tuple[float | None, bool]:
+    """(limit, estimated): the file's time_limit, else the class default (enforced like the file's: the launch
+    must apply it), else the estimate, else none."""
+    spec = job.spec
+    if spec is not None and spec.time_limit:
+        return spec.time_limit, False
+    if cls is not None and cls.default_time_limit:
+        return cls.default_time_limit, False
+    if history_estimate:
+        return history_estimate, True
+    return None, False
+
+
+def request(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_class: str = DEFAULT,
+            history_estimate: float | None = None) -> Request:
+    spec = job.spec
+    assert spec is not None, "a queued job has a spec"
+    name = job_class(job, classes, default_class)
+    limit, estimated = time_limit(job, (classes or {}).get(name), history_estimate)
+    return Request(job.id, spec.priority, spec.gpus, spec.gpu_memory, spec.gpu_type, spec.gpu_ids, uid=job.uid,
+                   job_class=name, submitted=job.submitted, time_limit=limit, limit_estimated=estimated,
+                   resumable=spec.resumable, share=spec.share, grace=spec.grace)
+
+
+def holder(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_class: str = DEFAULT,
+           history_estimate: float | None = None) -> Holder:
+    spec = job.spec
+    assert spec is not None, "an active job has a spec"
+    name = job_class(job, classes, default_class)
+    limit, estimated = time_limit(job, (classes or {}).get(name), history_estimate)
+    return Holder(job.id, spec.priority, tuple(g.index for g in job.gpus), spec.preemptible,
+                  job.state == State.STOPPING, uid=job.uid, cpu_only=spec.gpus == 0, job_class=name,
+                  started=job.started, time_limit=limit, limit_estimated=estimated, resumable=spec.resumable,
+                  share=spec.share, gpu_memory=spec.gpu_memory, grace=spec.grace)
+
+
+def settings(cfg: Any, cpu_cap: int) -> dict[str, Any]:
+    """schedule()'s keywords from a config.Config (cpu_cap: config.cpu_job_cap(cfg), which reads the machine).
+    The fair-share standing and the time are per pass: add `standing=` and `now=`."""
+    classes = {c.name: c for c in cfg.classes} or None
+    return {
+        "max_running": cfg.max_running, "preempt_margin": cfg.preempt_margin,
+        "max_running_per_user": cfg.max_running_per_user, "max_cpu_jobs_per_user": cpu_cap,
+        "classes": classes, "backfill": Backfill.EASY if cfg.backfill else Backfill.OFF,
+        "aging": cfg.aging, "reserve_memory": True,
+    }
