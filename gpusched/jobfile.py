@@ -9,7 +9,7 @@ import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterator
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 from gpusched.units import parse_duration, parse_signal, parse_size
 
@@ -26,6 +26,7 @@ MAX_PATH = 4095                # bytes, as PATH_MAX counts them (without the NUL
 MAX_GPU_TYPE = 128
 MAX_UUID = 128
 MAX_UNIT_STRING = 64           # a size, duration or signal written as a string ("1d12h"): longer is a mistake
+MAX_CLASS = 64
 PRIORITY_RANGE = (-(1 << 31), (1 << 31) - 1)
 # A rejected file's reason goes into its status, the journal and every listing: report the first problems only
 MAX_PROBLEMS = 20
@@ -42,6 +43,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]*\$?", re.IGNORECASE)
 _CONDA_NAME = re.compile(r"[A-Za-z0-9_.+/-]+")
 _GPU_UUID = re.compile(r"(GPU|MIG)-[A-Za-z0-9-]+")
+CLASS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_SECONDS = 100 * 365 * 86400.0      # durations beyond a century are mistakes (and overflow systemd's usec)
 MAX_U63 = (1 << 63) - 1
 
@@ -57,11 +59,16 @@ class ResourceLimits:
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What this server lets a file ask for (from the daemon's config: Config.job_limits()). Urgency is granted,
-    not claimed: a file that is neither root's nor an admin's may not be more urgent than min_priority; grace and
-    time_limit are capped for every file but root's, so no job can hold its GPUs past what the server allows."""
+    not claimed: a file that is neither root's nor an admin's may not be more urgent than min_priority, nor ask
+    for a class it was not granted; grace and time_limit are capped for every file but root's, so no job can
+    hold its GPUs past what the server allows."""
     min_priority: int = DEFAULT_PRIORITY   # the most urgent (lowest) priority a user's file may have
     max_grace: float = 600.0               # seconds
     max_time_limit: float = 0.0            # seconds; 0: no cap
+    # job classes: each configured class's longest time limit (0: no cap); None: the server has no classes
+    classes: Mapping[str, float] | None = None
+    default_class: str | None = None       # the class of a file that names none
+    allowed_classes: frozenset[str] = frozenset()   # the classes this file's owner may ask for
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +90,16 @@ class JobSpec:
     stop_signal: int = 15
     preemptible: bool = True
     user: str | None = None
+    job_class: str | None = None          # `class` in the file; None: the server's default class
+    resumable: bool = False               # checkpoints on its stop signal and resumes when started again
+    share: bool = False                   # may share its GPUs with other sharing jobs (needs gpu_memory)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["class"] = d.pop("job_class")
+        for key in ("resumable", "share"):          # shown only when asked for, as before they existed
+            if not d[key]:
+                del d[key]
         d["command"] = self.command if isinstance(self.command, str) else list(self.command)
         d["tags"] = list(self.tags)
         d["gpu_ids"] = list(self.gpu_ids)
@@ -351,7 +365,8 @@ def _bounded_size(v: Any) -> int:
 
 
 TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids",
-            "priority", "limits", "time_limit", "grace", "stop_signal", "preemptible", "user"}
+            "priority", "limits", "time_limit", "grace", "stop_signal", "preemptible", "user", "class", "resumable",
+            "share"}
 LIMIT_KEYS = {"memory", "cpus", "tasks"}
 
 
@@ -412,6 +427,12 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     opt("stop_signal", lambda v: int(parse_signal(_short(v, "a signal"))))
     opt("preemptible", _expect(bool, "true or false"))
     opt("user", _user)
+    opt("resumable", _expect(bool, "true or false"))
+    opt("share", _expect(bool, "true or false"))
+    if "class" in doc:
+        value = c.take("class", doc["class"], _class_name)
+        if value is not None:
+            kw["job_class"] = value
 
     if "tags" in doc:
         opt("tags", _tags)
@@ -471,9 +492,16 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
         for key in ("gpu_memory", "gpu_type"):
             if key in kw:
                 c.fail(key, "is set but the job asks for gpus = 0")
+        if kw.get("share"):
+            c.fail("share", "is set but the job asks for gpus = 0")
+    elif kw.get("share") and "gpu_memory" not in doc:
+        c.fail("share", "true needs gpu_memory: the memory a job declares is what lets others share its GPU "
+                        "(and what it may use there)")
     if "user" in kw and not owner_is_root:
         c.fail("user", "only a file owned by root may name the user to run as; "
                        "drop the key, the job runs as the file's owner")
+    if limits is not None:
+        _check_class(c, kw, limits, privileged or owner_is_root)
     if limits is not None and not owner_is_root:
         _check_limits(c, doc, kw, limits, privileged)
 
@@ -520,6 +548,11 @@ def _check_limits(c: _Checker, doc: dict[str, Any], kw: dict[str, Any], limits: 
     elif DEFAULT_GRACE > limits.max_grace:
         c.fail("grace", f"the default {_human(DEFAULT_GRACE)} is more than the {cap} this server allows "
                         f"(max_grace): set grace to at most {cap}", locate=False)
+    cls = kw.get("job_class") or limits.default_class
+    class_cap = (limits.classes or {}).get(cls or "", 0.0)
+    if class_cap and "time_limit" in kw and kw["time_limit"] > class_cap:
+        c.fail("time_limit", f"{_human(kw['time_limit'])} is more than the {_human(class_cap)} class {cls!r} "
+                             f"allows")
     if limits.max_time_limit > 0:
         cap = _human(limits.max_time_limit)
         if "time_limit" not in doc:
@@ -527,6 +560,23 @@ def _check_limits(c: _Checker, doc: dict[str, Any], kw: dict[str, Any], limits: 
         elif "time_limit" in kw and kw["time_limit"] > limits.max_time_limit:
             c.fail("time_limit", f"{_human(kw['time_limit'])} is more than the {cap} this server allows "
                                  f"(max_time_limit)")
+
+
+def _check_class(c: _Checker, kw: dict[str, Any], limits: Limits, privileged: bool) -> None:
+    """A class must exist on this server (for everyone: a typo is a typo) and be granted to the owner (root and
+    admins may use any): urgency is granted, not claimed."""
+    name = kw.get("job_class")
+    if name is None:
+        return
+    if limits.classes is None:
+        c.fail("class", f"{name!r}: this server defines no job classes (drop the key)")
+    elif name not in limits.classes:
+        known = ", ".join(sorted(limits.classes))
+        c.fail("class", f"{name!r}: no such class on this server{_did_you_mean(name, set(limits.classes))}; "
+                        f"it has: {known}")
+    elif not privileged and name not in limits.allowed_classes:
+        c.fail("class", f"{name!r} is not granted to you (the administrator decides who may use a class: see "
+                        f"the classes in /etc/gpusched/gpusched.toml)")
 
 
 def _human(seconds: float) -> str:
@@ -539,6 +589,14 @@ def _human(seconds: float) -> str:
             out += f"{rest // size}{unit}"
             rest %= size
     return out
+
+
+def _class_name(v: Any) -> str:
+    v = _expect(str, "a class name (a string)")(v)
+    if not v or len(v) > MAX_CLASS or not CLASS_NAME.fullmatch(v):
+        raise ValueError(f"not a class name: {_clip(v, 80)!r} (letters, digits, '_', '.', '-'; at most "
+                         f"{MAX_CLASS} characters)")
+    return v
 
 
 def _priority(v: Any) -> int:

@@ -79,6 +79,7 @@ class Job:
     stop_requested: float | None = None
     start_token: str = ""                 # names this start's result file
     history: list[dict] = field(default_factory=list)   # earlier attempts' outcomes
+    job_class: str = ""                   # the class it was accepted into; "": none (no classes, or an old record)
 
     @property
     def name(self) -> str:
@@ -111,12 +112,17 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "attempt": job.attempt, "preemptions": job.preemptions, "stop_intent": job.stop_intent,
         "stop_requested": _dt(job.stop_requested), "gid": job.gid, "start_token": job.start_token or None,
         "history": [{k: _dt(v) if k in ("started", "ended") else v for k, v in h.items()} for h in job.history],
+        "class": job.job_class or None,
     }
     if job.spec:
         d["priority"] = job.spec.priority
         d["gpus_requested"] = job.spec.gpus
         d["preemptible"] = job.spec.preemptible
         d["tags"] = list(job.spec.tags)
+        if job.spec.resumable:
+            d["resumable"] = True
+        if job.spec.share:
+            d["share"] = True
     return {k: v for k, v in d.items() if v is not None and (v != [] or k == "gpus")}
 
 
@@ -131,4 +137,5 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
         stop_requested=_epoch(d.get("stop_requested")), start_token=d.get("start_token", ""),
         history=[{k: _epoch(v) if k in ("started", "ended") else v for k, v in h.items()}
                  for h in d.get("history", [])],
+        job_class=d.get("class", ""),
     )
