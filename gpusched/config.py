@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
+from typing import Any, Collection
 
 from gpusched import jobfile
 from gpusched.jobfile import key_lines
+from gpusched.policy.classes import DEFAULT as DEFAULT_CLASS
+from gpusched.policy.classes import JobClass, allowed
 from gpusched.units import parse_duration, parse_size
 
 DEFAULT_PATH = "/etc/gpusched/gpusched.toml"
@@ -48,11 +51,28 @@ class Config:
     max_cpu_jobs_per_user: int = -1      # CPU-only (gpus = 0) jobs running at once; -1: the number of CPUs; 0: no cap
     max_queued_per_user: int = 10000     # jobs waiting at once (over it: rejected); 0: no cap; root is exempt
     simulated_gpus: tuple[SimulatedGpu, ...] = field(default_factory=tuple)
+    # Scheduling policy (docs/policy.md)
+    backfill: bool = True                # EASY backfill; false: strict order (nothing passes a job that waits)
+    aging: float = 2.0                   # a job that has waited this many times its time limit is overdue; 0: never
+    fair_share_half_life: float = 7 * 86400.0   # seconds; 0: usage never decays
+    default_share: float = 1.0
+    shares: tuple[tuple[str, float], ...] = ()          # user name -> share
+    share_groups: tuple[tuple[str, float], ...] = ()    # Unix group -> share (its members share it)
+    classes: tuple[JobClass, ...] = ()
+    default_class: str = DEFAULT_CLASS   # the class of a job file that names none (when there are classes)
 
-    def job_limits(self) -> jobfile.Limits:
-        """What a job file may ask for on this server (jobfile.parse checks it)."""
+    def job_limits(self, user: str | None = None, groups: Collection[str] = ()) -> jobfile.Limits:
+        """What a job file may ask for on this server (jobfile.parse checks it); user and groups: its owner's,
+        which decide the classes it may ask for (without them, only the classes open to everyone)."""
         floor = jobfile.DEFAULT_PRIORITY if self.min_user_priority is None else self.min_user_priority
-        return jobfile.Limits(min_priority=floor, max_grace=self.max_grace, max_time_limit=self.max_time_limit)
+        classes = self.class_map()
+        return jobfile.Limits(min_priority=floor, max_grace=self.max_grace, max_time_limit=self.max_time_limit,
+                              classes={c.name: c.max_time_limit for c in self.classes} if classes else None,
+                              default_class=self.default_class if classes else None,
+                              allowed_classes=allowed(classes, user or "", groups) if classes else frozenset())
+
+    def class_map(self) -> dict[str, JobClass]:
+        return {c.name: c for c in self.classes}
 
 
 class ConfigError(Exception):
@@ -63,7 +83,11 @@ _INTS = ("max_running", "preempt_margin", "max_running_per_user", "max_queued_pe
 _DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected")
 _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
-        "max_cpu_jobs_per_user", *_INTS, *_DURATIONS, *_SIZES}
+        "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class",
+        *_INTS, *_DURATIONS, *_SIZES}
+_FAIR_SHARE = {"half_life", "default_share", "users", "groups"}
+_CLASS_KEYS = {"priority", "users", "groups", "max_gpus_per_user", "max_time_limit", "default_time_limit",
+               "preempts"}
 
 
 def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
@@ -158,7 +182,111 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
             raise err("gpus.simulated", f"entry {i}: {e}") from None
         sims.append(SimulatedGpu(name, memory))
     kw["simulated_gpus"] = tuple(sims)
+    _policy(doc, kw, err)
     return Config(**kw)
+
+
+def _policy(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
+    """The scheduling keys: backfill, aging, [fair_share], [classes.NAME], default_class."""
+    if "backfill" in doc:
+        if not isinstance(doc["backfill"], bool):
+            raise err("backfill", "expected true or false")
+        kw["backfill"] = doc["backfill"]
+    if "aging" in doc:
+        v = doc["aging"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1000:
+            raise err("aging", "expected a number from 0 to 1000 (how many times its time limit a job may wait "
+                               "before it is overdue; 0: never)")
+        kw["aging"] = float(v)
+    fs = doc.get("fair_share", {})
+    if not isinstance(fs, dict):
+        raise err("fair_share", "expected a table ([fair_share])")
+    for key in fs:
+        if key not in _FAIR_SHARE:
+            raise err(f"fair_share.{key}", "unknown key")
+    if "half_life" in fs:
+        try:
+            kw["fair_share_half_life"] = parse_duration(fs["half_life"])
+        except ValueError as e:
+            raise err("fair_share.half_life", str(e)) from None
+    if "default_share" in fs:
+        kw["default_share"] = _share(fs["default_share"], "fair_share.default_share", err)
+    for key, field_name in (("users", "shares"), ("groups", "share_groups")):
+        table = fs.get(key, {})
+        if not isinstance(table, dict):
+            raise err(f"fair_share.{key}", "expected a table of names and shares")
+        kw[field_name] = tuple((str(name), _share(v, f"fair_share.{key}.{name}", err)) for name, v in table.items())
+    classes = doc.get("classes", {})
+    if not isinstance(classes, dict):
+        raise err("classes", "expected tables ([classes.NAME])")
+    built = []
+    for name, t in classes.items():
+        where = f"classes.{name}"
+        if not jobfile.CLASS_NAME.fullmatch(name) or len(name) > jobfile.MAX_CLASS:
+            raise err(where, "a class name is letters, digits, '_', '.', '-'")
+        if not isinstance(t, dict):
+            raise err(where, "expected a table")
+        for key in t:
+            if key not in _CLASS_KEYS:
+                raise err(f"{where}.{key}", "unknown key")
+        built.append(_job_class(name, t, set(classes), err))
+    kw["classes"] = tuple(built)
+    if "default_class" in doc:
+        v = doc["default_class"]
+        if not isinstance(v, str) or v not in classes:
+            raise err("default_class", f"{v!r} is not one of the classes defined here"
+                                       + (f" ({', '.join(classes)})" if classes else " (there are none)"))
+        kw["default_class"] = v
+    elif classes and DEFAULT_CLASS not in classes:
+        raise err("classes", f"no class is called {DEFAULT_CLASS!r}: set default_class to the class of jobs "
+                             f"that name none")
+
+
+def _share(v: Any, key: str, err: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1e9:
+        raise err(key, "expected a share: a number from 0 to 1e9 (0: runs only when nobody with a share waits)")
+    return float(v)
+
+
+def _job_class(name: str, t: dict[str, Any], names: set[str], err: Any) -> JobClass:
+    where = f"classes.{name}"
+    kw: dict[str, Any] = {"name": name}
+    if "priority" in t:
+        v = t["priority"]
+        if isinstance(v, bool) or not isinstance(v, int) or not -(1 << 31) <= v < 1 << 31:
+            raise err(f"{where}.priority", "expected an integer (lower runs first)")
+        kw["priority"] = v
+    for key in ("users", "groups", "preempts"):
+        if key in t:
+            v = t[key]
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                raise err(f"{where}.{key}", "expected an array of names")
+            kw[key] = frozenset(v)
+    for other in kw.get("preempts", ()):
+        if other not in names:
+            raise err(f"{where}.preempts", f"{other!r} is not a class defined here")
+        if other == name:
+            raise err(f"{where}.preempts", "a class can't preempt its own jobs (they would take turns stopping "
+                                           "each other)")
+    if "max_gpus_per_user" in t:
+        v = t["max_gpus_per_user"]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 31:
+            raise err(f"{where}.max_gpus_per_user", "expected a non-negative integer (0: no cap)")
+        kw["max_gpus_per_user"] = v
+    for key in ("max_time_limit", "default_time_limit"):
+        if key in t:
+            try:
+                kw[key] = parse_duration(t[key])
+            except ValueError as e:
+                raise err(f"{where}.{key}", str(e)) from None
+    cap = kw.get("max_time_limit", 0.0)
+    if cap and kw.get("default_time_limit") is None:
+        kw["default_time_limit"] = cap          # a job that gives none must still be bounded by the cap
+    if cap and kw["default_time_limit"] > cap:
+        raise err(f"{where}.default_time_limit", "is more than the class's max_time_limit")
+    if kw.get("default_time_limit") == 0:
+        kw["default_time_limit"] = None
+    return JobClass(**kw)
 
 
 def cpu_job_cap(cfg: Config) -> int:

@@ -10,11 +10,12 @@ simulator changes.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from bench.sim.cluster import Starts
 from bench.sim.trace import SimJob
 from gpusched import policy
+from gpusched.config import Config
 from gpusched.jobfile import JobSpec
 from gpusched.model import Gpu, GpuRef, Job, State
 from gpusched.policy import fairshare, inputs
@@ -29,14 +30,15 @@ class PolicyDriver:
     name = "gpusched"
     lossless = False
 
-    def __init__(self, gpus: int, settings: dict[str, Any], *, half_life: float, shares: dict | None = None,
-                 default_share: float = 1.0, default_class: str = policy.classes.DEFAULT):
+    def __init__(self, gpus: int, cfg: Config | None = None):
+        cfg = cfg or Config()
         self.gpus = inventory(gpus)
-        self.settings = settings
-        self.shares = shares or {}
-        self.default_share = default_share
-        self.default_class = default_class
-        self.ledger = fairshare.Ledger(half_life)
+        # what the daemon passes (the trace's jobs are one user each per row, never CPU-only: no CPU cap)
+        self.settings = inputs.settings(cfg, cpu_cap=0)
+        self.shares = dict(cfg.shares)
+        self.default_share = cfg.default_share
+        self.default_class = cfg.default_class
+        self.ledger = fairshare.Ledger(cfg.fair_share_half_life)
         self.sim: dict[int, SimJob] = {}
         self.jobs: dict[int, Job] = {}
         self.queued: dict[int, policy.Request] = {}

@@ -48,6 +48,7 @@ class Holder:
     uid: int = -1
     cpu_only: bool = False
     job_class: str = ""
+    submitted: float = 0.0             # epoch seconds
     started: float | None = None       # epoch seconds this attempt started; None = unknown
     time_limit: float | None = None    # of this attempt; None = none known
     limit_estimated: bool = False

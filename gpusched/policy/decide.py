@@ -52,7 +52,7 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
                 max_cpu_jobs_per_user=max_cpu_jobs_per_user, classes=classes)
     gate = Gate(holders, gpus, **caps)
     pool = Pool(gpus, holders, reserve_memory)
-    pre = Preemption(holders, margin=preempt_margin, classes=classes, now=now)
+    pre = Preemption(holders, margin=preempt_margin, classes=classes, now=now, aging=aging)
     key = ordermod.keyfunc(classes=classes, now=now, aging=aging, standing=standing)
     if gpus is not None and not pool.any_free() and not pool.coming and not pre.possible(queued):
         if _nothing_free(queued, gate, Gate(holders, gpus, **caps), pool, key, d, holders, now, backfill):

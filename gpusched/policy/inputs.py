@@ -9,11 +9,14 @@ gives the time, the usage and the history.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from gpusched.model import Job, State
 from gpusched.policy.classes import DEFAULT, JobClass
 from gpusched.policy.data import Backfill, Holder, Request
+
+if TYPE_CHECKING:
+    from gpusched.config import Config
 
 # how many of a user's latest runs of the same job name an estimate looks at, and how far above the longest it
 # is set: a recurring job varies, and an estimate that is too short only misleads the backfill plan
@@ -68,14 +71,14 @@ def holder(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_c
     limit, estimated = time_limit(job, (classes or {}).get(name), history_estimate)
     return Holder(job.id, spec.priority, tuple(g.index for g in job.gpus), spec.preemptible,
                   job.state == State.STOPPING, uid=job.uid, cpu_only=spec.gpus == 0, job_class=name,
-                  started=job.started, time_limit=limit, limit_estimated=estimated, resumable=spec.resumable,
-                  share=spec.share, gpu_memory=spec.gpu_memory, grace=spec.grace)
+                  submitted=job.submitted, started=job.started, time_limit=limit, limit_estimated=estimated,
+                  resumable=spec.resumable, share=spec.share, gpu_memory=spec.gpu_memory, grace=spec.grace)
 
 
-def settings(cfg: Any, cpu_cap: int) -> dict[str, Any]:
-    """schedule()'s keywords from a config.Config (cpu_cap: config.cpu_job_cap(cfg), which reads the machine).
+def settings(cfg: Config, cpu_cap: int) -> dict[str, Any]:
+    """schedule()'s keywords from the config (cpu_cap: config.cpu_job_cap(cfg), which reads the machine).
     The fair-share standing and the time are per pass: add `standing=` and `now=`."""
-    classes = {c.name: c for c in cfg.classes} or None
+    classes = cfg.class_map() or None
     return {
         "max_running": cfg.max_running, "preempt_margin": cfg.preempt_margin,
         "max_running_per_user": cfg.max_running_per_user, "max_cpu_jobs_per_user": cpu_cap,

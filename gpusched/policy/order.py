@@ -3,21 +3,25 @@
 Without a clock (the first policy): class rank, then priority (lower first), then id (arrival).
 
 With a clock (`now`), within a class rank:
-1. Jobs that have waited at least `aging` go first, oldest first: nobody waits behind younger jobs for ever,
-   whatever their time limit or their user's usage. (EASY backfill then guarantees the first of them a start.)
-2. The others, shortest time limit first, in bands of a factor of two: a limit is a user's rough guess (real
-   jobs use a fifth to four fifths of it), so finer differences are noise, and a band leaves room for fairness.
-   No limit at all ranks last.
-3. Within a band, the user furthest below their fair share first (fairshare.standings).
-4. Then the user's own priority, which therefore orders only their own jobs: it can't move a job ahead of
+1. Overdue jobs first: a job that has waited `aging` times its own time limit is overdue, and overdue jobs go
+   by how long they have been overdue (earliest deadline first). Nobody waits behind younger, shorter jobs
+   for ever, whatever their user's usage; EASY backfill then guarantees the first of them a start.
+2. The others by response ratio, shortest first: the band of their time limit minus the band of their wait so
+   far (bands are factors of two, from a minute). Short jobs go first (Smith's rule: the mean wait falls), and
+   every job climbs as it waits, a long job as surely as a short one, only more slowly (highest response
+   ratio next). A limit is a rough guess (real jobs use a fifth to four fifths of it), so finer differences
+   are noise, and the bands leave room for the next rules. No limit ranks last.
+3. Among jobs of the same ratio band, wider jobs first: a job that needs several GPUs at once is the hardest to
+   place, and once it has its reservation narrow jobs fill in around it; the other way round the GPUs it
+   waits for sit idle while it waits.
+4. Then the user furthest below their fair share (fairshare.standings).
+5. Then the user's own priority, which therefore orders only their own jobs: it never moves a job ahead of
    another user's.
-5. Then arrival.
-Shortest-first is what cuts the mean wait (Smith's rule); aging bounds what it costs the long jobs.
+6. Then arrival.
 """
 
 from __future__ import annotations
 
-import functools
 import heapq
 import math
 from typing import Callable, Iterator, Mapping, Sequence
@@ -28,20 +32,28 @@ from gpusched.policy.data import Request
 from gpusched.policy.fairshare import EVEN, Standing
 
 Key = tuple
-UNLIMITED_AGES_AS = 7 * 86400.0
 KeyFunc = Callable[[Request], Key]
+# a job without a time limit ages as if it had asked for a week, the longest limit the site model knows
+UNLIMITED_AGES_AS = 7 * 86400.0
 
 
-@functools.lru_cache(maxsize=4096)
-def band(limit: float | None) -> float:
-    """Time-limit band: limits within a factor of two of each other share one (from a minute up)."""
-    if limit is None:
+def band(seconds: float | None) -> float:
+    """Durations within a factor of two of each other share a band: 0 up to a minute, then 1, 2, ...
+    (ceil(log2(minutes)), computed without floating-point logarithms)."""
+    if seconds is None:
         return math.inf
-    return float(max(0, math.ceil(math.log2(max(limit, 60.0) / 60.0))))
+    if seconds <= 60.0:
+        return 0
+    return (math.ceil(seconds / 60.0) - 1).bit_length()
+
+
+def deadline(r: Request, aging: float) -> float:
+    """When the job will have waited `aging` times its own time limit."""
+    return r.submitted + aging * (r.time_limit if r.time_limit is not None else UNLIMITED_AGES_AS)
 
 
 def keyfunc(*, classes: Mapping[str, JobClass] | None = None, now: float | None = None, aging: float = 0.0,
-            standing: Mapping[int, Standing] | None = None) -> Callable[[Request], Key]:
+            standing: Mapping[int, Standing] | None = None) -> KeyFunc:
     """The sort key for this pass (smaller first)."""
     ranks: dict[str, int] = {}
 
@@ -61,20 +73,21 @@ def keyfunc(*, classes: Mapping[str, JobClass] | None = None, now: float | None 
             due = deadline(r, aging)
             if due <= now:
                 return (rank(r), 0, due, r.id)
-        return (rank(r), 1, band(r.time_limit), standing.get(r.uid, EVEN), r.uid, r.priority, r.submitted, r.id)
+        ratio = band(r.time_limit) - band(now - r.submitted)
+        return (rank(r), 1, ratio, -r.gpus, standing.get(r.uid, EVEN), r.uid, r.priority, r.submitted, r.id)
     return key
 
 
-def deadline(r: Request, aging: float) -> float:
-    """When a job has waited `aging` times its own time limit (a job without one ages as if it had asked for
-    UNLIMITED_AGES_AS)."""
-    return r.submitted + aging * (r.time_limit if r.time_limit is not None else UNLIMITED_AGES_AS)
-
-
-def ordered(queued: Sequence[Request], key: Callable[[Request], Key]) -> Iterator[Request]:
+def ordered(queued: Sequence[Request], key: KeyFunc) -> Iterator[Request]:
     """The queue in order, lazily: heapify is linear, and each job taken costs log n, so a pass that stops
     after a few jobs never sorts the whole queue."""
     heap = [(key(r), i) for i, r in enumerate(queued)]
     heapq.heapify(heap)
     while heap:
         yield queued[heapq.heappop(heap)[1]]
+
+
+def ahead(job: Request, queued: Sequence[Request], key: KeyFunc) -> list[Request]:
+    """The jobs ordered before `job` in this pass, first first (for `gpuschedctl show`: one linear scan)."""
+    mine = key(job)
+    return sorted((r for r in queued if r.id != job.id and key(r) < mine), key=key)
