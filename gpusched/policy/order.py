@@ -69,13 +69,21 @@ def keyfunc(*, classes: Mapping[str, JobClass] | None = None, now: float | None 
     standing = standing or {}
 
     def key(r: Request) -> Key:
-        if aging > 0:
-            due = deadline(r, aging)
-            if due <= now:
-                return (rank(r), 0, due, r.id)
-        ratio = band(r.time_limit) - band(now - r.submitted)
-        return (rank(r), 1, ratio, -r.gpus, standing.get(r.uid, EVEN), r.uid, r.priority, r.submitted, r.id)
+        first = urgency(r.submitted, r.time_limit, now, aging)
+        if first[0] == 0:
+            return (rank(r), *first, r.id)
+        return (rank(r), *first, -r.gpus, standing.get(r.uid, EVEN), r.uid, r.priority, r.submitted, r.id)
     return key
+
+
+def urgency(submitted: float, time_limit: float | None, now: float, aging: float) -> tuple[int, float]:
+    """The time-aware part of the order, for a queued job or a running one (preemption compares them):
+    (0, deadline) once overdue, else (1, response-ratio band)."""
+    if aging > 0:
+        due = submitted + aging * (time_limit if time_limit is not None else UNLIMITED_AGES_AS)
+        if due <= now:
+            return (0, due)
+    return (1, band(time_limit) - band(now - submitted))
 
 
 def ordered(queued: Sequence[Request], key: KeyFunc) -> Iterator[Request]:

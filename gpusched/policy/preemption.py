@@ -15,13 +15,19 @@ has done this attempt), then the latest.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 from gpusched.policy import classes as classmod
 from gpusched.policy.classes import JobClass
 from gpusched.policy.data import Holder, Request
-from gpusched.policy.order import UNLIMITED_AGES_AS
+from gpusched.policy import order as ordermod
 from gpusched.policy.placement import Pool, fits
+
+
+# A resumable job stopped for a shorter one loses about its grace of work; it is stopped only after running
+# grace / LOST_WORK_BUDGET, so that no more than this fraction of the GPU time it runs is thrown away.
+LOST_WORK_BUDGET = 0.05
 
 
 def lost_gpu_seconds(h: Holder, now: float) -> float:
@@ -42,35 +48,21 @@ class Preemption:
         if now is None:
             victims.sort(key=lambda h: (-h.priority, -h.id))
         else:
-            victims.sort(key=lambda h: (-classmod.rank(classes, h.job_class), not h.resumable,
-                                        lost_gpu_seconds(h, now), -h.id))
+            def least_work_lost(h: Holder) -> tuple:
+                tier, value = ordermod.urgency(h.submitted, h.time_limit, now, aging)
+                return (-classmod.rank(classes, h.job_class), not h.resumable, lost_gpu_seconds(h, now), -tier,
+                        -value, -h.id)
+            victims.sort(key=least_work_lost)
         self.victims = victims
-        # the time rule needs a victim with time left and a short enough job: cheap to rule out up front
-        self.longest_left = max((self._left(h) - self._lost_time(h) for h in victims if self._by_time_ok(h)),
-                                default=0.0)
-
-    def _left(self, h: Holder) -> float:
-        """What the job may still run by its own limit (unbounded without one)."""
-        assert self.now is not None and h.started is not None
-        if h.time_limit is None:
-            return float("inf")
-        return h.started + h.time_limit - self.now
-
-    def _lost_time(self, h: Holder) -> float:
-        assert self.now is not None and h.started is not None
-        ran = max(0.0, self.now - h.started)
-        return min(ran, h.grace) if h.resumable else ran
-
-    def _by_time_ok(self, h: Holder) -> bool:
-        """May this job be stopped for a shorter one at all? Only a resumable one (a job that doesn't checkpoint
-        would lose its whole attempt: replayed on a real cluster log, stopping those for shorter jobs threw
-        away 11% of the GPU time and doubled the mean completion time), once it has run its grace (a stop
-        costs it about that much), and not once it is overdue (it may have been started on that guarantee)."""
-        if self.now is None or h.started is None:
-            return False
-        if self.aging and h.submitted + self.aging * (h.time_limit or UNLIMITED_AGES_AS) <= self.now:
-            return False
-        return h.resumable and self.now - h.started >= h.grace
+        # the time rule: resumable victims that have run long enough, are not overdue, and what they have left
+        self.by_time: dict[int, float] = {}
+        if now is not None:
+            for h in victims:
+                if (h.resumable and h.started is not None and now - h.started >= h.grace / LOST_WORK_BUDGET
+                        and ordermod.urgency(h.submitted, h.time_limit, now, aging)[0] == 1):
+                    left = h.started + h.time_limit - now if h.time_limit is not None else math.inf
+                    self.by_time[h.id] = ordermod.band(left)
+        self.least_urgent = max(self.by_time.values(), default=None)
 
     def possible(self, queued: Sequence[Request]) -> bool:
         """Could any of these requests preempt anyone? (Without building the order: a pass where nothing is
@@ -86,9 +78,9 @@ class Preemption:
             victim_classes = {h.job_class for h in self.victims}
             if any(classmod.may_preempt(self.classes, a, v) for a in attackers for v in victim_classes):
                 return True
-        if self.longest_left > 0:
-            shortest = min((r.time_limit for r in queued if r.gpus and r.time_limit is not None), default=None)
-            if shortest is not None and shortest < self.longest_left:
+        if self.least_urgent is not None:
+            shortest = min((ordermod.band(r.time_limit) for r in queued if r.gpus), default=math.inf)
+            if shortest < self.least_urgent:
                 return True
         return False
 
@@ -97,21 +89,18 @@ class Preemption:
             return True
         if classmod.may_preempt(self.classes, req.job_class, h.job_class):
             return True
-        if (self._by_time_ok(h) and req.time_limit is not None
-                and classmod.rank(self.classes, req.job_class) <= classmod.rank(self.classes, h.job_class)):
-            lost = self._lost_time(h)
-            # the swap shortens the sum of completion times: the request runs now, the victim later, redoing
-            # what it loses (at most its grace)
-            if lost + req.time_limit < self._left(h):
-                return True
+        if h.id in self.by_time and req.job_class == h.job_class:
+            # shortest remaining time first, by time-limit bands: the request is at least twice as short as
+            # what the victim may still run
+            return ordermod.band(req.time_limit) < self.by_time[h.id]
         return False
 
     def choose(self, req: Request, pool: Pool, have: int) -> list[Holder] | None:
         """Victims that together with `have` GPUs give the request enough, in preference order; None if no
         such set exists. A GPU counts once every running job on it is chosen (jobs sharing a GPU free it
         together); a victim none of whose GPUs comes free for the request is not stopped."""
-        if (self.now is not None and not self.classes
-                and (req.time_limit is None or req.time_limit >= self.longest_left)):
+        if self.now is not None and not self.classes and (
+                self.least_urgent is None or ordermod.band(req.time_limit) >= self.least_urgent):
             return None                      # only the time rule could apply, and it can't for this request
         chosen: list[tuple[Holder, list[int]]] = []
         gain = 0
