@@ -4,8 +4,8 @@ Without a clock (the first policy): class rank, then priority (lower first), the
 
 With a clock (`now`), within a class rank:
 1. Overdue jobs first: a job that has waited `aging` times its own time limit is overdue, and overdue jobs go
-   by how long they have been overdue (earliest deadline first). Nobody waits behind younger, shorter jobs
-   for ever, whatever their user's usage; EASY backfill then guarantees the first of them a start.
+   earliest deadline first (the rules below break ties). Nobody waits behind younger, shorter jobs for ever,
+   whatever their user's usage; EASY backfill then guarantees the first of them a start.
 2. The others by response ratio, shortest first: the band of their time limit minus the band of their wait so
    far (bands are factors of two, from a minute). Short jobs go first (Smith's rule: the mean wait falls), and
    every job climbs as it waits, a long job as surely as a short one, only more slowly (highest response
@@ -69,16 +69,14 @@ def keyfunc(*, classes: Mapping[str, JobClass] | None = None, now: float | None 
     standing = standing or {}
 
     def key(r: Request) -> Key:
-        first = urgency(r.submitted, r.time_limit, now, aging)
-        if first[0] == 0:
-            return (rank(r), *first, r.id)
-        return (rank(r), *first, -r.gpus, standing.get(r.uid, EVEN), r.uid, r.priority, r.submitted, r.id)
+        tier, value = urgency(r.submitted, r.time_limit, now, aging)
+        return (rank(r), tier, value, -r.gpus, standing.get(r.uid, EVEN), r.uid, r.priority, r.submitted, r.id)
     return key
 
 
 def urgency(submitted: float, time_limit: float | None, now: float, aging: float) -> tuple[int, float]:
-    """The time-aware part of the order, for a queued job or a running one (preemption compares them):
-    (0, deadline) once overdue, else (1, response-ratio band)."""
+    """The time-aware part of the order, for a queued job or a running one: (0, its deadline) once overdue,
+    else (1, its response-ratio band). Smaller first."""
     if aging > 0:
         due = submitted + aging * (time_limit if time_limit is not None else UNLIMITED_AGES_AS)
         if due <= now:
