@@ -144,3 +144,95 @@ def test_log_floor_is_a_size_a_percentage_or_the_default():
     assert log_floor(parse("log_min_free = 0\n"), 100 * gib) == 0
     with pytest.raises(ConfigError, match="log_min_free"):
         parse('log_min_free = "150%"\n')
+
+
+# --- scheduling policy keys (docs/policy.md) ----------------------------------------------------------------
+
+POLICY = '''
+backfill = false
+aging = 1.5
+default_class = "normal"
+
+[fair_share]
+half_life = "2d"
+default_share = 2
+users = { alice = 3, bob = 0.5 }
+groups = { vision = 4 }
+
+[classes.debug]
+priority = 0
+users = ["alice"]
+groups = ["gpuusers"]
+max_gpus_per_user = 1
+max_time_limit = "2h"
+default_time_limit = "30m"
+preempts = ["low"]
+
+[classes.normal]
+priority = 10
+preempts = ["low"]
+
+[classes.low]
+priority = 20
+'''
+
+
+def test_policy_keys():
+    from gpusched.policy import JobClass
+    cfg = config.parse(POLICY)
+    assert (cfg.backfill, cfg.aging, cfg.default_class) == (False, 1.5, "normal")
+    assert (cfg.fair_share_half_life, cfg.default_share) == (2 * 86400.0, 2.0)
+    assert cfg.shares == (("alice", 3.0), ("bob", 0.5)) and cfg.share_groups == (("vision", 4.0),)
+    assert cfg.classes[0] == JobClass("debug", priority=0, users=frozenset({"alice"}),
+                                      groups=frozenset({"gpuusers"}), max_gpus_per_user=1, max_time_limit=7200.0,
+                                      default_time_limit=1800.0, preempts=frozenset({"low"}))
+    assert [c.name for c in cfg.classes] == ["debug", "normal", "low"]
+
+
+def test_policy_defaults():
+    cfg = Config()
+    assert (cfg.backfill, cfg.aging, cfg.fair_share_half_life, cfg.default_share) == (True, 2.0, 7 * 86400.0, 1.0)
+    assert (cfg.classes, cfg.shares, cfg.default_class) == ((), (), "normal")
+
+
+def test_class_max_time_limit_is_the_default_when_none_is_given():
+    cfg = config.parse('[classes.normal]\nmax_time_limit = "1d"\n')
+    assert cfg.classes[0].default_time_limit == 86400.0
+
+
+def test_job_limits_carry_the_classes_and_who_may_use_them():
+    cfg = config.parse(POLICY)
+    alice, bob, lab = cfg.job_limits("alice"), cfg.job_limits("bob"), cfg.job_limits("carol", ["gpuusers"])
+    assert alice.classes == {"debug": 7200.0, "normal": 0.0, "low": 0.0} and alice.default_class == "normal"
+    assert alice.allowed_classes == {"debug", "normal", "low"}
+    assert bob.allowed_classes == {"normal", "low"}
+    assert lab.allowed_classes == {"debug", "normal", "low"}
+    assert cfg.job_limits().allowed_classes == {"normal", "low"}        # without the owner: public ones only
+    assert Config().job_limits().classes is None
+
+
+@pytest.mark.parametrize("text, key", [
+    ("backfill = 1", "backfill"),
+    ("aging = -1", "aging"),
+    ('aging = "2"', "aging"),
+    ("fair_share = 3", "fair_share"),
+    ("[fair_share]\nhalflife = 3", "fair_share.halflife"),
+    ('[fair_share]\nhalf_life = "soon"', "fair_share.half_life"),
+    ("[fair_share]\nusers = { alice = -1 }", "fair_share.users.alice"),
+    ("[fair_share]\ndefault_share = true", "fair_share.default_share"),
+    ("[classes.normal]\npriority = 1.5", "classes.normal.priority"),
+    ('[classes.normal]\nusers = "alice"', "classes.normal.users"),
+    ("[classes.normal]\nmax_gpus_per_user = -1", "classes.normal.max_gpus_per_user"),
+    ('[classes.normal]\nmax_time_limit = "1h"\ndefault_time_limit = "2h"', "classes.normal.default_time_limit"),
+    ('[classes.normal]\npreempts = ["nope"]', "classes.normal.preempts"),
+    ('[classes.normal]\npreempts = ["normal"]', "classes.normal.preempts"),
+    ("[classes.normal]\npriorty = 1", "classes.normal.priorty"),
+    ('[classes."bad name"]\npriority = 1', "classes.bad name"),
+    ("[classes.debug]\npriority = 1", "classes"),                   # no "normal" and no default_class
+    ('default_class = "debug"\n[classes.normal]\n', "default_class"),
+    ('default_class = "normal"', "default_class"),
+])
+def test_bad_policy_values_name_the_key(text, key):
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "c.toml")
+    assert f" {key}: " in str(e.value) or f":{key}: " in str(e.value), str(e.value)

@@ -87,6 +87,9 @@ EXPECTED: dict[str, dict] = {
     "checkpoint.toml": {"name": "train-with-checkpoint", "stop_signal": int(signal.SIGUSR1), "grace": 120.0},
     "non-preemptible.toml": {"name": "db-migration", "gpus": 0, "preemptible": False},
     "as-user.toml": {"name": "nightly-cleanup", "user": "nobody", "gpus": 0, "priority": 200},
+    "resumable.toml": {"name": "resumable-train", "resumable": True, "stop_signal": int(signal.SIGUSR1),
+                       "grace": 120.0},
+    "shared-gpu.toml": {"name": "small-eval", "share": True, "gpu_memory": 10 * GiB},
 }
 
 
@@ -109,7 +112,8 @@ def test_example_fields(name):
     spec = load(EXAMPLES / name)
     defaults = JobSpec(command="x", name="x")
     for f in ("workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids", "priority", "limits",
-              "time_limit", "grace", "stop_signal", "preemptible", "user", "name", "command"):
+              "time_limit", "grace", "stop_signal", "preemptible", "user", "name", "command", "job_class",
+              "resumable", "share"):
         if f in EXPECTED[name]:
             assert getattr(spec, f) == EXPECTED[name][f], f
         elif f not in ("name", "command"):
@@ -811,3 +815,70 @@ def test_only_root_or_admins_may_make_a_job_non_preemptible():
     assert parse(text, "job.toml", owner_is_root=False).preemptible is False          # no limits: as read back
     assert parse(b'command = "true"\npreemptible = true\n', "job.toml", owner_is_root=False,
                  limits=Limits()).preemptible is True
+
+
+# --- class, resumable, share (issue 8) ----------------------------------------------------------------------
+
+CLASSY = Limits(classes={"debug": 7200.0, "normal": 0.0, "low": 0.0}, default_class="normal",
+                allowed_classes=frozenset({"normal", "low"}))
+
+
+def test_resumable_and_share_are_booleans():
+    s = p('command = "x"\nresumable = true\nshare = true\ngpu_memory = "4G"\n')
+    assert (s.resumable, s.share, s.job_class) == (True, True, None)
+    assert s.to_dict()["resumable"] is True and s.to_dict()["share"] is True
+    e = error('command = "x"\nresumable = "yes"\n')
+    assert "resumable: expected true or false, got a string" in str(e)
+
+
+def test_share_needs_gpu_memory_and_gpus():
+    assert "share: true needs gpu_memory" in str(error('command = "x"\nshare = true\n'))
+    assert "share: is set but the job asks for gpus = 0" in str(error('command = "x"\ngpus = 0\nshare = true\n'))
+    assert not p('command = "x"\nshare = false\n').share
+
+
+def test_class_a_user_was_granted():
+    s = p('command = "x"\nclass = "low"\n', limits=CLASSY)
+    assert s.job_class == "low" and s.to_dict()["class"] == "low"
+
+
+def test_class_not_granted_is_refused_for_users_but_not_admins_or_root():
+    text = b'command = "x"\nclass = "debug"\n'
+    with pytest.raises(JobFileError, match="class: 'debug' is not granted to you"):
+        parse(text, "j.toml", owner_is_root=False, limits=CLASSY)
+    assert parse(text, "j.toml", owner_is_root=False, limits=CLASSY, privileged=True).job_class == "debug"
+    assert parse(text, "j.toml", owner_is_root=True, limits=CLASSY).job_class == "debug"
+
+
+def test_unknown_class_is_refused_for_everyone_with_a_hint():
+    with pytest.raises(JobFileError) as e:
+        parse(b'command = "x"\n\nclass = "lo"\n', "j.toml", owner_is_root=True, limits=CLASSY)
+    assert "j.toml:3: class: 'lo': no such class on this server (did you mean 'low'?); it has: debug, low, normal" \
+        in str(e.value)
+
+
+def test_class_on_a_server_without_classes():
+    with pytest.raises(JobFileError, match="this server defines no job classes"):
+        parse(b'command = "x"\nclass = "debug"\n', "j.toml", owner_is_root=False, limits=Limits())
+    # a stored file is read back without limits: the class it was accepted with stays
+    assert p('command = "x"\nclass = "debug"\n').job_class == "debug"
+
+
+def test_class_time_limit_cap():
+    text = b'command = "x"\nclass = "debug"\ntime_limit = "3h"\n'
+    with pytest.raises(JobFileError, match="time_limit: 3h is more than the 2h class 'debug' allows"):
+        parse(text, "j.toml", owner_is_root=False, limits=CLASSY, privileged=True)
+    parse(b'command = "x"\nclass = "debug"\ntime_limit = "1h"\n', "j.toml", owner_is_root=False, limits=CLASSY,
+          privileged=True)
+
+
+def test_default_class_cap_applies_to_a_file_that_names_no_class():
+    lim = Limits(classes={"normal": 3600.0}, default_class="normal", allowed_classes=frozenset({"normal"}))
+    with pytest.raises(JobFileError, match="class 'normal' allows"):
+        parse(b'command = "x"\ntime_limit = "2h"\n', "j.toml", owner_is_root=False, limits=lim)
+
+
+@pytest.mark.parametrize("value", ['""', '"has space"', '"a/b"', "3", '"' + "c" * 65 + '"'])
+def test_bad_class_names(value):
+    e = error(f'command = "x"\nclass = {value}\n')
+    assert "class:" in str(e)

@@ -8,6 +8,7 @@ keyword below turns on one mechanism, and `gpusched.config` holds the defaults t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping, Sequence
 
@@ -61,6 +62,7 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
 
     reservation: Reservation | None = None
     blocked: Request | None = None                   # with backfill OFF: the job everyone else waits behind
+    started: list[tuple[Request, tuple[int, ...]]] = []          # GPU jobs started in this pass
     cpu_left = sum(1 for r in queued if not r.gpus)
     may_preempt = pre.possible(queued)
     for req in ordermod.ordered(queued, key):
@@ -90,7 +92,9 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
                 continue
             if reservation is not None and now is not None:
                 reservation.take(req, take, now)
-            d.starts.append((req.id, pool.take(req, take)))
+            idx = pool.take(req, take)
+            d.starts.append((req.id, idx))
+            started.append((req, idx))
             gate.admit(req)
             continue
         # Not enough now. GPUs already being freed for it (earlier preemptions) count before preempting more.
@@ -116,7 +120,7 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
             continue
         reason = _short_of(req, len(usable), pool)
         if backfill == Backfill.EASY and reservation is None and now is not None:
-            reservation = reserve(req, pool, holders, now)
+            reservation = reserve(req, pool, _as_planned(holders, d, started, now), now)
             reason += _planned(reservation, d)
         elif backfill == Backfill.OFF:
             blocked = req
@@ -128,6 +132,20 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
             _rest(d, queued, lambda r: _waits(r, gate, pool, memo))
             break
     return d
+
+
+def _as_planned(holders: Sequence[Holder], d: Decision, started: Sequence[tuple[Request, tuple[int, ...]]],
+                now: float) -> list[Holder]:
+    """The holders as they will be once this pass's decisions are carried out: its victims stopping, the jobs
+    it started running from now (a reservation that missed them would promise GPUs they hold)."""
+    stopping = {v for v, _ in d.preempts}
+    out = [dataclasses.replace(h, stopping=True) if h.id in stopping else h for h in holders]
+    for r, idx in started:
+        out.append(Holder(r.id, r.priority, idx, uid=r.uid, cpu_only=not idx, job_class=r.job_class,
+                              submitted=r.submitted, started=now, time_limit=r.time_limit,
+                              limit_estimated=r.limit_estimated, resumable=r.resumable, share=r.share,
+                              gpu_memory=r.gpu_memory, grace=r.grace))
+    return out
 
 
 def _waits(req: Request, gate: Gate, pool: Pool, memo: dict) -> str:
