@@ -233,9 +233,10 @@ def _policy(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
     kw["classes"] = tuple(built)
     if "default_class" in doc:
         v = doc["default_class"]
-        if not isinstance(v, str) or v not in classes:
-            raise err("default_class", f"{v!r} is not one of the classes defined here"
-                                       + (f" ({', '.join(classes)})" if classes else " (there are none)"))
+        if not isinstance(v, str) or not jobfile.CLASS_NAME.fullmatch(v):
+            raise err("default_class", "expected a class name")
+        if classes and v not in classes:               # without classes it names what a first one will be
+            raise err("default_class", f"{v!r} is not one of the classes defined here ({', '.join(classes)})")
         kw["default_class"] = v
     elif classes and DEFAULT_CLASS not in classes:
         raise err("classes", f"no class is called {DEFAULT_CLASS!r}: set default_class to the class of jobs "

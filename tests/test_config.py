@@ -230,7 +230,7 @@ def test_job_limits_carry_the_classes_and_who_may_use_them():
     ('[classes."bad name"]\npriority = 1', "classes.bad name"),
     ("[classes.debug]\npriority = 1", "classes"),                   # no "normal" and no default_class
     ('default_class = "debug"\n[classes.normal]\n', "default_class"),
-    ('default_class = "normal"', "default_class"),
+    ("default_class = 3", "default_class"),
 ])
 def test_bad_policy_values_name_the_key(text, key):
     with pytest.raises(ConfigError) as e:
