@@ -118,3 +118,28 @@ def test_unequal_shares_split_accordingly():
     window = 20 * 3600.0
     a, b = _gpu_seconds_until(jobs, "alice", window), _gpu_seconds_until(jobs, "bob", window)
     assert 0.70 <= a / (a + b) <= 0.80, (a, b)
+
+
+def test_a_ledger_rebuilt_from_history_matches_one_charged_as_jobs_ran():
+    runs = [("a", 2, 0.0, 5 * 3600.0), ("b", 1, 3600.0, 9 * 3600.0), ("a", 1, 20 * 3600.0, 30 * 3600.0)]
+    live = Ledger(DAY)
+    for user, gpus, start, end in runs:
+        live.charge(user, gpus, start, end)
+    now = 40 * 3600.0
+    rebuilt = Ledger.rebuild(runs, DAY, now)
+    for user in ("a", "b"):
+        assert rebuilt.value(user, now) == pytest.approx(live.value(user, now))
+    # an attempt still running counts up to now only
+    assert Ledger.rebuild([("a", 1, 0.0, 10 * now)], 0, now).value("a", now) == now
+
+
+def test_runs_of_a_job_from_its_history():
+    from gpusched.jobfile import JobSpec
+    from gpusched.model import Job, State
+    from gpusched.policy import inputs
+    job = Job(id=1, user="a", uid=1, source="x", state=State.RUNNING, submitted=0.0,
+              spec=JobSpec(command="x", name="x", gpus=2), started=500.0,
+              history=[{"attempt": 1, "started": 10.0, "ended": 100.0, "outcome": "preempted"}])
+    assert inputs.runs(job, 600.0) == [("a", 2.0, 10.0, 100.0), ("a", 2.0, 500.0, 600.0)]
+    job.spec = JobSpec(command="x", name="x", gpus=0)
+    assert inputs.runs(job, 600.0) == []

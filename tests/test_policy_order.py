@@ -39,7 +39,7 @@ def test_a_long_job_climbs_as_it_waits():
     assert first([fresh_short, req(2, limit=16 * H, waited=17 * 60)]) == [2]
 
 
-def test_overdue_jobs_go_first_by_deadline():
+def test_overdue_jobs_go_first_earliest_deadline_first():
     # aging 2: overdue once it has waited twice its limit; among overdue ones the earliest deadline first
     long_overdue = req(1, limit=24 * H, waited=49 * H)          # deadline 1 h ago
     short_overdue = req(2, limit=H, waited=3 * H - 1)           # deadline 1 h ago, 1 s later
@@ -92,3 +92,11 @@ def test_key_without_now_is_the_first_policys():
     key = keyfunc()
     assert sorted([req(2, priority=5), req(1, priority=5), req(3, priority=1)], key=key)[0].id == 3
     assert [r.id for r in sorted([req(2, priority=5), req(1, priority=5)], key=key)] == [1, 2]
+
+
+def test_ahead_lists_the_jobs_ordered_before_one():
+    from gpusched.policy.order import ahead
+    queued = [req(1, limit=4 * H), req(2, limit=H), req(3, limit=60), req(4, limit=16 * H)]
+    key = keyfunc(now=NOW, aging=2)
+    assert [r.id for r in ahead(queued[0], queued, key)] == [3, 2]
+    assert ahead(queued[2], queued, key) == []

@@ -37,7 +37,8 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
     classes: the configured job classes by name (Request/Holder.job_class names one); None: no classes.
     standing: each uid's fair-share standing (fairshare.standings); ordering users within a class and band.
     backfill: GREEDY (anything that fits starts), EASY (a reservation for the first job that can't start), OFF.
-    aging: seconds after which a waiting job goes ahead of every younger one in its class; 0: never.
+    aging: how many times its own time limit a job may wait before it is overdue: overdue jobs go first in
+      their class, earliest deadline first; 0: never.
     now: epoch seconds. Given, the order is time-aware (order.py), priority orders only a user's own jobs,
       preempt_margin no longer applies (urgency comes from classes), and resumable jobs may be preempted
       for much shorter ones (preemption.py). EASY backfill needs it.
@@ -55,7 +56,8 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
     pool = Pool(gpus, holders, reserve_memory)
     pre = Preemption(holders, margin=preempt_margin, classes=classes, now=now, aging=aging)
     key = ordermod.keyfunc(classes=classes, now=now, aging=aging, standing=standing)
-    if gpus is not None and not pool.any_free() and not pool.coming and not pre.possible(queued):
+    may_preempt = pre.possible(queued)
+    if gpus is not None and not pool.any_free() and not pool.coming and not may_preempt:
         if _nothing_free(queued, gate, Gate(holders, gpus, **caps), pool, key, d, holders, now, backfill):
             return d
         d, gate = Decision(), Gate(holders, gpus, **caps)
@@ -64,7 +66,6 @@ def schedule(queued: Sequence[Request], holders: Sequence[Holder], gpus: Sequenc
     blocked: Request | None = None                   # with backfill OFF: the job everyone else waits behind
     started: list[tuple[Request, tuple[int, ...]]] = []          # GPU jobs started in this pass
     cpu_left = sum(1 for r in queued if not r.gpus)
-    may_preempt = pre.possible(queued)
     for req in ordermod.ordered(queued, key):
         if gate.full():
             # nothing more can start this pass: the rest wait, without ordering them any further

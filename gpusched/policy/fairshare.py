@@ -59,6 +59,16 @@ class Ledger:
     def value(self, user: Hashable, now: float) -> float:
         return decay(self.usage.get(user, 0.0), now - self.at, self.half_life)
 
+    @classmethod
+    def rebuild(cls, runs: Iterable[tuple[Hashable, float, float, float]], half_life: float, now: float) -> Ledger:
+        """A ledger as of `now` from (user, gpus, start, end) of past attempts (a daemon that restarts has
+        its jobs' histories, not the ledger): the same numbers as charging them as they ran."""
+        ledger = cls(half_life, at=now)
+        for user, gpus, start, end in runs:
+            end = min(end, now)
+            ledger.usage[user] = ledger.usage.get(user, 0.0) + held(gpus, start, end, now, half_life)
+        return ledger
+
 
 def standings(usage: Mapping[Hashable, float], users: Iterable[Hashable], *,
               shares: Mapping[Hashable, float] | None = None, default_share: float = 1.0,

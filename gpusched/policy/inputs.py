@@ -75,6 +75,19 @@ def holder(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_c
                   resumable=spec.resumable, share=spec.share, gpu_memory=spec.gpu_memory, grace=spec.grace)
 
 
+def runs(job: Job, now: float) -> list[tuple[str, float, float, float]]:
+    """(user, gpus, start, end) of each attempt of the job that held GPUs, the current one up to now: what
+    fairshare.Ledger.rebuild needs to recover usage after a restart."""
+    n = job.spec.gpus if job.spec else 0
+    if not n:
+        return []
+    out = [(job.user, float(n), float(h["started"]), float(h["ended"])) for h in job.history
+           if h.get("started") is not None and h.get("ended") is not None]
+    if job.started is not None and job.state in (State.STARTING, State.RUNNING, State.STOPPING):
+        out.append((job.user, float(n), job.started, now))
+    return out
+
+
 def settings(cfg: Config, cpu_cap: int) -> dict[str, Any]:
     """schedule()'s keywords from the config (cpu_cap: config.cpu_job_cap(cfg), which reads the machine).
     The fair-share standing and the time are per pass: add `standing=` and `now=`."""
