@@ -3,6 +3,10 @@ recorder in memory): no root, no systemd, no disk. The same fakes drive the simu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from gpusched import config as configmod
@@ -258,3 +262,11 @@ def test_the_simulator_loop_runs_many_jobs_on_a_virtual_clock():
     w.run_until(EPOCH + 10 * 86400)
     assert all(j.state == State.SUCCEEDED for j in jobs)
     assert isinstance(w.runner, FakeRunner) and isinstance(w.recorder, MemoryRecorder)
+
+
+def test_the_engine_and_its_fakes_load_no_glib_and_no_dbus():
+    code = ("import sys, gpusched.engine, gpusched.testing; "
+            "print(sorted(m for m in ('gi', 'pydbus') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "[]"
