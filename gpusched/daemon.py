@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import grp
+import heapq
 import json
 import os
 import pwd
@@ -33,6 +34,7 @@ from gpusched.spawner import Spawner
 from gpusched.spool import Spool, SpoolWatcher, Taken, ignored
 from gpusched.store import Store
 from gpusched.systemd import SystemdError, SystemdUnavailable, UnitExists, Units
+from gpusched.units import format_size
 
 RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
 INGEST_BATCH = 64          # spool entries taken per main-loop turn, at most
@@ -203,6 +205,13 @@ class Daemon:
                 self._finish(job, result)
             return
         alive = self.units.alive(job.unit)
+        if not alive:
+            # it may have ended between the two looks: its result lands before its scope goes
+            result = self.store.read_result(job.id, job.attempt, job.start_token)
+            if result is not None:
+                if not self._scope_busy(job):
+                    self._finish(job, result)
+                return
         if alive:
             if job.state == State.STARTING:
                 lifecycle.running(job)
@@ -293,9 +302,9 @@ class Daemon:
             self._room = free > floor
             if not self._room and now - self._room_said > 60:
                 self._room_said = now
-                log(f"the state filesystem {self.store.root} has {free >> 20} MiB free, under the intake floor "
-                    f"({floor >> 20} MiB, half of log_min_free): new spool entries wait there until there is room",
-                    3, GPUSCHED_EVENT="defer")
+                log(f"the state filesystem {self.store.root} has {format_size(free)} free, under the intake floor "
+                    f"({format_size(floor)}, half of log_min_free): new spool entries wait there until there is "
+                    f"room", 3, GPUSCHED_EVENT="defer")
         return self._room
 
     def ingest(self, name: str) -> bool:
@@ -381,15 +390,21 @@ class Daemon:
             self.submissions.popitem(last=False)
         if problem is not None or spec is None or account is None:
             cap = self.cfg.max_rejected_per_user
-            if cap and uid != 0 and len(self._rejected_by_uid.get(uid, ())) >= cap:
+            mine = self._rejected_by_uid.get(uid, set())
+            over = bool(cap) and uid != 0 and len(mine) >= cap
+            if over and not self._evict_rejected(uid, len(mine) - cap + 1):
                 self._reject_unrecorded(job_id, taken, uid, owner, problem or "rejected")
                 return
             job = lifecycle.rejected(job_id, owner, uid, taken.name, problem or "rejected", now)
             self.store.save_status(job)                 # raises when the disk is full: put back, below
             self._track(job)
             kept = self.spool.finish_rejected(job_id, taken.name)
-            log(f"rejected job {job_id} from {owner}: {problem} (kept as {kept})", 4, job=job,
-                GPUSCHED_EVENT="reject")
+            text = f"rejected job {job_id} from {owner}: {problem} (kept as {kept})"
+            if over:
+                self._say_rejected(uid, owner, text + f"; only the newest {cap} rejections of {owner} keep a "
+                                   f"record (max_rejected_per_user)")
+            else:
+                log(text, 4, job=job, GPUSCHED_EVENT="reject")
             return
         job = lifecycle.accepted(job_id, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name, now)
         self.store.save_source(job_id, taken.data or b"", account.pw_uid)
@@ -401,21 +416,43 @@ class Daemon:
             job=job, GPUSCHED_EVENT="accept")
         self.request_pass()
 
+    def _evict_rejected(self, uid: int, n: int) -> bool:
+        """Make room under max_rejected_per_user: remove the user's n oldest rejection records (a rejected
+        entry has no log and no result; its kept copy in .rejected/ stays until keep_rejected). The newest
+        mistakes are the ones a user looks for. False if they can't be removed now."""
+        mine = self._rejected_by_uid.get(uid, set())
+        oldest = heapq.nsmallest(n, mine)
+        try:
+            self.store.remove_jobs(oldest, results=False)
+        except (OSError, ValueError) as e:
+            log(f"can't remove old rejection records of uid {uid}: {e}", 3)
+            return False
+        for job_id in oldest:
+            self.jobs.pop(job_id, None)
+            self.listing.invalidate(job_id)
+            mine.discard(job_id)
+        return True
+
     def _reject_unrecorded(self, job_id: int, taken: Taken, uid: int, owner: str, problem: str) -> None:
-        """Over max_rejected_per_user: the entry is kept byte for byte in .rejected/, but gets no record, no
-        status file and no memory; the journal names it, once a minute per user (with how many meanwhile)."""
+        """Over max_rejected_per_user with old records that can't be removed now: the entry is kept byte for
+        byte in .rejected/, but gets no record."""
         self.submissions.pop((uid, taken.name, taken.st.st_ino), None)
         kept = self.spool.finish_rejected(job_id, taken.name)
+        self._say_rejected(uid, owner, f"rejected {taken.name} from {owner} without a record: {owner} has "
+                           f"{self.cfg.max_rejected_per_user} rejected entries kept (max_rejected_per_user); "
+                           f"kept as {kept}: {problem}")
+
+    def _say_rejected(self, uid: int, owner: str, text: str) -> None:
+        """A rejection of a user over max_rejected_per_user: in the journal once a minute per user (with how
+        many meanwhile), so a flood of bad files can't flood the journal too."""
         said, quiet = self._unrecorded.get(uid, (0.0, 0))
         now = time.monotonic()
         if now - said < 60:
             self._unrecorded[uid] = (said, quiet + 1)
             return
         self._unrecorded[uid] = (now, 0)
-        more = f"; {quiet} more since the last such line" if quiet else ""
-        log(f"rejected {taken.name} from {owner} without a record: {owner} has {self.cfg.max_rejected_per_user} "
-            f"rejected entries kept (max_rejected_per_user){more}; kept as {kept}: {problem}", 4,
-            GPUSCHED_EVENT="reject", GPUSCHED_USER=owner)
+        more = f" ({quiet} more rejections of {owner} since the last such line)" if quiet else ""
+        log(text + more, 4, GPUSCHED_EVENT="reject", GPUSCHED_USER=owner)
 
     def _rescan(self) -> None:
         """Offer entries no event announced (an inotify overflow, a file put back): in batches, so a huge

@@ -23,6 +23,7 @@ import json
 import os
 import stat
 import tomllib
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator
 
 import tomli_w
@@ -193,24 +194,25 @@ class Store:
         still queued or active."""
         return self.remove_jobs([job_id])
 
-    def remove_jobs(self, job_ids: Iterable[int]) -> int:
-        """remove_job for many jobs, listing results/ once."""
+    def remove_jobs(self, job_ids: Iterable[int], results: bool = True) -> int:
+        """remove_job for many jobs, listing results/ once (not at all with results=False: for rejected
+        jobs, which never have one)."""
         ids = sorted(set(job_ids))
         for job_id in ids:
             state = self._recorded_state(job_id)
             if state is not None and state not in FINAL:
                 raise ValueError(f"job {job_id} is {state}: only a finished job can be removed")
         wanted = {str(i) for i in ids}
-        results = []
+        found = []
         try:
-            with os.scandir(self.results_dir) as it:
+            with os.scandir(self.results_dir) if results else nullcontext(iter(())) as it:
                 for e in it:
                     # <id>.<attempt>[.<token>].json, and a monitor's temp file .<id>.<attempt>....tmp
                     if e.name.lstrip(".").split(".", 1)[0] in wanted:
-                        results.append(e.path)
+                        found.append(e.path)
         except FileNotFoundError:
             pass
-        freed = sum(_unlink(p) for p in results)
+        freed = sum(_unlink(p) for p in found)
         for job_id in ids:
             freed += sum(_unlink(p) for p in (self.status_path(job_id), self.source_path(job_id),
                                                self.log_path(job_id)))
