@@ -15,6 +15,7 @@ the unit tests and the simulator on a clock they move by hand (gpusched.testing 
 
 from __future__ import annotations
 
+import heapq
 import os
 import traceback
 from collections import OrderedDict
@@ -148,14 +149,32 @@ class Engine:
         return job
 
     def reject(self, job_id: int, owner: str, uid: int, source: str, problem: str, *,
-               key: tuple[int, str, int] | None = None, settle: Callable[[], Any] | None = None) -> Job:
-        """Record a rejected entry, saying why; `settle` keeps the entry (it returns where). Raises OSError
-        as accept does."""
+               key: tuple[int, str, int] | None = None, settle: Callable[[], Any] | None = None,
+               say: Callable[[str], None] | None = None) -> Job:
+        """Record a rejected entry, saying why (through `say` instead of the job's own journal line when
+        given: the intake's rate limit); `settle` keeps the entry (it returns where). Raises OSError as
+        accept does."""
         job = lifecycle.rejected(job_id, owner, uid, source, problem, self.clock.time())
         kept = self._admit(job, None, key, settle)
-        self.log(f"rejected job {job_id} from {owner}: {problem} (kept as {kept})", 4, job=job,
-                 GPUSCHED_EVENT="reject")
+        text = f"rejected job {job_id} from {owner}: {problem} (kept as {kept})"
+        if say is None:
+            self.log(text, 4, job=job, GPUSCHED_EVENT="reject")
+        else:
+            say(text)
         return job
+
+    def evict_rejected(self, uid: int, n: int) -> bool:
+        """Remove the user's n oldest rejection records (a rejected entry has no log and no result; its kept
+        copy in the spool's .rejected/ stays until keep_rejected). False if they can't be removed now."""
+        oldest = heapq.nsmallest(n, self._rejected_by_uid.get(uid, ()))
+        try:
+            self.recorder.remove_rejected(oldest)
+        except (OSError, ValueError) as e:
+            self.log(f"can't remove old rejection records of uid {uid}: {e}", 3)
+            return False
+        for job_id in oldest:
+            self._untrack(job_id)
+        return True
 
     def _admit(self, job: Job, data: bytes | None, key: tuple[int, str, int] | None,
                settle: Callable[[], Any] | None) -> Any:
@@ -187,10 +206,9 @@ class Engine:
             self._track(job)
 
     def recover(self) -> None:
-        """After load (and the intake's unfinished entries): the people's copies rewritten, the GPUs probed,
-        every active job reconciled with its scope and result."""
-        for job in self.live.values():
-            self.recorder.refresh(job)                  # undo any edit by the job's owner
+        """After load (and the intake's unfinished entries): stale people's copies rewritten (after READY=1,
+        in batches), the GPUs probed, every active job reconciled with its scope and result."""
+        self.recorder.refresh_stale(self.jobs)          # copies a crash left older than their record: soon
         self.probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             self.reconcile(job, recovering=True)

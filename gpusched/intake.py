@@ -5,8 +5,8 @@ The spool watcher's thread only posts names (`on_spool_entry`); one main-loop so
 is sorted by owner (one lstat), then owners take turns (fairqueue.py), all within INGEST_BUDGET per turn and
 at the scheduling pass's own idle priority, so a flood of files never starves the watchdog, the bus or the
 start of jobs already accepted. An entry is parsed (jobfile.py) for its owner, with the server's limits, and
-checked against max_queued_per_user; a bad one is rejected, with a record, until its owner has
-max_rejected_per_user of those kept, and then without one (said once a minute per owner). Nothing is taken
+checked against max_queued_per_user; a bad one is rejected with a record, and past max_rejected_per_user its
+owner's oldest rejection records make room (said once a minute per owner; without a record when they can't). Nothing is taken
 while the state filesystem is under half the log floor, and an entry that can't be recorded goes back to
 the spool; either way it is offered again by the periodic rescan, not at once.
 """
@@ -30,6 +30,7 @@ from gpusched.log import Log, guarded
 from gpusched.model import State
 from gpusched.spool import Spool, Taken, ignored
 from gpusched.store import Store
+from gpusched.units import format_size
 
 RESCAN_EVERY = 10.0        # seconds: a safety net for inotify overflows; entries are normally seen at once
 INGEST_BATCH = 64          # spool entries taken per main-loop turn, at most
@@ -153,8 +154,8 @@ class Intake:
             self._room = free > floor
             if not self._room and now - self._room_said > 60:
                 self._room_said = now
-                self.log(f"the state filesystem {self.store.root} has {free >> 20} MiB free, under the intake "
-                         f"floor ({floor >> 20} MiB, half of log_min_free): new spool entries wait there until "
+                self.log(f"the state filesystem {self.store.root} has {format_size(free)} free, under the intake "
+                         f"floor ({format_size(floor)}, half of log_min_free): new spool entries wait there until "
                          f"there is room", 3, GPUSCHED_EVENT="defer")
         return self._room
 
@@ -223,11 +224,17 @@ class Intake:
         try:
             if problem is not None or spec is None or account is None:
                 budget = self.cfg.max_rejected_per_user
-                if budget and uid != 0 and self.engine.rejected_of(uid) >= budget:
+                over = bool(budget) and uid != 0 and self.engine.rejected_of(uid) >= budget
+                # past the budget, the user's oldest rejection records make room: the newest mistakes are the
+                # ones a user looks for; the line is then said once a minute per user
+                if over and not self.engine.evict_rejected(uid, self.engine.rejected_of(uid) - budget + 1):
                     self._reject_unrecorded(job_id, taken, uid, owner, problem or "rejected")
                     return
+                say = (lambda text: self._say_rejected(uid, owner, text + f"; only the newest {budget} rejections "
+                                                       f"of {owner} keep a record (max_rejected_per_user)")) \
+                    if over else None
                 self.engine.reject(job_id, owner, uid, taken.name, problem or "rejected", key=key,
-                                   settle=lambda: self.spool.finish_rejected(job_id, taken.name))
+                                   settle=lambda: self.spool.finish_rejected(job_id, taken.name), say=say)
             else:
                 self.engine.accept(job_id, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name,
                                    data=taken.data or b"", key=key,
@@ -241,19 +248,24 @@ class Intake:
                      f"left in the spool as {where}, to be retried", 3, GPUSCHED_EVENT="defer")
 
     def _reject_unrecorded(self, job_id: int, taken: Taken, uid: int, owner: str, problem: str) -> None:
-        """Over max_rejected_per_user: the entry is kept byte for byte in .rejected/, but gets no record, no
-        status file and no memory; the journal names it, once a minute per user (with how many meanwhile)."""
+        """Over max_rejected_per_user with old records that can't be removed now: the entry is kept byte for
+        byte in .rejected/, but gets no record."""
         kept = self.spool.finish_rejected(job_id, taken.name)
+        self._say_rejected(uid, owner, f"rejected {taken.name} from {owner} without a record: {owner} has "
+                           f"{self.cfg.max_rejected_per_user} rejected entries kept (max_rejected_per_user); "
+                           f"kept as {kept}: {problem}")
+
+    def _say_rejected(self, uid: int, owner: str, text: str) -> None:
+        """A rejection of a user over max_rejected_per_user: in the journal once a minute per user (with how
+        many meanwhile), so a flood of bad files can't flood the journal too."""
         said, quiet = self._unrecorded.get(uid, (0.0, 0))
         now = self.clock.monotonic()
         if now - said < 60:
             self._unrecorded[uid] = (said, quiet + 1)
             return
         self._unrecorded[uid] = (now, 0)
-        more = f"; {quiet} more since the last such line" if quiet else ""
-        self.log(f"rejected {taken.name} from {owner} without a record: {owner} has "
-                 f"{self.cfg.max_rejected_per_user} rejected entries kept (max_rejected_per_user){more}; kept as "
-                 f"{kept}: {problem}", 4, GPUSCHED_EVENT="reject", GPUSCHED_USER=owner)
+        more = f" ({quiet} more rejections of {owner} since the last such line)" if quiet else ""
+        self.log(text + more, 4, GPUSCHED_EVENT="reject", GPUSCHED_USER=owner)
 
     # --- periodic work ---------------------------------------------------------------------------------
 

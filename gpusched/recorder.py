@@ -13,6 +13,7 @@ same without a disk, for tests and the simulator.
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
 from gpusched.log import Log
@@ -29,9 +30,10 @@ class Recorder(Protocol):
     def create(self, job: Job, source: bytes | None = None) -> None: ...
     def save(self, job: Job) -> bool: ...
     def retry(self, jobs: Mapping[int, Job]) -> None: ...
-    def refresh(self, job: Job) -> None: ...
+    def refresh_stale(self, jobs: Mapping[int, Job]) -> None: ...
     def copy_soon(self, job: Job) -> None: ...
     def remove(self, job_ids: Iterable[int]) -> int: ...
+    def remove_rejected(self, job_ids: Iterable[int]) -> int: ...
     def forget(self, job_id: int) -> None: ...
     def log_path(self, job_id: int) -> str: ...
 
@@ -46,7 +48,8 @@ class StoreRecorder:
         self._flushing = False
 
     def load(self, on_error: Callable[[str, Exception], None]) -> Iterator[Job]:
-        """Every recorded job (store.init first: the directories, the id ceiling, the files' rights)."""
+        """Every recorded job (store.init first: the directories, the id ceiling, the files' rights), from
+        the snapshot where it is still true (store.py)."""
         self.store.init()
         return self.store.load_jobs_safely(on_error)
 
@@ -76,13 +79,13 @@ class StoreRecorder:
                 return
             self._log(f"status of job {job_id} written after an earlier failure", job=jobs[job_id])
 
-    def refresh(self, job: Job) -> None:
-        """Rewrite the people's copy from the record (at recovery: undo any edit by the job's owner); a copy
-        that can't be written makes the job dirty (rewritten once there is room)."""
-        try:
-            self.store.refresh_copy(job)
-        except OSError:
-            self.dirty.add(job.id)
+    def refresh_stale(self, jobs: Mapping[int, Job]) -> None:
+        """At recovery: the people's copies a crash left missing or older than their record (the store saw
+        them while loading) are rewritten soon, in batches."""
+        for job_id in self.store.stale_copies:
+            job = jobs.get(job_id)
+            if job is not None:
+                self.copy_soon(job)
 
     def copy_soon(self, job: Job) -> None:
         self._copies_due[job.id] = job
@@ -105,6 +108,22 @@ class StoreRecorder:
     def remove(self, job_ids: Iterable[int]) -> int:
         """Remove finished jobs' files (store.remove_jobs). Raises OSError or ValueError."""
         return self.store.remove_jobs(job_ids)
+
+    def remove_rejected(self, job_ids: Iterable[int]) -> int:
+        """remove for rejected jobs, which have no result to look for."""
+        return self.store.remove_jobs(job_ids, results=False)
+
+    def snapshot(self, jobs: Iterable[Job]) -> None:
+        """At a clean stop: every record in one file, so the next start reads one file, not two per job
+        (store.py, snapshot.py). Records whose last write failed are left out: their file is the truth."""
+        t0 = time.monotonic()
+        try:
+            n = self.store.write_snapshot(j for j in jobs if j.id not in self.dirty)
+        except OSError as e:
+            self._log(f"can't write the snapshot of the job records ({e.strerror}); the next start reads every "
+                      f"record", 4)
+            return
+        self._log(f"snapshot of {n} job record(s) written in {time.monotonic() - t0:.2f}s")
 
     def forget(self, job_id: int) -> None:
         """The job is gone from the table (expired, or its record was never kept): no write for it is due."""

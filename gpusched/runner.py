@@ -133,9 +133,14 @@ class ScopeRunner:
 
     def observe(self, job: Job) -> Seen:
         result = self.store.read_result(job.id, job.attempt, job.start_token)
-        if result is not None:
-            return Leftovers() if self._scope_busy(job) else Ended(result)
-        return Running() if self.units.alive(job.unit) else Gone()
+        if result is None:
+            if self.units.alive(job.unit):
+                return Running()
+            # it may have ended between the two looks: its result lands before its scope goes
+            result = self.store.read_result(job.id, job.attempt, job.start_token)
+            if result is None:
+                return Gone()
+        return Leftovers() if self._scope_busy(job) else Ended(result)
 
     def watched(self) -> set[int]:
         """Jobs whose monitor is ours to watch: their end is reported, no need to poll them."""

@@ -111,7 +111,7 @@ class MemoryRecorder:
             if not self.save(jobs[job_id]):
                 return
 
-    def refresh(self, job: Job) -> None:
+    def refresh_stale(self, jobs: Mapping[int, Job]) -> None:
         pass
 
     def copy_soon(self, job: Job) -> None:
@@ -122,6 +122,9 @@ class MemoryRecorder:
             self.records.pop(job_id, None)
             self.removed.append(job_id)
         return 0
+
+    def remove_rejected(self, job_ids: Iterable[int]) -> int:
+        return self.remove(job_ids)
 
     def forget(self, job_id: int) -> None:
         self.dirty.discard(job_id)

@@ -208,19 +208,36 @@ def test_typed_systemd_error_fails_only_that_start(make):
     assert d.engine.jobs[a].state == State.FAILED and d.engine.jobs[b].state == State.RUNNING
 
 
-def test_rejected_entries_past_the_per_user_budget_get_no_record(make):
+def test_past_the_per_user_budget_only_the_newest_rejections_keep_a_record(make):
     d = make(max_rejected_per_user=2)
     nobody = pwd.getpwnam("nobody").pw_uid
-    for i in range(5):
-        drop(d, f"bad{i}.toml", "bogus = 1\n", uid=nobody)
-    recorded = [j for j in d.engine.jobs.values() if j.state == State.REJECTED]
-    assert len(recorded) == 2
+    ids = [drop(d, f"bad{i}.toml", "bogus = 1\n", uid=nobody) for i in range(5)]
+    recorded = sorted(j.id for j in d.engine.jobs.values() if j.state == State.REJECTED)
+    assert recorded == ids[-2:]                       # the newest mistakes are the ones a user looks for
+    on_disk = sorted(n for n in os.listdir(d.recorder.store.jobs_dir) if n.endswith(".status.toml"))
+    assert on_disk == [f"{i}.status.toml" for i in ids[-2:]]
+    assert sorted(os.listdir(d.recorder.store.status_dir)) == [f"{i}.toml" for i in ids[-2:]]
     kept = sorted(os.listdir(d.intake.spool.rejected))
     assert len(kept) == 5 and all(any(n.endswith(f"-bad{i}.toml") for n in kept) for i in range(5))
     # a good file of the same user is still accepted, and root is never held to the budget
     assert d.engine.jobs[drop(d, "good.toml", 'command = "true"\n', uid=nobody)].state == State.QUEUED
     drop(d, "rootbad.toml", "bogus = 1\n")
     assert sum(j.state == State.REJECTED for j in d.engine.jobs.values()) == 3
+
+
+def test_rejections_that_cant_evict_old_records_get_no_record(make, monkeypatch):
+    d = make(max_rejected_per_user=2)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for i in range(2):
+        drop(d, f"bad{i}.toml", "bogus = 1\n", uid=nobody)
+
+    def broken(ids, results=True):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(d.recorder.store, "remove_jobs", broken)
+    for i in range(2, 5):
+        drop(d, f"bad{i}.toml", "bogus = 1\n", uid=nobody)
+    assert sum(j.state == State.REJECTED for j in d.engine.jobs.values()) == 2
+    assert len(os.listdir(d.intake.spool.rejected)) == 5
 
 
 def test_no_intake_under_the_floor_and_no_id_spent(make, monkeypatch):
@@ -233,3 +250,22 @@ def test_no_intake_under_the_floor_and_no_id_spent(make, monkeypatch):
     assert not d.engine.jobs and d.intake.store._next_id == before and os.path.exists(path)
     d.intake.ingest("x.toml")                               # deferred: not even looked at again for a while
     assert not d.engine.jobs
+
+
+def test_a_job_that_ends_between_the_result_look_and_the_scope_look_keeps_its_result(make):
+    """_reconcile reads the result, then asks whether the scope lives: a short job can write its result and
+    end in between. It must be recorded with its exit code, not as 'the monitor was killed'."""
+    class EndsWhileAsked(FakeUnits):
+        def alive(self, unit):
+            job = d.engine.jobs[job_id]
+            os.makedirs(d.runner.store.results_dir, exist_ok=True)
+            with open(d.runner.store.result_path(job.id, job.attempt, job.start_token), "w") as f:
+                f.write('{"exit_code": 0}')
+            return False
+    units = EndsWhileAsked()
+    d = make(units=units)
+    job_id = drop(d, "short.toml", 'command = "true"\n')
+    d.engine.schedule()
+    d.engine.reconcile(d.engine.jobs[job_id])
+    job = d.engine.jobs[job_id]
+    assert job.state == State.SUCCEEDED and job.exit_code == 0, (job.state, job.reason)
