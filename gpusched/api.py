@@ -169,9 +169,9 @@ class Api:
 
 
 def _refusal(e: Exception) -> bool:
-    """An answer for the caller: errors.Refused, or exactly one of the builtins that stand for one, never a
-    subclass such as KeyError, which is a bug's."""
-    return isinstance(e, Refused) or type(e) in (LookupError, PermissionError, ValueError)
+    """An answer for the caller: errors.Refused only (the manager and the engine raise nothing else for a
+    caller); any other exception, a ValueError or KeyError included, is a bug's."""
+    return isinstance(e, Refused)
 
 
 def publish(bus: Any, manager: Manager) -> Any:

@@ -117,3 +117,13 @@ def test_cancel_now_passes_now_and_old_cancel_still_works():
 @pytest.mark.parametrize("method", ["CancelNow", "Cancel", "Show", "ListPage", "Lookup", "Gpus"])
 def test_every_method_is_in_the_introspection(method):
     assert f'<method name="{method}">' in Api.__doc__
+
+
+def test_a_bugs_value_error_is_not_shown_as_the_callers_mistake():
+    d = Daemon([job(1)])
+
+    def broken():
+        raise ValueError("invalid literal for int() with base 10: 'x'")
+    d.engine.gpu_table = broken
+    err = json.loads(Api(d, Bus()).Gpus(dbus_context=ctx("bob")))["error"]
+    assert "internal error" in err and "invalid literal" not in err
