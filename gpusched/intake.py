@@ -6,9 +6,9 @@ is sorted by owner (one lstat), then owners take turns (fairqueue.py), all withi
 at the scheduling pass's own idle priority, so a flood of files never starves the watchdog, the bus or the
 start of jobs already accepted. An entry is parsed (jobfile.py) for its owner, with the server's limits, and
 checked against max_queued_per_user; a bad one is rejected with a record, and past max_rejected_per_user its
-owner's oldest rejection records make room (said once a minute per owner; without a record when they can't). Nothing is taken
-while the state filesystem is under half the log floor, and an entry that can't be recorded goes back to
-the spool; either way it is offered again by the periodic rescan, not at once.
+owner's oldest rejection records make room (said once a minute per owner; no record when they can't go).
+Nothing is taken while the state filesystem is under half the log floor, and an entry that can't be recorded
+goes back to the spool; either way it is offered again by the periodic rescan, not at once.
 """
 
 from __future__ import annotations

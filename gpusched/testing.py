@@ -148,6 +148,7 @@ class Run:
     ends: float | None                                  # wall time; None: until stopped
     result: dict[str, Any]
     on_exit: Callable[[], None]
+    stop_signal: str = "SIGTERM"
     reported: bool = False
 
 
@@ -181,14 +182,16 @@ class FakeRunner:
         assert spec is not None
         now = self.clock.time()
         ends, result = None, {"exit_code": 0}
+        stop_signal = signals.Signals(spec.stop_signal).name
         d = self.duration(job)
         if d is not None:
             ends = now + d
         if spec.time_limit is not None and (ends is None or ends > now + spec.time_limit):
-            ends, result = now + spec.time_limit, {"signal": signals.Signals(spec.stop_signal).name}
+            ends, result = now + spec.time_limit, {"signal": stop_signal}
         if ends is not None:
             result = result | {"ended": ends}
-        self.units[job.unit] = Run(job.id, job.unit, tuple(g.index for g in gpus), now, ends, result, on_exit)
+        self.units[job.unit] = Run(job.id, job.unit, tuple(g.index for g in gpus), now, ends, result, on_exit,
+                                   stop_signal)
         self.started.append((job.id, tuple(g.index for g in gpus)))
 
     def stop(self, unit: str) -> bool:
@@ -198,7 +201,7 @@ class FakeRunner:
         self.stopped.append(unit)
         if run.ends is None or run.ends > self.clock.time():
             run.ends = self.clock.time()
-            run.result = {"signal": "SIGTERM", "ended": run.ends}
+            run.result = {"signal": run.stop_signal, "ended": run.ends}
         return True
 
     def kill(self, job: Job) -> None:
