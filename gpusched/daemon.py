@@ -198,7 +198,7 @@ class Daemon:
         """At a clean stop: every record in one file, so the next start reads one file, not two per job."""
         t0 = time.monotonic()
         try:
-            n = self.store.write_snapshot(j for j in self.jobs.values() if j.id not in self.dirty)
+            n = self.store.write_snapshot(self.dirty)
         except OSError as e:
             log(f"can't write the snapshot of the job records ({e.strerror}); the next start reads every record", 4)
             return
