@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     link.on_up(lambda bus: publish(bus, g.manager))     # now, and again on every new connection
     g.loop.request_pass()
     g.loop.run()
-    g.recorder.snapshot(g.engine.jobs.values())
+    g.recorder.snapshot()
     link.stop()
     return 0
 

@@ -113,12 +113,12 @@ class StoreRecorder:
         """remove for rejected jobs, which have no result to look for."""
         return self.store.remove_jobs(job_ids, results=False)
 
-    def snapshot(self, jobs: Iterable[Job]) -> None:
+    def snapshot(self) -> None:
         """At a clean stop: every record in one file, so the next start reads one file, not two per job
         (store.py, snapshot.py). Records whose last write failed are left out: their file is the truth."""
         t0 = time.monotonic()
         try:
-            n = self.store.write_snapshot(j for j in jobs if j.id not in self.dirty)
+            n = self.store.write_snapshot(self.dirty)
         except OSError as e:
             self._log(f"can't write the snapshot of the job records ({e.strerror}); the next start reads every "
                       f"record", 4)

@@ -8,8 +8,10 @@ filesystem's timestamp granularity can't pass for the old file). Every other rec
 from the snapshot, or a snapshot written by a version whose records look different (FINGERPRINT), is read
 from its files as before. After a crash the snapshot is stale, and only what changed since is re-read.
 
-JSON, not pickle: the file is root's in a root-only directory, but nothing here should be able to run code
-if it were ever otherwise.
+The file is JSON lines: a header, then one line per job, `[inode, size, mtime_ns, row]`. The store keeps each
+job's line from when it last saved (or loaded) the job (`Lines`), so writing the snapshot at a stop costs one
+write of bytes already made, not an encoding of every job. JSON, not pickle: the file is root's in a
+root-only directory, but nothing here should be able to run code if it were ever otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterable
+from typing import Any
 
 from gpusched.atomicfile import atomic_write
 from gpusched.jobfile import JobSpec, ResourceLimits
@@ -41,6 +43,7 @@ _JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
 _LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(ResourceLimits))
 _STATES = {str(s): s for s in State}
+_DECODE = json.JSONDecoder().decode
 
 
 def key_of(st: os.stat_result) -> Key:
@@ -80,41 +83,65 @@ def decode(row: list[Any]) -> Job:
     return Job(*row)
 
 
-def write(path: str, jobs: Iterable[tuple[Job, Key]], taken_ns: int) -> None:
-    """The snapshot of jobs (each with the key of its record file), taken at taken_ns (time.time_ns(), read
-    before any key was)."""
-    body = {"fingerprint": FINGERPRINT, "taken_ns": taken_ns,
-            "jobs": [[*key, encode(job)] for job, key in jobs]}
-    atomic_write(path, json.dumps(body, separators=(",", ":")).encode(), mode=0o600)
+def line(job: Job, key: Key) -> bytes:
+    return json.dumps([*key, encode(job)], separators=(",", ":")).encode() + b"\n"
+
+
+class Lines:
+    """Each job's snapshot line as of its record file's last write, kept by the store."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, bytes] = {}
+
+    def saved(self, job: Job, key: Key) -> None:
+        self.by_id[job.id] = line(job, key)
+
+    def forget(self, job_id: int) -> None:
+        self.by_id.pop(job_id, None)
+
+    def write(self, path: str, taken_ns: int, skip: set[int] = frozenset()) -> int:
+        """The snapshot of every job with a line but those in skip, as taken at taken_ns (time.time_ns())."""
+        header = json.dumps({"fingerprint": FINGERPRINT, "taken_ns": taken_ns}).encode() + b"\n"
+        body = [b for i, b in self.by_id.items() if i not in skip]
+        atomic_write(path, header + b"".join(body), mode=0o600)
+        return len(body)
 
 
 class Snapshot:
-    """A snapshot read back: `take(job_id, key)` gives the job if the record file with that key is the one
-    the snapshot saw, else None."""
+    """A snapshot read back: `take(job_id, key)` gives the job and its line if the record file with that key
+    is the one the snapshot saw, else None."""
 
-    def __init__(self, taken_ns: int, jobs: dict[int, tuple[Key, list[Any]]]):
+    def __init__(self, taken_ns: int, lines: dict[int, tuple[Key, bytes]]):
         self.taken_ns = taken_ns
-        self.jobs = jobs
+        self.lines = lines
 
-    def take(self, job_id: int, key: Key) -> Job | None:
-        seen = self.jobs.get(job_id)
+    def take(self, job_id: int, key: Key) -> tuple[Job, bytes] | None:
+        seen = self.lines.get(job_id)
         if seen is None or seen[0] != key or key[2] >= self.taken_ns - MARGIN_NS:
             return None
         try:
-            job = decode(seen[1])
+            ino, size, mtime, row = _DECODE(seen[1].decode())
+            job = decode(row)
         except (KeyError, TypeError, ValueError, IndexError):
             return None
-        return job if job.id == job_id else None
+        return (job, seen[1]) if job.id == job_id else None
 
 
 def read(path: str) -> Snapshot | None:
-    """The snapshot at path, or None if there is none or it can't be used (another version's, damaged)."""
+    """The snapshot at path, or None if there is none or it can't be used (another version's, damaged).
+    Only each line's key and id are looked at here; a line is parsed when its job is taken."""
     try:
         with open(path, "rb") as f:
-            body = json.loads(f.read())
-        if body.get("fingerprint") != FINGERPRINT:
-            return None
-        jobs = {row[0]: ((ino, size, mtime), row) for ino, size, mtime, row in body["jobs"]}
-        return Snapshot(int(body["taken_ns"]), jobs)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+            header = json.loads(f.readline())
+            if not isinstance(header, dict) or header.get("fingerprint") != FINGERPRINT:
+                return None
+            taken_ns = int(header["taken_ns"])
+            lines: dict[int, tuple[Key, bytes]] = {}
+            for raw in f:
+                # b'[ino,size,mtime,[id,...' : the key and the id without a full parse
+                head = raw[1:raw.find(b",[", 1)].split(b",") + [raw[raw.find(b",[", 1) + 2:].split(b",", 1)[0]]
+                ino, size, mtime, job_id = (int(x) for x in head)
+                lines[job_id] = ((ino, size, mtime), raw)
+        return Snapshot(taken_ns, lines)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -52,6 +52,7 @@ class Store:
         self.say = say                      # a warning for the journal (the daemon's identity)
         self._said_no_acl = False
         self.stale_copies: set[int] = set()   # set by load_jobs_safely
+        self.lines = snapshot.Lines()         # each job's snapshot line, as of its record's last write
         self.jobs_dir = os.path.join(root, "jobs")
         self.status_dir = os.path.join(root, "status")
         self.results_dir = os.path.join(root, "results")
@@ -117,7 +118,9 @@ class Store:
 
     def save_status(self, job: Job) -> None:
         data = tomli_w.dumps(job_to_dict(job)).encode()
-        atomic_write(self.record_path(job.id), data, mode=0o600)
+        path = self.record_path(job.id)
+        atomic_write(path, data, mode=0o600)
+        self.lines.saved(job, snapshot.key_of(os.lstat(path)))
         self._save_copy(job.id, job.uid, data)
 
     def refresh_copy(self, job: Job) -> None:
@@ -183,7 +186,7 @@ class Store:
         """Every job with a status file, by id. A record the snapshot saw unchanged comes from it
         (snapshot.py); any other is read from its files, the spec re-read from the stored original file. A
         file that can't be read is reported through on_error and skipped, never fatal. Afterwards
-        stale_copies holds the jobs whose people's copy is missing or older than their record."""
+        stale_copies holds the jobs whose people's copy may be missing or older than their record."""
         snap = snapshot.read(os.path.join(self.root, snapshot.NAME))
         records: list[tuple[int, str, snapshot.Key]] = []
         with os.scandir(self.jobs_dir) as it:
@@ -196,36 +199,31 @@ class Store:
                 except (OSError, ValueError) as err:
                     on_error(e.name, err)
         records.sort()
-        copies: dict[int, int] = {}
-        with os.scandir(self.status_dir) as it:
-            for e in it:
-                try:
-                    copies[int(e.name.split(".", 1)[0])] = e.stat(follow_symlinks=False).st_mtime_ns
-                except (OSError, ValueError):
-                    pass
-        self.stale_copies = {i for i, _, key in records if copies.get(i, -1) < key[2]}
+        self.stale_copies = set()
         for job_id, name, key in records:
-            job = snap.take(job_id, key) if snap else None
-            if job is None:
+            taken = snap.take(job_id, key) if snap else None
+            if taken is not None:
+                job, self.lines.by_id[job_id] = taken
+            else:
                 try:
                     job = self.load_job(name)
                 except Exception as e:  # noqa: BLE001
                     on_error(name, e)
                     continue
+                self.lines.saved(job, key)
+                # A record the snapshot saw had its copy written right after it, before that clean stop; one
+                # written since may have lost its copy to a crash
+                try:
+                    if os.lstat(self.status_path(job_id)).st_mtime_ns < key[2]:
+                        self.stale_copies.add(job_id)
+                except FileNotFoundError:
+                    self.stale_copies.add(job_id)
             yield job
 
-    def write_snapshot(self, jobs: Iterable[Job]) -> int:
-        """Write the snapshot of these jobs (the daemon's memory, without records whose last write failed:
-        their file is the truth). A job whose record file is missing is left out. Returns how many."""
-        taken_ns = time.time_ns()
-        keyed = []
-        for job in jobs:
-            try:
-                keyed.append((job, snapshot.key_of(os.lstat(self.record_path(job.id)))))
-            except FileNotFoundError:
-                continue
-        snapshot.write(os.path.join(self.root, snapshot.NAME), keyed, taken_ns)
-        return len(keyed)
+    def write_snapshot(self, skip: set[int] = frozenset()) -> int:
+        """Write the snapshot of every job loaded or saved, but those in skip (the daemon's records whose last
+        write failed: their file is the truth). Returns how many jobs it holds."""
+        return self.lines.write(os.path.join(self.root, snapshot.NAME), time.time_ns(), skip)
 
     # expiry
     def remove_job(self, job_id: int) -> int:
@@ -255,6 +253,7 @@ class Store:
             pass
         freed = sum(_unlink(p) for p in found)
         for job_id in ids:
+            self.lines.forget(job_id)
             freed += sum(_unlink(p) for p in (self.status_path(job_id), self.source_path(job_id),
                                                self.log_path(job_id)))
             freed += _unlink(self.record_path(job_id))
