@@ -53,6 +53,7 @@ class Store:
         self._said_no_acl = False
         self.stale_copies: set[int] = set()   # set by load_jobs_safely
         self.lines = snapshot.Lines()         # each job's snapshot line, as of its record's last write
+        self.users_own_copies = False         # no ACLs here: a user may have edited their copy (fix_rights)
         self.jobs_dir = os.path.join(root, "jobs")
         self.status_dir = os.path.join(root, "status")
         self.results_dir = os.path.join(root, "results")
@@ -148,6 +149,7 @@ class Store:
         ACL) and the original job files. Returns how many files were changed. Costs a stat per file, once:
         afterwards every write makes its file root's."""
         way = "acl" if all(acl.supported(d) for d in (self.status_dir, self.logs_dir)) else "owner"
+        self.users_own_copies = way == "owner"
         if way == "owner":
             self._no_acl(self.logs_dir)
         marker = os.path.join(self.root, RIGHTS_FILE)
@@ -186,7 +188,8 @@ class Store:
         """Every job with a status file, by id. A record the snapshot saw unchanged comes from it
         (snapshot.py); any other is read from its files, the spec re-read from the stored original file. A
         file that can't be read is reported through on_error and skipped, never fatal. Afterwards
-        stale_copies holds the jobs whose people's copy may be missing or older than their record."""
+        stale_copies holds the jobs whose people's copy may be missing or older than their record (and, where
+        there are no ACLs, every live job's: its owner could have edited it)."""
         snap = snapshot.read(os.path.join(self.root, snapshot.NAME))
         records: list[tuple[int, str, snapshot.Key]] = []
         with os.scandir(self.jobs_dir) as it:
@@ -218,6 +221,8 @@ class Store:
                         self.stale_copies.add(job_id)
                 except FileNotFoundError:
                     self.stale_copies.add(job_id)
+            if self.users_own_copies and job.state not in FINAL:
+                self.stale_copies.add(job_id)             # its owner may have edited it: rewritten soon
             yield job
 
     def write_snapshot(self, skip: set[int] = frozenset()) -> int:

@@ -138,3 +138,12 @@ def test_stale_people_copies_are_found(tmp_path):
     os.utime(store.status_path(3), (t, t))
     load(store)
     assert store.stale_copies == {2, 3}
+
+
+def test_without_acls_every_live_copy_is_rewritten_after_a_start(tmp_path):
+    store, jobs = fill(tmp_path)
+    load(store)
+    store.write_snapshot()
+    store.users_own_copies = True                 # as fix_rights finds on a filesystem without ACLs
+    load(store)
+    assert store.stale_copies == {1, 2, 3}        # not 4: a rejected job's copy is final
