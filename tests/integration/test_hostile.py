@@ -40,7 +40,7 @@ def test_hostile_spool_entries_are_rejected_and_kept(gs):
     for name, (cmd, _) in ENTRIES.items():
         gs.sh(cmd.replace("{p}", f"/home/alice/h/{name}"), user="alice")
     gs.sh("cd ~/h && for f in *; do [ -f \"$f\" ] && [ ! -L \"$f\" ] && [ $(stat -c %s \"$f\") -lt 2000000 ] "
-          "&& cp \"$f\" ~/h-copy/; done", user="alice")
+          "&& cp \"$f\" ~/h-copy/; done; true", user="alice")
     # mv of many may look again at an entry it has just moved, which the daemon may have taken already
     # ("cannot stat"); what counts is that every entry left ~/h (each one's outcome is checked below)
     gs.sh("mv ~/h/* /var/spool/gpusched/ || true; test -z \"$(ls -A ~/h)\"", user="alice")
