@@ -151,6 +151,41 @@ def scale(n: int) -> dict:
             "list_ms": ctl["list"], "list_json_ms": ctl["list --json"]}
 
 
+def restart(n: int) -> dict:
+    """With n jobs queued and 50 running: how long `systemctl restart gpusched` takes to READY=1 (stop, which
+    writes the records' snapshot, then start to READY=1; systemctl start of a Type=notify unit returns at
+    READY=1), and the same after a SIGKILL (a stale snapshot). Every job must be there afterwards."""
+    fresh()
+    for i in range(50):
+        drop(f"run-{i}.toml", 'command = "sleep 3600"\ngpus = 0\n')
+    body = 'command = "true"\ngpus = 8\n'           # more GPUs than the box has: stays queued
+    for i in range(n):
+        drop(f"rs-{i}.toml", body)
+    while stats()["jobs"] < n + 50:
+        time.sleep(0.2)
+
+    def running() -> int:
+        return int(sh("systemctl list-units --plain --no-legend 'gpusched-job-*.scope' | grep -c running || true"))
+    while running() < 50:
+        time.sleep(0.2)
+    out = {"n": n, "running": 50}
+    for how in ("clean", "sigkill"):
+        t0 = time.monotonic()
+        if how == "clean":
+            sh("systemctl stop gpusched")
+        else:
+            sh("systemctl kill -s KILL gpusched; while systemctl is-active -q gpusched; do sleep 0.05; done")
+        t1 = time.monotonic()
+        sh("systemctl start gpusched")
+        t2 = time.monotonic()
+        s = stats()
+        assert s["jobs"] == n + 50, (how, s["jobs"])
+        assert running() == 50, (how, running())
+        out[how] = {"stop_s": t1 - t0, "start_to_ready_s": t2 - t1, "total_s": t2 - t0}
+    sh("systemctl stop gpusched; systemctl stop 'gpusched-job-*.scope' || true")
+    return out
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()

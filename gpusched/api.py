@@ -1,29 +1,31 @@
 """The daemon's D-Bus API on the system bus: org.gpusched1 at /org/gpusched1.
 
 Each method returns one JSON string: {"ok": ...} or {"error": "..."}. The caller's uid comes from the bus
-(GetConnectionUnixUser of the sender), never from what the caller says. Everyone sees the queue (ids, users,
-names, states, GPUs), as squeue shows it; a job's log path, source file and history only go to its owner
-and root; acting on a job needs its owner, root or the admin group.
+(GetConnectionUnixUser of the sender), never from what the caller says. Who sees what of a job and who may
+act on it is access.py's rule: everyone sees the queue, as squeue shows it; a job's log path, source file and
+history only go to its owner, root and admins; acting on a job needs its owner, root or the admin group.
 
 Every reply is bounded in bytes: the bus disconnects a peer that sends a message over its limit (32 MiB by
 default on the system bus), and what a listing holds is written by users. ListPage cuts pages at PAGE_BYTES
 (clients follow "last"), a listing entry is at most listing.MAX_ENTRY, and any reply over MAX_REPLY is
 replaced by an error that says it was too large. The JSON is ASCII (non-ASCII is escaped), so its length
 in characters is its size in bytes.
+
+Two layers: `Manager` holds the verbs, over the engine and the access rule (access.py), in plain Python;
+`Api` is the bus object that finds the caller, runs a verb and turns its answer (or its refusal) into JSON.
 """
 
 from __future__ import annotations
 
+import os
 import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from gpusched import journal
+from gpusched.access import Access
+from gpusched.engine import Engine
 from gpusched.errors import Refused
-from gpusched.listing import PRIVATE_FIELDS, printable, to_json
-from gpusched.model import job_to_dict
-
-if TYPE_CHECKING:
-    from gpusched.daemon import Daemon
+from gpusched.listing import to_json
+from gpusched.log import log
 
 BUS_NAME = "org.gpusched1"
 OBJECT_PATH = "/org/gpusched1"
@@ -31,6 +33,55 @@ PAGE = 5000              # jobs per listing page at most (bounds the time one ca
 PAGE_BYTES = 4 << 20     # bytes of jobs per listing page at most (then the client asks for the next page)
 MAX_REPLY = 8 << 20      # bytes of any one reply; a quarter of dbus-daemon's default max_message_size
 MAX_PIDS = 64            # foreign pids listed per GPU
+
+
+class Manager:
+    """What the bus exports, as plain calls: `caller` is a uid the bus vouched for."""
+
+    def __init__(self, engine: Engine, access: Access):
+        self.engine = engine
+        self.access = access
+
+    def page(self, caller: int, all: bool, after: int, table: bool) -> str:
+        text, last = self.engine.page(all, after, self.access.caller(caller), table, PAGE_BYTES, PAGE)
+        return '{"last": %d, "ok": %s}' % (last or 0, text)
+
+    def show(self, caller: int, job_id: int) -> str:
+        d = self.access.caller(caller).view(self.engine.get(job_id))
+        text = to_json({"ok": d})
+        if len(text) > MAX_REPLY and "spec" in d:          # the rest is bounded; say why spec is missing
+            del d["spec"]
+            d["truncated"] = (f"the job file's contents are left out: with them the answer is {len(text)} "
+                              f"bytes, over the limit of {MAX_REPLY}")
+            text = to_json({"ok": d})
+        return text
+
+    def cancel(self, job_id: int, caller: int, now: bool = False) -> str:
+        job = self.engine.get(job_id)
+        who = self.access.caller(caller)
+        who.require_act(job)
+        return self.engine.cancel(job, who, now)
+
+    def gpus(self) -> dict[str, Any]:
+        table = self.engine.gpu_table()
+        for g in table:
+            pids = g.get("foreign_pids") or []
+            if len(pids) > MAX_PIDS:
+                g["foreign_pids"], g["foreign_pids_more"] = pids[:MAX_PIDS], len(pids) - MAX_PIDS
+        inventory = self.engine.inventory
+        return {"gpus": table, "simulated": inventory.simulated, "error": inventory.error}
+
+    def status(self) -> str:
+        return self.engine.status_line()
+
+    def stats(self) -> dict[str, Any]:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {"status": self.engine.status_line(), "jobs": len(self.engine.jobs), "live": len(self.engine.live),
+                "rss_bytes": rss, **self.engine.stats}
+
+    def lookup(self, caller: int, source: str, inode: int) -> int:
+        return self.engine.lookup(caller, source, inode)
 
 
 class Api:
@@ -56,24 +107,12 @@ class Api:
     </node>
     """
 
-    def __init__(self, daemon: Daemon, bus: Any):
-        self._d = daemon
+    def __init__(self, manager: Manager, bus: Any):
+        self._m = manager
         self._dbus = bus.get("org.freedesktop.DBus", "/org/freedesktop/DBus")
 
     def _caller(self, ctx: Any) -> int:
         return int(self._dbus.GetConnectionUnixUser(ctx.sender))
-
-    def _view(self, job_id: int, caller: int) -> dict[str, Any]:
-        job = self._d.jobs[job_id]
-        d = job_to_dict(job)
-        if caller not in (0, job.uid) and not self._d.may_act(caller, job):
-            for key in PRIVATE_FIELDS:
-                d.pop(key, None)
-        elif job.spec is not None:
-            spec = job.spec.to_dict()
-            spec.pop("env", None) if caller not in (0, job.uid) else None
-            d["spec"] = spec
-        return d
 
     def _answer(self, method: str, fn: Callable[[], str]) -> str:
         """Run one request: its own errors become {"error": ...}; a bug is logged and answered as one, never
@@ -84,8 +123,7 @@ class Api:
             if _refusal(e):
                 text = to_json({"error": str(e.args[0] if e.args else e)})
             else:
-                journal.send(printable(f"internal error in {method}: {traceback.format_exc()}", keep="\n"), 3,
-                             SYSLOG_IDENTIFIER="gpusched")
+                log(f"internal error in {method}: {traceback.format_exc()}", 3, multiline=True)
                 text = to_json({"error": f"internal error in gpusched while answering {method}; "
                                          f"its journal (journalctl -u gpusched) says more"})
         if len(text) > MAX_REPLY:
@@ -105,66 +143,39 @@ class Api:
         """Jobs with ids above `after`, at most PAGE of them and PAGE_BYTES of text, as a JSON array or as
         table rows (rendered here, cached per job between changes). {"last": id of the last job given, 0 when
         no more; "ok": ...}."""
-        def page() -> str:
-            caller = self._caller(dbus_context)
-            jobs = self._d.jobs if all else self._d.live
-            ids = sorted(i for i in jobs if i > after)
-            sees_all = caller == 0 or self._d.is_admin(caller)
-            text, last = self._d.listing.page((jobs[i] for i in ids), sees_all, caller, table, not after,
-                                              PAGE_BYTES, PAGE)
-            return '{"last": %d, "ok": %s}' % (last or 0, text)
-        return self._answer("ListPage", page)
+        return self._answer("ListPage", lambda: self._m.page(self._caller(dbus_context), all, after, table))
 
     def Show(self, id: int, dbus_context: Any = None) -> str:
-        def show() -> str:
-            caller = self._caller(dbus_context)
-            if id not in self._d.jobs:
-                raise LookupError(f"no job {id}")
-            d = self._view(id, caller)
-            text = to_json({"ok": d})
-            if len(text) > MAX_REPLY and "spec" in d:          # the rest is bounded; say why spec is missing
-                del d["spec"]
-                d["truncated"] = (f"the job file's contents are left out: with them the answer is {len(text)} "
-                                  f"bytes, over the limit of {MAX_REPLY}")
-                text = to_json({"ok": d})
-            return text
-        return self._answer("Show", show)
+        return self._answer("Show", lambda: self._m.show(self._caller(dbus_context), id))
 
     def Cancel(self, id: int, dbus_context: Any = None) -> str:
-        return self._call("Cancel", lambda: self._d.cancel(id, self._caller(dbus_context)))
+        return self._call("Cancel", lambda: self._m.cancel(id, self._caller(dbus_context)))
 
     def CancelNow(self, id: int, dbus_context: Any = None) -> str:
         """Cancel without the grace: every process of the job gets SIGKILL at once (owner, root or admin)."""
-        return self._call("CancelNow", lambda: self._d.cancel(id, self._caller(dbus_context), now=True))
+        return self._call("CancelNow", lambda: self._m.cancel(id, self._caller(dbus_context), now=True))
 
     def Gpus(self, dbus_context: Any = None) -> str:
-        def gpus() -> dict[str, Any]:
-            table = self._d.gpu_table()
-            for g in table:
-                pids = g.get("foreign_pids") or []
-                if len(pids) > MAX_PIDS:
-                    g["foreign_pids"], g["foreign_pids_more"] = pids[:MAX_PIDS], len(pids) - MAX_PIDS
-            return {"gpus": table, "simulated": self._d.probe.simulated, "error": self._d.gpu_error}
-        return self._call("Gpus", gpus)
+        return self._call("Gpus", self._m.gpus)
 
     def Status(self, dbus_context: Any = None) -> str:
-        return self._call("Status", self._d.status_line)
+        return self._call("Status", self._m.status)
 
     def Stats(self, dbus_context: Any = None) -> str:
-        return self._call("Stats", self._d.stats_snapshot)
+        return self._call("Stats", self._m.stats)
 
     def Lookup(self, source: str, inode: int, dbus_context: Any = None) -> str:
-        return self._call("Lookup", lambda: self._d.lookup(self._caller(dbus_context), source, inode))
+        return self._call("Lookup", lambda: self._m.lookup(self._caller(dbus_context), source, inode))
 
 
 def _refusal(e: Exception) -> bool:
-    """An answer for the caller: errors.Refused, or (until the daemon raises only those) exactly one of the
-    builtins it raised before, never a subclass such as KeyError, which is a bug's."""
-    return isinstance(e, Refused) or type(e) in (LookupError, PermissionError, ValueError)
+    """An answer for the caller: errors.Refused only (the manager and the engine raise nothing else for a
+    caller); any other exception, a ValueError or KeyError included, is a bug's."""
+    return isinstance(e, Refused)
 
 
-def publish(bus: Any, daemon: Daemon) -> Any:
+def publish(bus: Any, manager: Manager) -> Any:
     """Register the API object, then take the bus name (not replaceable: only the daemon may hold it).
     Returns the publication: its __exit__ undoes both."""
     from pydbus.publication import Publication
-    return Publication(bus, BUS_NAME, (OBJECT_PATH, Api(daemon, bus)), allow_replacement=False)
+    return Publication(bus, BUS_NAME, (OBJECT_PATH, Api(manager, bus)), allow_replacement=False)

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import grp
 import json
 import os
-import pwd
 import sys
 import time
 from typing import Any, NoReturn
 
 from gpusched import config as configmod
 from gpusched import jobfile
+from gpusched.access import Access
 from gpusched.listing import printable
+from gpusched.model import FINAL, State
 from gpusched.units import format_size
 
-FINAL_STATES = {"succeeded", "failed", "cancelled", "rejected"}
 CALL_TIMEOUT = 120.0       # seconds: a daemon that hangs gets an error, not a client that waits for ever
 
 
@@ -128,16 +127,8 @@ def _spool_dir(args: argparse.Namespace) -> str:
 
 
 def _privileged(cfg: configmod.Config) -> bool:
-    """As the daemon judges it (root, or a member of admin_group), for the local check only."""
-    if os.getuid() == 0:
-        return True
-    if not cfg.admin_group:
-        return False
-    try:
-        return grp.getgrnam(cfg.admin_group).gr_gid in os.getgrouplist(pwd.getpwuid(os.getuid()).pw_name,
-                                                                        os.getgid())
-    except KeyError:
-        return False
+    """As the daemon judges it (access.py: root, or a member of admin_group), for the local check only."""
+    return Access(cfg.admin_group).is_admin(os.getuid())
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -283,7 +274,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if not args.follow:
                 emit(b"", final=True)
                 return 0
-            if client.call("Show", args.id)["state"] in FINAL_STATES | {"queued"}:   # ended or requeued
+            if client.call("Show", args.id)["state"] in FINAL | {State.QUEUED}:   # ended or requeued
                 emit(f.read(), final=True)
                 return 0
             time.sleep(0.25)

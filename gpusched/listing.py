@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from gpusched.model import Job, job_to_dict
 
@@ -100,6 +100,11 @@ def row(job: Job) -> str:
     return out + _info(job)
 
 
+class Viewer(Protocol):
+    """Who asks (access.Caller): whether they see a job's private fields."""
+    def sees_private(self, job: Job) -> bool: ...
+
+
 class Listing:
     def __init__(self) -> None:
         # id -> (full JSON, public JSON, table row as a JSON string's inside)
@@ -115,18 +120,18 @@ class Listing:
             e = self._cache[job.id] = (bounded_json(d), bounded_json(public(d)), json.dumps(row(job))[1:-1])
         return e
 
-    def page(self, jobs: Any, sees_all: bool, caller: int, table: bool, header: bool, max_bytes: int,
+    def page(self, jobs: Any, viewer: Viewer, table: bool, header: bool, max_bytes: int,
              max_count: int) -> tuple[str, int | None]:
         """The next page of `jobs` (an iterator, in id order) as part of a JSON reply: a JSON array of
-        entries, or a JSON string of table rows. At most max_count jobs and max_bytes of text (but always
-        one job: an entry is at most MAX_ENTRY). Returns (text, id of the last job given if more are left,
-        else None)."""
+        entries (each in full where `viewer` may see it so, else its public part: access.py's rule), or a
+        JSON string of table rows. At most max_count jobs and max_bytes of text (but always one job: an entry
+        is at most MAX_ENTRY). Returns (text, id of the last job given if more are left, else None)."""
         parts: list[str] = [json.dumps(HEADER)[1:-1]] if table and header else []
         size = 2 + sum(len(p) + 2 for p in parts)
         last, count = None, 0
         for job in jobs:
             e = self.entry(job)
-            text = e[2] if table else e[0 if sees_all or job.uid == caller else 1]
+            text = e[2] if table else e[0 if viewer.sees_private(job) else 1]
             if last is not None and (size + len(text) + 2 > max_bytes or count >= max_count):
                 return self._join(parts, table), last
             parts.append(text)

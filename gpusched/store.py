@@ -10,6 +10,8 @@ any instant. Layout under state_dir (default /var/lib/gpusched):
     status/<id>.toml      a copy of the record for people, never read back
     results/<id>.<n>.<token>.json  written by the job's monitor when attempt n ends: exit code or signal
     logs/<id>.log         the job's output, written by its root monitor
+    snapshot.json         every record in one file, written when the daemon stops: a cache for a fast
+                          start, checked against each record file (snapshot.py)
 
 No file here is a user's or writable by one: a job's log and status copy are root's, mode 0600/0400, with
 a POSIX ACL `user:<uid>:r--` so the job's user (and root) can read them and nobody can write them (acl.py).
@@ -22,12 +24,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 import tomllib
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator
 
 import tomli_w
 
-from gpusched import acl, jobfile, journal
+from gpusched import acl, jobfile, journal, snapshot
 from gpusched.atomicfile import atomic_write
 from gpusched.model import FINAL, Job, State, job_from_dict, job_to_dict
 
@@ -47,6 +51,9 @@ class Store:
         self.root = root
         self.say = say                      # a warning for the journal (the daemon's identity)
         self._said_no_acl = False
+        self.stale_copies: set[int] = set()   # set by load_jobs_safely
+        self.lines = snapshot.Lines()         # each job's snapshot line, as of its record's last write
+        self.users_own_copies = False         # no ACLs here: a user may have edited their copy (fix_rights)
         self.jobs_dir = os.path.join(root, "jobs")
         self.status_dir = os.path.join(root, "status")
         self.results_dir = os.path.join(root, "results")
@@ -112,7 +119,9 @@ class Store:
 
     def save_status(self, job: Job) -> None:
         data = tomli_w.dumps(job_to_dict(job)).encode()
-        atomic_write(self.record_path(job.id), data, mode=0o600)
+        path = self.record_path(job.id)
+        atomic_write(path, data, mode=0o600)
+        self.lines.saved(job, snapshot.key_of(os.lstat(path)))
         self._save_copy(job.id, job.uid, data)
 
     def refresh_copy(self, job: Job) -> None:
@@ -140,6 +149,7 @@ class Store:
         ACL) and the original job files. Returns how many files were changed. Costs a stat per file, once:
         afterwards every write makes its file root's."""
         way = "acl" if all(acl.supported(d) for d in (self.status_dir, self.logs_dir)) else "owner"
+        self.users_own_copies = way == "owner"
         if way == "owner":
             self._no_acl(self.logs_dir)
         marker = os.path.join(self.root, RIGHTS_FILE)
@@ -175,15 +185,50 @@ class Store:
         return job_from_dict(d, spec)
 
     def load_jobs_safely(self, on_error: Callable[[str, Exception], None]) -> Iterator[Job]:
-        """Every job with a status file; the spec is re-read from the stored original file. A file that
-        can't be read is reported through on_error and skipped, never fatal."""
-        for name in sorted(os.listdir(self.jobs_dir)):
-            if not name.endswith(".status.toml") or not name[0].isdigit():
-                continue
-            try:
-                yield self.load_job(name)
-            except Exception as e:  # noqa: BLE001
-                on_error(name, e)
+        """Every job with a status file, by id. A record the snapshot saw unchanged comes from it
+        (snapshot.py); any other is read from its files, the spec re-read from the stored original file. A
+        file that can't be read is reported through on_error and skipped, never fatal. Afterwards
+        stale_copies holds the jobs whose people's copy may be missing or older than their record (and, where
+        there are no ACLs, every live job's: its owner could have edited it)."""
+        snap = snapshot.read(os.path.join(self.root, snapshot.NAME))
+        records: list[tuple[int, str, snapshot.Key]] = []
+        with os.scandir(self.jobs_dir) as it:
+            for e in it:
+                if not e.name.endswith(".status.toml") or not e.name[0].isdigit():
+                    continue
+                try:
+                    key = snapshot.key_of(e.stat(follow_symlinks=False))
+                    records.append((int(e.name.split(".", 1)[0]), e.name, key))
+                except (OSError, ValueError) as err:
+                    on_error(e.name, err)
+        records.sort()
+        self.stale_copies = set()
+        for job_id, name, key in records:
+            taken = snap.take(job_id, key) if snap else None
+            if taken is not None:
+                job, self.lines.by_id[job_id] = taken
+            else:
+                try:
+                    job = self.load_job(name)
+                except Exception as e:  # noqa: BLE001
+                    on_error(name, e)
+                    continue
+                self.lines.saved(job, key)
+                # A record the snapshot saw had its copy written right after it, before that clean stop; one
+                # written since may have lost its copy to a crash
+                try:
+                    if os.lstat(self.status_path(job_id)).st_mtime_ns < key[2]:
+                        self.stale_copies.add(job_id)
+                except FileNotFoundError:
+                    self.stale_copies.add(job_id)
+            if self.users_own_copies and job.state not in FINAL:
+                self.stale_copies.add(job_id)             # its owner may have edited it: rewritten soon
+            yield job
+
+    def write_snapshot(self, skip: set[int] = frozenset()) -> int:
+        """Write the snapshot of every job loaded or saved, but those in skip (the daemon's records whose last
+        write failed: their file is the truth). Returns how many jobs it holds."""
+        return self.lines.write(os.path.join(self.root, snapshot.NAME), time.time_ns(), skip)
 
     # expiry
     def remove_job(self, job_id: int) -> int:
@@ -193,25 +238,27 @@ class Store:
         still queued or active."""
         return self.remove_jobs([job_id])
 
-    def remove_jobs(self, job_ids: Iterable[int]) -> int:
-        """remove_job for many jobs, listing results/ once."""
+    def remove_jobs(self, job_ids: Iterable[int], results: bool = True) -> int:
+        """remove_job for many jobs, listing results/ once (not at all with results=False: for rejected
+        jobs, which never have one)."""
         ids = sorted(set(job_ids))
         for job_id in ids:
             state = self._recorded_state(job_id)
             if state is not None and state not in FINAL:
                 raise ValueError(f"job {job_id} is {state}: only a finished job can be removed")
         wanted = {str(i) for i in ids}
-        results = []
+        found = []
         try:
-            with os.scandir(self.results_dir) as it:
+            with os.scandir(self.results_dir) if results else nullcontext(iter(())) as it:
                 for e in it:
                     # <id>.<attempt>[.<token>].json, and a monitor's temp file .<id>.<attempt>....tmp
                     if e.name.lstrip(".").split(".", 1)[0] in wanted:
-                        results.append(e.path)
+                        found.append(e.path)
         except FileNotFoundError:
             pass
-        freed = sum(_unlink(p) for p in results)
+        freed = sum(_unlink(p) for p in found)
         for job_id in ids:
+            self.lines.forget(job_id)
             freed += sum(_unlink(p) for p in (self.status_path(job_id), self.source_path(job_id),
                                                self.log_path(job_id)))
             freed += _unlink(self.record_path(job_id))

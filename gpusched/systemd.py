@@ -8,36 +8,16 @@ place (`_error`), so nothing above this module decides by an error's text.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 from gi.repository import Gio, GLib
 
 from gpusched import cgroups
 from gpusched.cgroups import SLICE
+from gpusched.scopes import NoSuchUnit, SystemdError, SystemdUnavailable, UnitExists, Units
 
-
-class Units(Protocol):
-    def start_scope(self, unit: str, pid: int, properties: Sequence[tuple[str, str, Any]]) -> None: ...
-    def stop(self, unit: str) -> bool: ...
-    def kill(self, unit: str, signal: int) -> bool: ...
-    def alive(self, unit: str) -> bool: ...
-
-
-class SystemdError(Exception):
-    """systemd refused or failed a request."""
-
-
-class UnitExists(SystemdError):
-    """StartTransientUnit: a unit of that name is already loaded (a scope left by an earlier start)."""
-
-
-class NoSuchUnit(SystemdError):
-    """The unit is not loaded (it has ended and been collected)."""
-
-
-class SystemdUnavailable(SystemdError):
-    """No usable connection to the system bus right now (it is being re-established): try again later."""
-
+# the errors live in scopes.py (no gi there); named here too for the adapter's callers
+__all__ = ["NoSuchUnit", "Systemd", "SystemdError", "SystemdUnavailable", "UnitExists", "Units"]
 
 _ACTIVE = ("active", "activating", "deactivating", "reloading")
 _UNAVAILABLE = {"org.freedesktop.DBus.Error.Disconnected", "org.freedesktop.DBus.Error.ServiceUnknown",

@@ -4,7 +4,9 @@ from types import SimpleNamespace
 import pytest
 
 from gpusched import api, lifecycle
-from gpusched.api import Api
+from gpusched.access import Access
+from gpusched.api import Api, Manager
+from gpusched.errors import NoSuchJob
 from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing
 from gpusched.model import FINAL
@@ -22,29 +24,35 @@ class Bus:
         return DBus()
 
 
-class Daemon:
+class Engine:
+    """Stands in for the engine: a job table, cancels recorded, and a bug in gpu_table."""
+
     def __init__(self, jobs):
         self.jobs = {j.id: j for j in jobs}
         self.live = {j.id: j for j in jobs if j.state not in FINAL}
         self.listing = Listing()
         self.cancelled = []
-        self.store = SimpleNamespace(root="/var/lib/gpusched")
 
-    def is_admin(self, uid):
-        return uid == 0
+    def get(self, job_id):
+        if job_id not in self.jobs:
+            raise NoSuchJob(f"no job {job_id}")
+        return self.jobs[job_id]
 
-    def may_act(self, uid, job):
-        return uid in (0, job.uid)
+    def page(self, all, after, viewer, table, max_bytes, max_count):
+        jobs = self.jobs if all else self.live
+        ids = sorted(i for i in jobs if i > after)
+        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count)
 
-    def cancel(self, job_id, caller, now=False):
-        job = self.jobs[job_id]
-        if not self.may_act(caller, job):
-            raise PermissionError(f"job {job_id} belongs to {job.user}")
-        self.cancelled.append((job_id, caller, now))
+    def cancel(self, job, by, now=False):
+        self.cancelled.append((job.id, by.uid, now))
         return "killed" if now else "stopping"
 
     def gpu_table(self):
         raise KeyError("a bug")
+
+
+def Daemon(jobs):
+    return Manager(Engine(jobs), Access())
 
 
 def job(i, uid=ALICE, user="alice", tags=(), command="true"):
@@ -103,9 +111,19 @@ def test_cancel_now_passes_now_and_old_cancel_still_works():
     a = Api(d, Bus())
     assert json.loads(a.CancelNow(1, dbus_context=ctx("alice"))) == {"ok": "killed"}
     assert json.loads(a.Cancel(2, dbus_context=ctx("root"))) == {"ok": "stopping"}
-    assert d.cancelled == [(1, ALICE, True), (2, 0, False)]
+    assert d.engine.cancelled == [(1, ALICE, True), (2, 0, False)]
 
 
 @pytest.mark.parametrize("method", ["CancelNow", "Cancel", "Show", "ListPage", "Lookup", "Gpus"])
 def test_every_method_is_in_the_introspection(method):
     assert f'<method name="{method}">' in Api.__doc__
+
+
+def test_a_bugs_value_error_is_not_shown_as_the_callers_mistake():
+    d = Daemon([job(1)])
+
+    def broken():
+        raise ValueError("invalid literal for int() with base 10: 'x'")
+    d.engine.gpu_table = broken
+    err = json.loads(Api(d, Bus()).Gpus(dbus_context=ctx("bob")))["error"]
+    assert "internal error" in err and "invalid literal" not in err

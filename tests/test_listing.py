@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpusched import lifecycle
+from gpusched.access import Caller
 from gpusched.jobfile import JobSpec
 from gpusched.listing import HEADER, INFO_WIDTH, MAX_ENTRY, Listing, bounded_json, printable, row
 from gpusched.model import job_to_dict
@@ -60,34 +61,34 @@ def test_pages_are_cut_by_bytes_and_by_count():
     listing = Listing()
     jobs = [job(i, tags=["t" * 1000] * 50) for i in range(1, 101)]       # ~50 KB each
     size = len(listing.entry(jobs[0])[0])
-    text, last = listing.page(iter(jobs), True, 0, False, True, 10 * size + 50, 1000)
+    text, last = listing.page(iter(jobs), Caller(0, True), False, True, 10 * size + 50, 1000)
     got = json.loads(text)
     assert [j["id"] for j in got] == list(range(1, len(got) + 1))
     assert 5 <= len(got) <= 10 and last == len(got)
     assert len(text) <= 10 * size + 50
-    text, last = listing.page(iter(jobs), True, 0, False, True, 1 << 30, 7)
+    text, last = listing.page(iter(jobs), Caller(0, True), False, True, 1 << 30, 7)
     assert len(json.loads(text)) == 7 and last == 7
-    text, last = listing.page(iter(jobs[:3]), True, 0, False, True, 1 << 30, 7)
+    text, last = listing.page(iter(jobs[:3]), Caller(0, True), False, True, 1 << 30, 7)
     assert len(json.loads(text)) == 3 and last is None
     # one entry bigger than the page still goes, alone
-    text, last = listing.page(iter(jobs), True, 0, False, True, 10, 7)
+    text, last = listing.page(iter(jobs), Caller(0, True), False, True, 10, 7)
     assert len(json.loads(text)) == 1 and last == 1
 
 
 def test_table_page_is_a_json_string_of_rows_with_the_header_first():
     listing = Listing()
     jobs = [job(i, name=f"j\x1b{i}") for i in range(1, 4)]
-    text, last = listing.page(iter(jobs), False, 5, True, True, 1 << 20, 10)
+    text, last = listing.page(iter(jobs), Caller(5, False), True, True, 1 << 20, 10)
     lines = json.loads(text).split("\n")
     assert lines[0] == HEADER and len(lines) == 4 and last is None
     assert all(line.isprintable() for line in lines)
-    text, _ = listing.page(iter(jobs), False, 5, True, False, 1 << 20, 10)
+    text, _ = listing.page(iter(jobs), Caller(5, False), True, False, 1 << 20, 10)
     assert len(json.loads(text).split("\n")) == 3
 
 
 def test_public_entries_hide_private_fields_from_others():
     listing = Listing()
     j = job(1, uid=1000)
-    mine = json.loads(listing.page(iter([j]), False, 1000, False, True, 1 << 20, 10)[0])[0]
-    theirs = json.loads(listing.page(iter([j]), False, 1001, False, True, 1 << 20, 10)[0])[0]
+    mine = json.loads(listing.page(iter([j]), Caller(1000, False), False, True, 1 << 20, 10)[0])[0]
+    theirs = json.loads(listing.page(iter([j]), Caller(1001, False), False, True, 1 << 20, 10)[0])[0]
     assert mine["source"] == "1.toml" and "source" not in theirs

@@ -1,0 +1,522 @@
+"""The engine: the job table and the one door every change of a job goes through.
+
+`apply(job, change, ...)` is that door: `change` is a lifecycle function (lifecycle.py keeps the allowed
+moves), then the record is written (recorder: a failed write is retried every tick), the journal gets its
+line, and the scheduler is woken when the change can let a job start. New jobs come in through `accept` and
+`reject`, which record them or raise (the spool entry then stays where it was). Everything else here is a
+reason to call the door: a scheduling pass (policy.schedule decides), a job's end (its monitor's result), a
+cancel, the reconciliation of active jobs with what the runner sees, the periodic `tick`, and expiry.
+
+The engine is given a clock, a recorder, a runner, a GPU probe, a log and a `wake` callback (ask for a
+scheduling pass, soon); optionally `soon` (run work at idle, in batches) and the spool's `expire_rejected`.
+It imports no GLib and no D-Bus, starts no thread and never sleeps: the daemon drives it on its main loop,
+the unit tests and the simulator on a clock they move by hand (gpusched.testing has the fakes).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from gpusched import launch, lifecycle, policy
+from gpusched import config as configmod
+from gpusched.clock import Clock
+from gpusched.errors import Invalid, NoSuchJob
+from gpusched.gpus import Probe
+from gpusched.inventory import Inventory
+from gpusched.jobfile import JobSpec
+from gpusched.listing import Listing, Viewer
+from gpusched.log import Log
+from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
+from gpusched.recorder import Recorder, Soon
+from gpusched.runner import Ended, Gone, MonitorDied, Runner, Running
+from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
+
+EXPIRE_EVERY = 3600.0      # seconds between sweeps of finished jobs older than keep_finished
+EXPIRE_BATCH = 500         # finished jobs removed per main-loop turn
+MAX_SUBMISSIONS = 10000    # spool names remembered for Lookup
+
+
+@dataclass(frozen=True)
+class Line:
+    """A journal line that depends on the job after its change (see apply's `say`)."""
+    text: str
+    priority: int = 6
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Who(Protocol):
+    """Who asks for a cancel (access.Caller): named in the job's reason."""
+    @property
+    def name(self) -> str: ...
+
+
+def _all_now(fn: Callable[[], bool]) -> None:
+    while fn():
+        pass
+
+
+class Engine:
+    def __init__(self, cfg: configmod.Config, clock: Clock, recorder: Recorder, runner: Runner, probe: Probe,
+                 wake: Callable[[], None], log: Log, soon: Soon = _all_now,
+                 expire_rejected: Callable[[float], int] | None = None):
+        self.cfg = cfg
+        self.clock = clock
+        self.recorder = recorder
+        self.runner = runner
+        self.inventory = Inventory(probe, clock, log, cfg.gpu_poll_interval)
+        self.wake = wake
+        self.log = log
+        self.soon = soon
+        self.expire_rejected = expire_rejected
+        self.listing = Listing()
+        self.jobs: dict[int, Job] = {}
+        self.live: dict[int, Job] = {}                 # jobs not yet final
+        self.submissions: OrderedDict[tuple[int, str, int], int] = OrderedDict()   # (uid, name, ino) -> id
+        self._queued_by_uid: dict[int, set[int]] = {}  # for max_queued_per_user, kept by _track
+        self._rejected_by_uid: dict[int, set[int]] = {}  # for max_rejected_per_user, kept by _track
+        self._retry = False                            # a start must be tried again on the next tick
+        self._restop: set[int] = set()                 # stops to send again (the bus was down)
+        self._expiring: list[int] = []
+        # the first sweep a minute after start (or sooner with a short keep_finished), then every interval
+        self._last_expire = clock.monotonic() - self._expire_interval() + min(60.0, self._expire_interval())
+        # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
+        self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
+
+    # --- the door --------------------------------------------------------------------------------------
+
+    def apply(self, job: Job, change: Callable[..., Any], *args: Any, say: str | Callable[[Job], Line] | None = None,
+              priority: int = 6, wake: bool = False, **fields: Any) -> bool:
+        """Change `job` with `change(job, *args)` (a lifecycle function: it raises TransitionError for a
+        move lifecycle.ALLOWED doesn't have), write its record, say `say` in the journal (a text with
+        `priority` and `fields`, or a function of the changed job giving a Line), and wake the scheduler if
+        `wake`: when the change frees GPUs or adds to the queue outside a pass. A start that failed is
+        retried on the next tick instead, so a start that always fails can't spin the loop. Returns whether
+        the record is on disk (if not, it is retried every tick)."""
+        change(job, *args)
+        self._track(job)
+        saved = self.recorder.save(job)
+        if say is not None:
+            line = say(job) if callable(say) else Line(say, priority, fields)
+            self.log(line.text, line.priority, job=job, **line.fields)
+        if wake:
+            self.wake()
+        return saved
+
+    def _track(self, job: Job) -> None:
+        """The in-memory side of every change: the table, the live set, the per-user counts, the listing."""
+        self.jobs[job.id] = job
+        self.listing.invalidate(job.id)
+        if job.state in FINAL:
+            self.live.pop(job.id, None)
+        else:
+            self.live[job.id] = job
+        for by_uid, state in ((self._queued_by_uid, State.QUEUED), (self._rejected_by_uid, State.REJECTED)):
+            ids = by_uid.setdefault(job.uid, set())
+            if job.state == state:
+                ids.add(job.id)
+            else:
+                ids.discard(job.id)
+
+    def _untrack(self, job_id: int) -> None:
+        job = self.jobs.pop(job_id, None)
+        self.live.pop(job_id, None)
+        self.listing.invalidate(job_id)
+        self.recorder.forget(job_id)
+        if job is not None:
+            self._queued_by_uid.get(job.uid, set()).discard(job_id)
+            self._rejected_by_uid.get(job.uid, set()).discard(job_id)
+
+    # --- new jobs --------------------------------------------------------------------------------------
+
+    def accept(self, job_id: int, spec: JobSpec, user: str, uid: int, gid: int, source: str, *,
+               data: bytes = b"", key: tuple[int, str, int] | None = None,
+               settle: Callable[[], Any] | None = None) -> Job:
+        """Record a new queued job: its job file (`data`, as taken) and its record, then `settle` (the
+        intake moves the spool entry out), then the journal line, and wake the scheduler. `key` (uid, spool
+        name, inode) lets its submitter look the id up. Raises OSError when the state directory can't take
+        it: then nothing of it is kept."""
+        job = lifecycle.accepted(job_id, spec, user, uid, gid, source, self.clock.time())
+        self._admit(job, data, key, settle)
+        gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
+        self.log(f"accepted job {job_id} {spec.name!r} from {user}: {gpus}, priority {spec.priority}",
+                 job=job, GPUSCHED_EVENT="accept")
+        self.wake()
+        return job
+
+    def reject(self, job_id: int, owner: str, uid: int, source: str, problem: str, *,
+               key: tuple[int, str, int] | None = None, settle: Callable[[], Any] | None = None,
+               say: Callable[[str], None] | None = None) -> Job:
+        """Record a rejected entry, saying why (through `say` instead of the job's own journal line when
+        given: the intake's rate limit); `settle` keeps the entry (it returns where). Raises OSError as
+        accept does."""
+        job = lifecycle.rejected(job_id, owner, uid, source, problem, self.clock.time())
+        kept = self._admit(job, None, key, settle)
+        text = f"rejected job {job_id} from {owner}: {problem} (kept as {kept})"
+        if say is None:
+            self.log(text, 4, job=job, GPUSCHED_EVENT="reject")
+        else:
+            say(text)
+        return job
+
+    def evict_rejected(self, uid: int, n: int) -> bool:
+        """Remove the user's n oldest rejection records (a rejected entry has no log and no result; its kept
+        copy in the spool's .rejected/ stays until keep_rejected). False if they can't be removed now."""
+        oldest = heapq.nsmallest(n, self._rejected_by_uid.get(uid, ()))
+        try:
+            self.recorder.remove_rejected(oldest)
+        except (OSError, ValueError) as e:
+            self.log(f"can't remove old rejection records of uid {uid}: {e}", 3)
+            return False
+        for job_id in oldest:
+            self._untrack(job_id)
+        return True
+
+    def _admit(self, job: Job, data: bytes | None, key: tuple[int, str, int] | None,
+               settle: Callable[[], Any] | None) -> Any:
+        if key is not None:
+            self.submissions[key] = job.id
+            while len(self.submissions) > MAX_SUBMISSIONS:
+                self.submissions.popitem(last=False)
+        try:
+            self.recorder.create(job, data)             # raises when the disk is full: nothing accepted yet
+            self._track(job)
+            return settle() if settle else None
+        except OSError:
+            self._untrack(job.id)
+            if key is not None:
+                self.submissions.pop(key, None)         # Lookup must not name it
+            raise
+
+    def queued_of(self, uid: int) -> int:
+        return len(self._queued_by_uid.get(uid, ()))
+
+    def rejected_of(self, uid: int) -> int:
+        return len(self._rejected_by_uid.get(uid, ()))
+
+    # --- recovery --------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Every recorded job into the table, as it was written."""
+        for job in self.recorder.load(lambda name, e: self.log(f"status file {name} unreadable: {e}", 3)):
+            self._track(job)
+
+    def recover(self) -> None:
+        """After load (and the intake's unfinished entries): stale people's copies rewritten (after READY=1,
+        in batches), the GPUs probed, every active job reconciled with its scope and result."""
+        self.recorder.refresh_stale(self.jobs)          # copies a crash left older than their record: soon
+        self.probe_gpus()
+        for job in [j for j in self.live.values() if j.state in ACTIVE]:
+            self.reconcile(job, recovering=True)
+        n_active = sum(1 for j in self.live.values() if j.state in ACTIVE)
+        self.log(f"recovered {len(self.jobs)} job(s): {n_active} active, {len(self.live) - n_active} queued")
+
+    def reconcile(self, job: Job, recovering: bool = False) -> None:
+        """Bring an active job's record in line with reality: its scope and its monitor's result."""
+        seen = self.runner.observe(job)
+        if isinstance(seen, Ended):
+            self.finish(job, seen.result)
+        elif isinstance(seen, Running):
+            if job.state == State.STARTING:
+                self.apply(job, lifecycle.running, say=f"job {job.id} re-adopted: running in {job.unit}")
+            elif job.state == State.STOPPING and recovering:
+                self.runner.stop(job.unit)                   # in case the daemon died before asking
+            elif recovering:
+                self.log(f"job {job.id} re-adopted: running in {job.unit}", job=job)
+        elif isinstance(seen, Gone):
+            if job.state == State.STARTING:
+                self.apply(job, lifecycle.never_started, "requeued: the daemon stopped before the job began",
+                           say=f"job {job.id} never started; requeued")
+            else:
+                self.finish(job, None)
+        # Leftovers: processes remain in the scope; the runner kills them, the job keeps its GPUs meanwhile
+
+    def monitor_exited(self, job_id: int) -> None:
+        job = self.live.get(job_id)
+        if job is None or job.state not in ACTIVE:
+            return
+        self.reconcile(job)
+
+    def finish(self, job: Job, result: dict[str, Any] | None) -> None:
+        """The attempt is over: `result` is what its monitor recorded, None if it recorded nothing."""
+        if result is not None and result.get("not_started") and job.state in (State.STARTING, State.RUNNING):
+            self.apply(job, lifecycle.never_started, "requeued: the daemon stopped before the job began",
+                       say=f"job {job.id} never started; requeued", GPUSCHED_EVENT="requeue", wake=True)
+            return
+        self.apply(job, lifecycle.ended, result, self.clock.time(), say=_ended_line, wake=True)
+
+    # --- what people ask -------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NoSuchJob(f"no job {job_id}")
+        return job
+
+    def cancel(self, job: Job, by: Who, now: bool = False) -> str:
+        """Cancel a job (the caller's right to is checked by the API, access.py): a queued one at once; an
+        active one with its stop signal and grace, or (now) with SIGKILL to every process of its scope,
+        whatever its grace."""
+        who = by.name
+        if job.state == State.QUEUED:
+            self.apply(job, lifecycle.cancel_queued, f"cancelled by {who}", self.clock.time(),
+                       say=f"job {job.id} cancelled by {who} while queued", GPUSCHED_EVENT="cancel", wake=True)
+            return "cancelled"
+        if job.state not in ACTIVE:
+            raise Invalid(f"job {job.id} has already ended ({job.state})")
+        how = "at once (SIGKILL)" if now else ""
+        if job.state == State.STOPPING:
+            if job.stop_intent != "cancel" or now:
+                self.apply(job, lifecycle.cancel_stopping, f"cancelled by {who} {how}".rstrip(),
+                           say=f"job {job.id} cancelled by {who} while stopping {how}".rstrip(),
+                           GPUSCHED_EVENT="cancel")
+        else:
+            self._stop(job, "cancel", f"cancelled by {who} {how}".rstrip())
+        if now and job.state in ACTIVE:
+            self.runner.kill(job)
+            return "killed"
+        return "stopping"
+
+    def job(self, job_id: int) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def lookup(self, caller: int, name: str, ino: int) -> int:
+        return self.submissions.get((caller, name, ino), 0)
+
+    def page(self, all: bool, after: int, viewer: Viewer, table: bool, max_bytes: int,
+             max_count: int) -> tuple[str, int | None]:
+        """A page of the listing: jobs with ids above `after` (all: finished ones too); see Listing.page."""
+        jobs = self.jobs if all else self.live
+        ids = sorted(i for i in jobs if i > after)
+        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count)
+
+    def _holders(self) -> dict[int, int]:
+        return {g.index: j.id for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
+
+    def gpu_table(self) -> list[dict[str, Any]]:
+        return self.inventory.table(self._holders())
+
+    def status_line(self) -> str:
+        running = sum(1 for j in self.live.values() if j.state in ACTIVE)
+        queued = sum(1 for j in self.live.values() if j.state == State.QUEUED)
+        return f"{running} running, {queued} queued, {self.inventory.summary(set(self._holders()))}"
+
+    # --- scheduling ------------------------------------------------------------------------------------
+
+    def probe_gpus(self) -> None:
+        if self.inventory.refresh(j.unit for j in self.live.values() if j.state in ACTIVE and j.unit):
+            self.wake()                                  # only what can change a decision wakes the policy
+
+    def schedule(self) -> None:
+        """One scheduling pass: the policy decides; preemptions are sent, starts made, waiting reasons noted.
+        Errors are contained per job (one job whose start fails, every pass perhaps, never blocks the
+        others) and per pass (a bug is logged; the next pass runs as usual)."""
+        t0 = self.clock.monotonic()
+        try:
+            self._schedule()
+        except Exception:  # noqa: BLE001
+            self.log(f"internal error in scheduling pass: {traceback.format_exc()}", 3, multiline=True)
+        self.stats["last_pass_seconds"] = self.clock.monotonic() - t0
+        self.stats["passes"] += 1
+
+    def _schedule(self) -> None:
+        t0 = self.clock.monotonic()
+        queued, holders = [], []
+        for job in self.live.values():
+            spec = job.spec
+            assert spec is not None
+            if job.state == State.QUEUED:
+                queued.append(policy.Request(job.id, spec.priority, spec.gpus, spec.gpu_memory, spec.gpu_type,
+                                             spec.gpu_ids, uid=job.uid))
+            elif job.state in ACTIVE:
+                holders.append(policy.Holder(job.id, spec.priority, tuple(g.index for g in job.gpus),
+                                             spec.preemptible, job.state == State.STOPPING, uid=job.uid,
+                                             cpu_only=spec.gpus == 0))
+        if not queued:
+            return
+        gpus = self.inventory.gpus
+        d = policy.schedule(queued, holders, gpus, max_running=self.cfg.max_running,
+                            preempt_margin=self.cfg.preempt_margin,
+                            max_running_per_user=self.cfg.max_running_per_user,
+                            max_cpu_jobs_per_user=configmod.cpu_job_cap(self.cfg))
+        self.stats["last_policy_seconds"] = self.clock.monotonic() - t0
+        self.stats["last_pass_queued"] = len(queued)
+        for victim, for_job in d.preempts:
+            self._contained(self._stop, self.jobs[victim], "preempt",
+                            f"preempted by job {for_job} (priority {self.jobs[for_job].spec.priority})")  # type: ignore
+        by_index = {g.index: g for g in gpus or ()}
+        for job_id, indices in d.starts:
+            self._contained(self._start, self.jobs[job_id], [by_index[i] for i in indices])
+        for job_id, reason in d.waiting.items():
+            self._wait(self.jobs[job_id], reason)
+
+    def _wait(self, job: Job, reason: str) -> None:
+        """A queued job's waiting reason: the one change that is not the door's. It is informational and
+        recomputed every pass, so it is not written durably: only the people's copy shows it, soon."""
+        if lifecycle.waiting(job, reason):
+            self.listing.invalidate(job.id)
+            self.recorder.copy_soon(job)
+
+    def _contained(self, action: Callable[..., None], job: Job, *args: Any) -> None:
+        try:
+            action(job, *args)
+        except Exception:  # noqa: BLE001 - a bug or an odd failure with one job must not stop the pass
+            self.log(f"internal error in {action.__name__} for job {job.id}: {traceback.format_exc()}", 3,
+                     job=job, multiline=True)
+            if job.state == State.STARTING:
+                # nothing of it can be running yet (the monitor got no spec): back to the queue, retried later
+                self.apply(job, lifecycle.never_started, "waiting: an internal error stopped its start; retrying")
+
+    def _start(self, job: Job, gpus: Sequence[Gpu]) -> None:
+        spec = job.spec
+        assert spec is not None
+        account = self.runner.account(job.uid)
+        if account is None:
+            self.apply(job, lifecycle.start_failed, f"user {job.user} (uid {job.uid}) no longer exists",
+                       self.clock.time())
+            return
+        unit = launch.unit_name(job.id)
+        if not self.apply(job, lifecycle.starting, gpus, unit, self.recorder.log_path(job.id), self.clock.time(),
+                          os.urandom(4).hex()):
+            # on disk before the scope exists, or no start
+            self.apply(job, lifecycle.never_started, "waiting: the state directory can't be written")
+            self._retry = True
+            return
+        try:
+            self.runner.start(job, account, gpus, lambda: self.monitor_exited(job.id))
+        except UnitExists as e:
+            # a scope left by a start that was given up on (this job is queued, so nothing of it can be
+            # running there): stop it and try again on the next tick
+            self.apply(job, lifecycle.never_started, f"waiting for the previous {unit} to go away",
+                       say=f"job {job.id} not started: {e}", priority=3)
+            self.runner.stop(unit)
+            self._retry = True
+            return
+        except SystemdUnavailable as e:
+            self.apply(job, lifecycle.never_started, "waiting: the system bus is being reconnected",
+                       say=f"job {job.id} not started: {e}", priority=3)
+            self._retry = True
+            return
+        except SystemdError as e:
+            self.apply(job, lifecycle.start_failed, f"could not create {unit}: {e}", self.clock.time(),
+                       say=f"job {job.id} not started: {e}", priority=3)
+            return
+        except MonitorDied as e:
+            # nothing runs; stop the empty scope and requeue; the monitor's exit is handled as usual
+            self.apply(job, lifecycle.never_started,
+                       f"waiting: its monitor died before the job began ({e.strerror})",
+                       say=f"job {job.id} not started: its monitor died early", priority=3)
+            self.runner.stop(unit)
+            self._retry = True
+            return
+        where = "GPU " + ",".join(str(g.index) for g in gpus) if gpus else "no GPU"
+        self.apply(job, lifecycle.running,
+                   say=f"started job {job.id} {spec.name!r} of {job.user} in {unit} on {where} (attempt {job.attempt})",
+                   GPUSCHED_EVENT="start", GPUSCHED_UNIT=unit)
+
+    def _stop(self, job: Job, intent: str, reason: str) -> None:
+        self.apply(job, lifecycle.stopping, intent, reason, self.clock.time(), say=f"stopping job {job.id}: {reason}",
+                   GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
+        self._send_stop(job)
+
+    def _send_stop(self, job: Job) -> None:
+        try:
+            gone = not self.runner.stop(job.unit)
+        except SystemdUnavailable:
+            self._restop.add(job.id)                    # asked again once the bus is back (tick)
+            return
+        self._restop.discard(job.id)
+        if gone:
+            self.reconcile(job)
+
+    # --- periodic work ---------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Every second or so: the GPUs probed when due, stops the bus lost sent again, active jobs no
+        monitor of ours reports on reconciled, failed writes retried, failed starts retried, expiry when due."""
+        if self.inventory.due():
+            self.probe_gpus()
+        watched = self.runner.watched()
+        try:
+            for job_id in list(self._restop):
+                job = self.live.get(job_id)
+                if job is None or job.state != State.STOPPING:
+                    self._restop.discard(job_id)
+                else:
+                    self._send_stop(job)
+            for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in watched]:
+                self.reconcile(job)
+        except SystemdUnavailable:
+            pass                                        # bus.py is reconnecting; tried again next tick
+        if self.recorder.dirty:
+            self.recorder.retry(self.jobs)
+        if self._retry:
+            self._retry = False
+            self.wake()
+        now = self.clock.monotonic()
+        if now - self._last_expire >= self._expire_interval():
+            self._last_expire = now
+            self.expire()
+
+    # --- expiry ----------------------------------------------------------------------------------------
+
+    def _keep(self) -> tuple[float, float]:
+        """(keep_finished, keep_rejected) in seconds, 0 meaning for ever; keep_rejected 0 follows keep_finished."""
+        finished = self.cfg.keep_finished
+        rejected = self.cfg.keep_rejected or finished
+        return finished, (min(rejected, finished) if finished else rejected)
+
+    def _expire_interval(self) -> float:
+        shortest = min((k for k in self._keep() if k), default=0.0)
+        return min(EXPIRE_EVERY, max(1.0, shortest / 4)) if shortest else EXPIRE_EVERY
+
+    def expire(self) -> None:
+        """Start a sweep of finished jobs older than keep_finished (rejected ones: keep_rejected): records,
+        status files, logs, results and rejected entries' kept copies go. Never an active or queued job. Done
+        in batches (`soon`)."""
+        keep_finished, keep_rejected = self._keep()
+        if not (keep_finished or keep_rejected) or self._expiring:
+            return
+        now = self.clock.time()
+        cutoff = {State.REJECTED: now - keep_rejected if keep_rejected else 0.0}
+        default = now - keep_finished if keep_finished else 0.0
+        self._expiring = [j.id for j in self.jobs.values()
+                          if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)]
+        if keep_rejected and self.expire_rejected is not None:
+            try:
+                freed = self.expire_rejected(cutoff[State.REJECTED])
+                if freed:
+                    self.log(f"removed rejected spool entries older than keep_rejected ({freed} bytes)")
+            except OSError as e:
+                self.log(f"can't expire rejected spool entries: {e}", 3)
+        if self._expiring:
+            self.log(f"removing {len(self._expiring)} finished job(s) older than keep_finished / keep_rejected",
+                     GPUSCHED_EVENT="expire")
+            self.soon(self.expire_batch)
+
+    def expire_batch(self) -> bool:
+        """Remove up to EXPIRE_BATCH of the sweep's jobs. True while some are left."""
+        batch = []
+        while self._expiring and len(batch) < EXPIRE_BATCH:
+            job = self.jobs.get(self._expiring.pop())
+            if job is not None and job.state in FINAL and job.id not in self.recorder.dirty:
+                batch.append(job)
+        try:
+            self.recorder.remove(j.id for j in batch)           # lists results/ once per batch
+        except (OSError, ValueError) as e:
+            self.log(f"can't remove {len(batch)} finished job(s): {e}; kept for the next sweep", 3)
+            return bool(self._expiring)
+        for job in batch:
+            self._untrack(job.id)
+        return bool(self._expiring)
+
+
+def _ended_line(job: Job) -> Line:
+    text = f"job {job.id} {job.state}" + (f": {job.reason}" if job.reason else "")
+    return Line(text, 6 if job.state in (State.SUCCEEDED, State.QUEUED, State.CANCELLED) else 4,
+                {"GPUSCHED_EVENT": "requeue" if job.state == State.QUEUED else "end",
+                 "GPUSCHED_EXIT_CODE": job.exit_code, "GPUSCHED_SIGNAL": job.signal})

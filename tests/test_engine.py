@@ -1,0 +1,272 @@
+"""The engine alone, on the fakes of gpusched.testing (a clock moved by hand, a runner whose jobs run on it, a
+recorder in memory): no root, no systemd, no disk. The same fakes drive the simulator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gpusched import config as configmod
+from gpusched.access import Caller
+from gpusched.engine import Engine
+from gpusched.errors import Invalid, NoSuchJob
+from gpusched.jobfile import JobSpec
+from gpusched.lifecycle import TransitionError
+from gpusched.model import State
+from gpusched.runner import MonitorDied
+from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
+from gpusched.testing import EPOCH, FakeRunner, ListLog, MemoryRecorder, World
+
+ROOT = Caller(0, True)
+
+
+def spec(name="train", gpus=1, **kw) -> JobSpec:
+    return JobSpec(command="python train.py", name=name, gpus=gpus, **kw)
+
+
+def lines_of(w: World, job_id: int) -> list[str]:
+    return [m for m, _, f in w.log.lines if f.get("GPUSCHED_JOB_ID") == job_id]
+
+
+def assert_recorded(w: World) -> None:
+    """The door's promise: every job's record says what the engine holds."""
+    for job in w.engine.jobs.values():
+        assert w.recorder.state_of(job.id) == job.state, job
+
+
+def test_a_job_from_accept_to_success():
+    w = World(gpus=2, duration=lambda job: 600)
+    w.settle()                                          # the first probe found the GPUs: one pass
+    job = w.submit(spec())
+    assert job.state == State.QUEUED and w.wakes == 1 and job.submitted == EPOCH
+    w.settle()
+    assert job.state == State.RUNNING and job.gpus[0].index == 0 and job.attempt == 1
+    assert w.runner.started == [(job.id, (0,))]
+    w.run_until(EPOCH + 599)
+    assert job.state == State.RUNNING
+    w.run_until(EPOCH + 601)
+    assert job.state == State.SUCCEEDED and job.ended == EPOCH + 600 and job.exit_code == 0
+    assert lines_of(w, job.id) == [
+        "accepted job 1 'train' from user1000: 1 GPU(s), priority 100",
+        "started job 1 'train' of user1000 in gpusched-job-1.scope on GPU 0 (attempt 1)",
+        "job 1 succeeded"]
+    assert_recorded(w)
+
+
+def test_cancel_a_queued_job_and_a_running_one():
+    w = World(gpus=1)
+    running, queued = w.submit(spec("a")), w.submit(spec("b"))
+    w.settle()
+    assert running.state == State.RUNNING and queued.state == State.QUEUED
+    assert queued.reason.startswith("waiting")                                  # the policy says why
+    assert w.engine.cancel(queued, ROOT) == "cancelled"
+    assert queued.state == State.CANCELLED and queued.reason == "cancelled by root"
+    assert w.engine.cancel(running, ROOT) == "stopping"
+    assert running.state == State.STOPPING and w.runner.stopped == [running.unit]
+    w.run_until(w.clock.time())
+    assert running.state == State.CANCELLED and running.reason == "cancelled by root; killed by SIGTERM"
+    with pytest.raises(Invalid, match="has already ended"):
+        w.engine.cancel(running, ROOT)
+    with pytest.raises(NoSuchJob, match="no job 99"):
+        w.engine.get(99)
+    assert_recorded(w)
+
+
+def test_cancel_now_kills_a_stopping_job():
+    w = World(gpus=1)
+    job = w.submit(spec())
+    w.settle()
+    w.runner.stop = lambda unit: True                   # the stop signal is ignored: it keeps running
+    assert w.engine.cancel(job, ROOT) == "stopping"
+    assert w.engine.cancel(job, ROOT, now=True) == "killed"
+    assert w.runner.killed == [job.unit] and job.reason == "cancelled by root at once (SIGKILL)"
+    w.run_until(w.clock.time())
+    assert job.state == State.CANCELLED and "killed by SIGKILL" in job.reason
+
+
+def test_preemption_requeues_the_victim_with_its_id():
+    w = World(gpus=2, duration=lambda job: 3600)
+    low = w.submit(spec("low", gpus=2, priority=100))
+    w.settle()
+    assert low.state == State.RUNNING
+    urgent = w.submit(spec("urgent", gpus=1, priority=10))
+    w.settle()
+    assert low.state == State.STOPPING and low.stop_intent == "preempt" and urgent.state == State.QUEUED
+    w.run_until(w.clock.time() + 1)                     # the victim's scope empties: GPUs free, next pass
+    assert urgent.state == State.RUNNING
+    assert low.state == State.QUEUED and low.preemptions == 1 and low.history[0]["preempted"]
+    assert "job 1 queued: preempted (preempted by job 2 (priority 10)); killed by SIGTERM; requeued" in \
+        lines_of(w, low.id)
+    w.run_until(w.clock.time() + 3600)
+    assert urgent.state == State.SUCCEEDED and low.state == State.RUNNING and low.attempt == 2
+    assert_recorded(w)
+
+
+def test_recovery_readopts_finishes_and_requeues():
+    w = World(gpus=4, duration=lambda job: 100 if job.spec.name == "short" else None)
+    long, short = w.submit(spec("long")), w.submit(spec("short"))
+    w.settle()
+    assert long.state == short.state == State.RUNNING
+    # the daemon dies; meanwhile "short" ends, and a third job had been recorded as starting, no scope yet
+    w.clock.advance(200)
+    starting = w.submit(spec("cut"))
+    starting.state, starting.unit, starting.attempt = State.STARTING, "gpusched-job-3.scope", 1
+    w.recorder.save(starting)
+    log = ListLog()
+    e = Engine(w.cfg, w.clock, w.recorder, w.runner, w.probe, lambda: None, log)
+    e.load()
+    e.recover()
+    assert e.jobs[long.id].state == State.RUNNING
+    assert e.jobs[short.id].state == State.SUCCEEDED and e.jobs[short.id].ended == EPOCH + 100
+    assert e.jobs[starting.id].state == State.QUEUED and e.jobs[starting.id].attempt == 0
+    texts = log.texts()
+    assert "job 1 re-adopted: running in gpusched-job-1.scope" in texts
+    assert "job 3 never started; requeued" in texts and "job 2 succeeded" in texts
+    assert texts[-1] == "recovered 3 job(s): 1 active, 1 queued"
+
+
+def test_a_start_that_finds_its_unit_is_retried_on_the_next_tick():
+    w = World(gpus=1)
+    job = w.submit(spec())
+    w.runner.fail[job.id] = UnitExists("StartTransientUnit gpusched-job-1.scope: Unit exists")
+    assert w.settle() == 1                              # no pass asks for another: no spin
+    assert job.state == State.QUEUED and job.attempt == 0 and not job.gpus
+    assert job.reason == "waiting for the previous gpusched-job-1.scope to go away"
+    assert ("job 1 not started: StartTransientUnit gpusched-job-1.scope: Unit exists", 3) in \
+        [(m, p) for m, p, _ in w.log.lines]
+    w.engine.tick()
+    assert w.settle() == 1 and job.state == State.RUNNING and job.attempt == 1
+    assert_recorded(w)
+
+
+def test_typed_start_errors():
+    w = World(gpus=4)
+    refused, bus, died = w.submit(spec("a")), w.submit(spec("b")), w.submit(spec("c"))
+    w.runner.fail[refused.id] = SystemdError("StartTransientUnit: refused")
+    w.runner.fail[bus.id] = SystemdUnavailable("not connected")
+    w.runner.fail[died.id] = MonitorDied("Broken pipe")
+    w.settle()
+    assert refused.state == State.FAILED and refused.reason == "could not create gpusched-job-1.scope: " \
+        "StartTransientUnit: refused"
+    assert bus.state == State.QUEUED and bus.reason == "waiting: the system bus is being reconnected"
+    assert died.state == State.QUEUED and "monitor died before the job began (Broken pipe)" in died.reason
+    assert w.runner.stopped == []                        # the died job's scope never existed here
+    assert_recorded(w)
+
+
+def test_one_job_whose_start_has_a_bug_does_not_block_the_others():
+    w = World(gpus=4)
+    bad = w.submit(spec("bad", priority=1))
+    others = [w.submit(spec(f"j{i}")) for i in range(3)]
+    w.runner.fail[bad.id] = RuntimeError("a bug")
+    w.settle()
+    assert bad.state == State.QUEUED and "internal error" in bad.reason
+    assert [j.state for j in others] == [State.RUNNING] * 3
+    assert any("internal error in _start for job 1" in m for m in w.log.texts())
+
+
+def test_a_failed_write_keeps_the_job_back_and_is_retried():
+    w = World(gpus=1)
+    job = w.submit(spec())
+    w.recorder.full = True                               # the disk fills before the pass
+    w.settle()
+    assert job.state == State.QUEUED and job.reason == "waiting: the state directory can't be written"
+    assert w.runner.started == [] and w.recorder.dirty == {job.id}
+    w.engine.tick()                                      # still full: still dirty, said once
+    assert w.recorder.dirty == {job.id}
+    assert sum("can't write the status of job 1" in m for m in w.log.texts()) == 1
+    w.recorder.full = False
+    w.engine.tick()
+    assert not w.recorder.dirty and w.recorder.state_of(job.id) == "queued"
+    w.settle()
+    assert job.state == State.RUNNING
+    assert_recorded(w)
+
+
+def test_accept_on_a_full_disk_keeps_nothing():
+    w = World(gpus=1)
+    w.recorder.full = True
+    with pytest.raises(OSError):
+        w.engine.accept(7, spec(), "alice", 1000, 1000, "a.toml", key=(1000, "a.toml", 42))
+    assert not w.engine.jobs and w.engine.lookup(1000, "a.toml", 42) == 0 and w.engine.queued_of(1000) == 0
+
+
+def test_the_time_limit_ends_a_job_and_says_so():
+    w = World(gpus=1)
+    job = w.submit(spec(time_limit=3600.0))
+    w.run_until(EPOCH + 7200)
+    assert job.state == State.FAILED and job.signal == "SIGTERM" and job.ended == EPOCH + 3600
+    assert job.reason == "killed by SIGTERM (time limit 1h reached)"
+
+
+def test_expiry_follows_the_clock():
+    w = World(gpus=1, cfg=configmod.Config(keep_finished=3600.0), duration=lambda job: 10)
+    done, waiting = w.submit(spec("done")), w.submit(spec("waits", gpus=2))
+    w.run_until(EPOCH + 20)
+    assert done.state == State.SUCCEEDED
+    w.clock.advance(1800)
+    w.engine.tick()
+    assert done.id in w.engine.jobs                      # not an hour old yet
+    w.clock.advance(3600)
+    w.engine.tick()
+    assert done.id not in w.engine.jobs and w.recorder.removed == [done.id]
+    assert waiting.id in w.engine.jobs and waiting.state == State.QUEUED
+
+
+def test_a_stop_during_a_bus_outage_is_sent_again():
+    w = World(gpus=1)
+    job = w.submit(spec())
+    w.settle()
+    real_stop = w.runner.stop
+
+    def down(unit):
+        raise SystemdUnavailable("reconnecting")
+    w.runner.stop = down
+    assert w.engine.cancel(job, ROOT) == "stopping" and job.state == State.STOPPING
+    w.engine.tick()
+    assert w.runner.stopped == []
+    w.runner.stop = real_stop
+    w.engine.tick()
+    assert w.runner.stopped == [job.unit]
+    w.run_until(w.clock.time())
+    assert job.state == State.CANCELLED
+
+
+def test_the_door_refuses_a_move_lifecycle_does_not_allow():
+    w = World(gpus=1)
+    job = w.submit(spec())
+    from gpusched import lifecycle
+    with pytest.raises(TransitionError):
+        w.engine.apply(job, lifecycle.running)
+    assert job.state == State.QUEUED and w.recorder.state_of(job.id) == "queued"
+
+
+def test_unknown_user_at_start():
+    """The start of a job whose user was deleted: today a queued job can't go straight to failed
+    (lifecycle.ALLOWED), so it stays queued and each pass logs an internal error (kept as it was; see the
+    report of the split)."""
+    w = World(gpus=1)
+    job = w.submit(spec())
+    w.runner.accounts[job.uid] = None
+    w.settle()
+    assert job.state == State.QUEUED
+    assert any("internal error in _start" in m for m in w.log.texts())
+
+
+def test_the_simulator_loop_runs_many_jobs_on_a_virtual_clock():
+    w = World(gpus=8, duration=lambda job: 60.0 * (job.id % 7 + 1), keep_records=False)
+    jobs = [w.submit(spec(f"j{i}", gpus=1 + i % 3)) for i in range(300)]
+    w.run_until(EPOCH + 10 * 86400)
+    assert all(j.state == State.SUCCEEDED for j in jobs)
+    assert isinstance(w.runner, FakeRunner) and isinstance(w.recorder, MemoryRecorder)
+
+
+def test_the_engine_and_its_fakes_load_no_glib_and_no_dbus():
+    code = ("import sys, gpusched.engine, gpusched.testing; "
+            "print(sorted(m for m in ('gi', 'pydbus') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "[]"
