@@ -87,22 +87,45 @@ def test_cancel_now_kills_a_stopping_job():
     assert job.state == State.CANCELLED and "killed by SIGKILL" in job.reason
 
 
-def test_preemption_requeues_the_victim_with_its_id():
-    w = World(gpus=2, duration=lambda job: 3600)
-    low = w.submit(spec("low", gpus=2, priority=100))
+CLASSES = configmod.parse("""
+[classes.debug]
+priority = 0
+preempts = ["low"]
+default_time_limit = "2h"
+[classes.normal]
+priority = 10
+[classes.low]
+priority = 20
+""")
+
+
+def test_a_debug_class_job_preempts_a_low_class_one_and_the_victim_is_requeued_with_its_id():
+    w = World(gpus=2, cfg=CLASSES, duration=lambda job: 3600)
+    low = w.submit(spec("low", gpus=2, job_class="low"), uid=1000)
     w.settle()
-    assert low.state == State.RUNNING
-    urgent = w.submit(spec("urgent", gpus=1, priority=10))
+    assert low.state == State.RUNNING and low.job_class == "low"
+    urgent = w.submit(spec("urgent", gpus=1, job_class="debug"), uid=1001)
     w.settle()
     assert low.state == State.STOPPING and low.stop_intent == "preempt" and urgent.state == State.QUEUED
     w.run_until(w.clock.time() + 1)                     # the victim's scope empties: GPUs free, next pass
     assert urgent.state == State.RUNNING
     assert low.state == State.QUEUED and low.preemptions == 1 and low.history[0]["preempted"]
-    assert "job 1 queued: preempted (preempted by job 2 (priority 10)); killed by SIGTERM; requeued" in \
+    assert "job 1 queued: preempted (preempted by job 2 (class 'debug')); killed by SIGTERM; requeued" in \
         lines_of(w, low.id)
     w.run_until(w.clock.time() + 3600)
     assert urgent.state == State.SUCCEEDED and low.state == State.RUNNING and low.attempt == 2
     assert_recorded(w)
+
+
+def test_without_classes_priority_no_longer_preempts_another_users_job():
+    """The time-aware policy: a user's priority orders only their own jobs; urgency is a class's."""
+    w = World(gpus=2, duration=lambda job: 3600)
+    low = w.submit(spec("low", gpus=2, priority=100), uid=1000)
+    w.settle()
+    urgent = w.submit(spec("urgent", gpus=1, priority=10), uid=1001)
+    w.settle()
+    assert low.state == State.RUNNING and urgent.state == State.QUEUED
+    assert urgent.reason.startswith("waiting for 1 GPU(s), 0 free")
 
 
 def test_recovery_readopts_finishes_and_requeues():
