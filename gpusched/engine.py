@@ -15,10 +15,10 @@ the unit tests and the simulator on a clock they move by hand (gpusched.testing 
 
 from __future__ import annotations
 
-import grp
-import pwd
+import dataclasses
 import heapq
 import os
+import pwd
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from gpusched import launch, lifecycle, policy
 from gpusched import config as configmod
+from gpusched.access import group_names
 from gpusched.clock import Clock
 from gpusched.errors import Invalid, NoSuchJob
 from gpusched.gpus import Probe
@@ -94,7 +95,7 @@ class Engine:
         self._classes = cfg.class_map() or None
         self._requests: dict[int, tuple[policy.Request, float | None]] = {}
         self.ledger = fairshare.Ledger(cfg.fair_share_half_life, at=clock.time())
-        self._charged: dict[int, float] = {}
+        self._charged: dict[int, tuple[float, int]] = {}   # active job id -> (charged up to, GPUs)
         self._runs: dict[tuple[int, str], deque[float]] = {}
         self._share_group: dict[str, str | None] = {}
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
@@ -125,8 +126,10 @@ class Engine:
         self.jobs[job.id] = job
         self.listing.invalidate(job.id)
         self._requests.pop(job.id, None)
-        if job.id in self._charged and job.state not in ACTIVE:
-            self._charge_job(job, job.ended or self.clock.time())     # it held its GPUs until now
+        if job.state in ACTIVE and job.gpus and job.id not in self._charged:
+            self._charged[job.id] = (job.started if job.started is not None else self.clock.time(), len(job.gpus))
+        elif job.id in self._charged and job.state not in ACTIVE:
+            self._charge_job(job, self.clock.time())     # it held its GPUs until now
             del self._charged[job.id]
         if job.state == State.SUCCEEDED and job.spec and job.started is not None and job.ended is not None:
             self._runs.setdefault((job.uid, job.spec.name), deque(maxlen=inputs.ESTIMATE_RUNS)).append(
@@ -236,7 +239,7 @@ class Engine:
         # the ledger from the jobs' histories (the finished jobs still kept, the active ones up to now)
         self.ledger = fairshare.Ledger.rebuild((r for j in self.jobs.values() for r in inputs.runs(j, now)),
                                                self.cfg.fair_share_half_life, now)
-        self._charged = {j.id: now for j in self.live.values() if j.state in ACTIVE and j.gpus}
+        self._charged = {j.id: (now, len(j.gpus)) for j in self.live.values() if j.state in ACTIVE and j.gpus}
         self.probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             self.reconcile(job, recovering=True)
@@ -404,25 +407,22 @@ class Engine:
 
     def _preempted_by(self, job: Job) -> str:
         if self._classes:
-            return f"preempted by job {job.id} (class {job.job_class or self.cfg.default_class!r})"
+            return f"preempted by job {job.id} (class {inputs.job_class(job, self._classes, self.cfg.default_class)!r})"
         return f"preempted by job {job.id} (priority {job.spec.priority if job.spec else '?'})"
 
     # --- fair share -------------------------------------------------------------------------------------
 
     def _charge_job(self, job: Job, now: float) -> None:
-        since = self._charged.get(job.id)
-        if since is not None and now > since and job.gpus:
-            self.ledger.charge(job.user, float(len(job.gpus)), since, now)
-        self._charged[job.id] = max(now, since or now)
+        since, gpus = self._charged[job.id]
+        if now > since:
+            self.ledger.charge(job.user, float(gpus), since, now)
+            self._charged[job.id] = (now, gpus)
 
     def _charge(self, now: float) -> None:
         """Charge the ledger with the GPU time active jobs held since they were last charged (each pass and
-        tick; a job that leaves is charged up to then by _track)."""
-        for job in self.live.values():
-            if job.state in ACTIVE and job.gpus:
-                if job.id not in self._charged:
-                    self._charged[job.id] = job.started if job.started is not None else now
-                self._charge_job(job, now)
+        tick; _track starts a job's account when it gets GPUs and charges the rest when it leaves them)."""
+        for job_id in self._charged:
+            self._charge_job(self.jobs[job_id], now)
         self.ledger.advance(now)
 
     def _standing(self, users: dict[str, int], now: float) -> dict[int, fairshare.Standing]:
@@ -438,16 +438,12 @@ class Engine:
     def _group(self, user: str, group_shares: dict[str, float]) -> str | None:
         """The share group (fair_share.groups) a user belongs to, the first configured one; looked up once."""
         if user not in self._share_group:
-            found = None
-            for name in group_shares:
-                try:
-                    g = grp.getgrnam(name)
-                except KeyError:
-                    continue
-                if user in g.gr_mem or _primary_gid(user) == g.gr_gid:
-                    found = name
-                    break
-            self._share_group[user] = found
+            try:
+                pw = pwd.getpwnam(user)
+                mine = set(group_names(pw.pw_name, pw.pw_gid))
+            except KeyError:
+                mine = set()
+            self._share_group[user] = next((g for g in group_shares if g in mine), None)
         return self._share_group[user]
 
     def _wait(self, job: Job, reason: str) -> None:
@@ -470,6 +466,11 @@ class Engine:
     def _start(self, job: Job, gpus: Sequence[Gpu]) -> None:
         spec = job.spec
         assert spec is not None
+        cls = (self._classes or {}).get(inputs.job_class(job, self._classes, self.cfg.default_class))
+        if spec.time_limit is None and cls is not None and cls.default_time_limit:
+            # the class's default limit, enforced like the file's own (RuntimeMaxUSec): applied to the spec in
+            # memory at each launch (a restart re-reads the file; the next launch applies it again)
+            spec = job.spec = dataclasses.replace(spec, time_limit=cls.default_time_limit)
         account = self.runner.account(job.uid)
         if account is None:
             self.apply(job, lifecycle.start_failed, f"user {job.user} (uid {job.uid}) no longer exists",
@@ -614,13 +615,6 @@ class Engine:
 
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(t))
-
-
-def _primary_gid(user: str) -> int | None:
-    try:
-        return pwd.getpwnam(user).pw_gid
-    except KeyError:
-        return None
 
 
 def _ended_line(job: Job) -> Line:
