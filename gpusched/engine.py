@@ -382,7 +382,9 @@ class Engine:
             self._contained(self._start, self.jobs[job_id], [by_index[i] for i in indices])
         for job_id, reason in d.waiting.items():
             if job_id in d.expected_start:
-                reason += f"; expected to start by {_when(d.expected_start[job_id])} (backfill plan)"
+                when = f"expected to start by {_when(d.expected_start[job_id])} (backfill plan)"
+                vague = "expected to start by the running jobs' time limits"
+                reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
 
     def _request(self, job: Job) -> policy.Request:
