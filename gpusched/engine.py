@@ -7,6 +7,11 @@ line, and the scheduler is woken when the change can let a job start. New jobs c
 reason to call the door: a scheduling pass (policy.schedule decides), a job's end (its monitor's result), a
 cancel, the reconciliation of active jobs with what the runner sees, the periodic `tick`, and expiry.
 
+The policy is told what it needs through `policy.inputs` (each queued job's Request, cached until the job
+changes, since a pass may see 100,000 of them), with the time, the config's scheduling keys and each user's
+fair-share standing, from a ledger the engine charges with the GPU time active jobs hold and rebuilds from the
+jobs' histories at recovery (docs/policy.md says what the engine does around the pass).
+
 The engine is given a clock, a recorder, a runner, a GPU probe, a log and a `wake` callback (ask for a
 scheduling pass, soon); optionally `soon` (run work at idle, in batches) and the spool's `expire_rejected`.
 It imports no GLib and no D-Bus, starts no thread and never sleeps: the daemon drives it on its main loop,
