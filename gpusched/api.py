@@ -47,7 +47,9 @@ class Manager:
         return '{"last": %d, "ok": %s}' % (last or 0, text)
 
     def show(self, caller: int, job_id: int) -> str:
-        d = self.access.caller(caller).view(self.engine.get(job_id))
+        job = self.engine.get(job_id)
+        d = self.access.caller(caller).view(job)
+        d.update(self.engine.explain(job))                 # a queued job: class, fair share, what is ahead
         text = to_json({"ok": d})
         if len(text) > MAX_REPLY and "spec" in d:          # the rest is bounded; say why spec is missing
             del d["spec"]

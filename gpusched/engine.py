@@ -41,7 +41,7 @@ from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing, Viewer
 from gpusched.log import Log
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
-from gpusched.policy import fairshare, inputs
+from gpusched.policy import fairshare, inputs, order
 from gpusched.recorder import Recorder, Soon
 from gpusched.runner import Ended, Gone, MonitorDied, Runner, Running
 from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
@@ -69,6 +69,8 @@ def _all_now(fn: Callable[[], bool]) -> None:
     while fn():
         pass
 
+
+MAX_AHEAD = 20                     # job ids named in `show`'s list of what is ahead (the count is exact)
 
 class Engine:
     def __init__(self, cfg: configmod.Config, clock: Clock, recorder: Recorder, runner: Runner, probe: Probe,
@@ -416,6 +418,31 @@ class Engine:
         if self._classes:
             return f"preempted by job {job.id} (class {inputs.job_class(job, self._classes, self.cfg.default_class)!r})"
         return f"preempted by job {job.id} (priority {job.spec.priority if job.spec else '?'})"
+
+    def explain(self, job: Job) -> dict[str, Any]:
+        """For `gpuschedctl show` of a queued job: its class, its user's fair-share standing and the jobs
+        ahead of it in the order the next pass would use (one linear scan of the queue, on demand only)."""
+        if job.state != State.QUEUED or job.spec is None:
+            return {}
+        now = self.clock.time()
+        queued, users = [], {}
+        for j in self.live.values():
+            if j.state == State.QUEUED:
+                queued.append(self._request(j))
+            users[j.user] = j.uid
+        standing = self._standing(users, now)
+        settings = inputs.settings(self.cfg, configmod.cpu_job_cap(self.cfg))
+        key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
+        ahead = [r.id for r in order.ahead(self._request(job), queued, key)]
+        out: dict[str, Any] = {}
+        if self._classes:
+            out["class"] = inputs.job_class(job, self._classes, self.cfg.default_class)
+        if job.uid in standing:
+            out["fair_share"] = f"{job.user} is at " + fairshare.describe(standing[job.uid])
+        shown = ", ".join(map(str, ahead[:MAX_AHEAD])) + (f" and {len(ahead) - MAX_AHEAD} more"
+                                                           if len(ahead) > MAX_AHEAD else "")
+        out["ahead"] = f"{len(ahead)} job(s): {shown}" if ahead else "none: it is first in line"
+        return out
 
     # --- fair share -------------------------------------------------------------------------------------
 

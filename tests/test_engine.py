@@ -386,3 +386,26 @@ def test_a_pass_reuses_the_requests_of_jobs_that_did_not_change():
     assert all(w.engine._requests[j.id][0] is first[j.id] for j in jobs)
     w.engine.cancel(jobs[0], ROOT)
     assert jobs[0].id not in w.engine._requests
+
+
+def test_show_explains_a_waiting_job_its_class_its_users_standing_and_what_is_ahead():
+    w = World(gpus=1, duration=lambda job: 3600)
+    w.submit(spec("morning", time_limit=7200), uid=1000)
+    w.run_until(w.clock.time() + 4 * 3600)               # user 1000 has used the GPU; user 1001 hasn't
+    blocker = w.submit(spec("blocker", time_limit=7200), uid=1002)
+    w.settle()
+    assert blocker.state == State.RUNNING
+    a = w.submit(spec("a", time_limit=7200), uid=1000)
+    b = w.submit(spec("b", time_limit=7200), uid=1001)
+    w.settle()
+    first, second = w.engine.explain(b), w.engine.explain(a)
+    assert first["ahead"] == "none: it is first in line" and "class" not in first   # no classes configured
+    assert second["ahead"] == f"1 job(s): {b.id}"          # below-share user 1001 first
+    assert "above" in second["fair_share"] and "user1000" in second["fair_share"]
+    assert w.engine.explain(blocker) == {}                 # only a waiting job is explained
+    many = [w.submit(spec(f"m{i}", time_limit=7200), uid=1003) for i in range(30)]
+    w.settle()
+    last = w.engine.explain(many[-1])["ahead"]
+    # b and the 29 earlier jobs of user 1003; a (user 1000, above their share) comes after all of them
+    assert last.startswith(f"30 job(s): {b.id}, ") and last.endswith(" and 10 more"), last
+    assert f" {a.id}," not in last

@@ -35,3 +35,15 @@ def test_without_a_class_priority_does_not_preempt_another_users_job(gs):
     st = gs.wait(low, "succeeded", timeout=30)
     assert st["preemptions"] == 0
     assert gs.wait(other, "succeeded", timeout=30)["exit_code"] == 0
+
+
+def test_show_says_what_is_ahead_of_a_waiting_job_and_the_users_fair_share(gs):
+    hog = gs.submit("alice", 'command = "sleep 6"\ngpus = 4\n')
+    gs.wait(hog, "running")
+    first = gs.submit("bob", 'command = "true"\ngpus = 1\n')
+    second = gs.submit("bob", 'command = "true"\ngpus = 1\n')
+    out = gs.sh(f"gpuschedctl show {second}", user="bob").stdout
+    assert f"ahead: 1 job(s): {first}" in out, out
+    assert "fair_share: bob is at" in out and "share of recent GPU time" in out, out
+    assert "none: it is first in line" in gs.sh(f"gpuschedctl show {first}", user="alice").stdout
+    assert gs.wait(second, "succeeded", timeout=30)["exit_code"] == 0
