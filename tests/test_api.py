@@ -9,7 +9,7 @@ from gpusched.api import Api, Manager
 from gpusched.errors import NoSuchJob
 from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing
-from gpusched.model import FINAL
+from gpusched.model import FINAL, State
 
 ALICE, BOB = 1000, 1001
 
@@ -42,6 +42,9 @@ class Engine:
         jobs = self.jobs if all else self.live
         ids = sorted(i for i in jobs if i > after)
         return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count)
+
+    def explain(self, job):
+        return {"ahead": "none: it is first in line"} if job.state == State.QUEUED else {}
 
     def cancel(self, job, by, now=False):
         self.cancelled.append((job.id, by.uid, now))
