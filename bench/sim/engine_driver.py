@@ -70,13 +70,16 @@ class EngineDriver:
     def _duration(self, job: Job) -> float:
         return self.sim[job.id].work - self.progress(job)
 
+    def spec(self, s: SimJob) -> JobSpec:
+        """The job file a user would have written for the trace's job."""
+        return JobSpec(command="true", name=f"trace-{s.id}", gpus=s.gpus, time_limit=s.limit, grace=s.grace,
+                       resumable=s.resumable)
+
     # --- the replay's side (cluster.Driver) -------------------------------------------------------------
 
     def submit(self, s: SimJob, now: float) -> None:
         self._at(now)
-        spec = JobSpec(command="true", name=f"trace-{s.id}", gpus=s.gpus, time_limit=s.limit, grace=s.grace,
-                       resumable=s.resumable)
-        job = self.world.submit(spec, uid=s.uid, user=s.user)
+        job = self.world.submit(self.spec(s), uid=s.uid, user=s.user)
         self.sim[job.id] = s
         self.ids[s.id] = job.id
 
