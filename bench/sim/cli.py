@@ -59,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="fraction of jobs that checkpoint and resume when preempted")
     ap.add_argument("--base-load", type=float, default=0.9, metavar="B", help="the trace's own offered load")
     ap.add_argument("--json", action="store_true", help="one JSON object keyed by policy")
-    ap.add_argument("--config", help="a gpusched.toml whose scheduling keys gpusched's policy runs with "
+    ap.add_argument("--config", help="a gpusched.toml whose scheduling keys gpusched runs with "
                                      "(default: the built-in defaults)")
-    ap.add_argument("--policies", default=",".join(POLICIES), help="which policies (default: all four; also gpusched-policy-only: "
-                         "the policy without the engine, for comparison)")
+    ap.add_argument("--policies", default=",".join(POLICIES),
+                    help="which policies (default: all four; also gpusched-policy-only: the policy without the "
+                         "engine, for comparison)")
     ap.add_argument("--sweep", action="store_true",
                     help="loads 0.5, 0.7, 0.9, 1.0 x seeds 1-3 (ignores --load and --seed)")
     ap.add_argument("--plot", metavar="PNG", help="write the JCT/wait plot here")
