@@ -14,6 +14,13 @@ the same way; this driver moves the engine's clock to the replay's, reports the 
 fake runner (their monitors exiting), runs the scheduling passes the engine asks for, and hands back the
 starts and preemptions the engine made. It checks that the engine and the replay agree on every end (the
 same job, at the same time, in the same way: finished, or preempted and requeued) and raises if not.
+
+The engine runs a pass only when something woke it (an arrival, an end), as in the daemon; the replay asks
+every driver at every event, stale ones included (the end a preempted attempt would have had), and the
+policy-only driver (policy_driver.py) passes every time it is asked. So where the policy's answer changes with
+time alone (a resumable job that has now run long enough to be preempted for a shorter one, a job that has
+become overdue), the engine acts at the next arrival or end and the policy-only driver possibly sooner: with
+preemption their numbers may differ a little; without, they are the same.
 """
 
 from __future__ import annotations
