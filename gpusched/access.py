@@ -35,6 +35,17 @@ def in_group(uid: int, group: str) -> bool:
     return gid in os.getgrouplist(pw.pw_name, pw.pw_gid)
 
 
+def group_names(user: str, gid: int) -> list[str]:
+    """The names of a user's groups (primary and supplementary), for `[classes.X] groups` and share groups."""
+    out = []
+    for g in os.getgrouplist(user, gid):
+        try:
+            out.append(grp.getgrgid(g).gr_name)
+        except KeyError:
+            pass
+    return out
+
+
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name

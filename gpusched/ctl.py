@@ -13,13 +13,14 @@ import argparse
 import codecs
 import json
 import os
+import pwd
 import sys
 import time
 from typing import Any, NoReturn
 
 from gpusched import config as configmod
 from gpusched import jobfile
-from gpusched.access import Access
+from gpusched.access import Access, group_names
 from gpusched.listing import printable
 from gpusched.model import FINAL, State
 from gpusched.units import format_size
@@ -131,6 +132,16 @@ def _privileged(cfg: configmod.Config) -> bool:
     return Access(cfg.admin_group).is_admin(os.getuid())
 
 
+def _caller() -> tuple[str, list[str]]:
+    """The caller's user name and groups, which decide the classes the file may ask for (as the daemon decides
+    for the file's owner, which the caller will be)."""
+    try:
+        pw = pwd.getpwuid(os.getuid())
+    except KeyError:
+        return "", []
+    return pw.pw_name, group_names(pw.pw_name, pw.pw_gid)
+
+
 # --- commands -------------------------------------------------------------------------------------------
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -142,7 +153,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     base = os.path.basename(args.file)
     # the daemon checks again, with the same limits; failing here loses nothing and says the same
     cfg = _config(args)
-    jobfile.parse(data, base, owner_is_root=os.getuid() == 0, limits=cfg.job_limits(), privileged=_privileged(cfg))
+    jobfile.parse(data, base, owner_is_root=os.getuid() == 0, limits=cfg.job_limits(*_caller()),
+                  privileged=_privileged(cfg))
     spool = _spool_dir(args)
     stem = base[:-5] if base.endswith(".toml") else base
     stem = stem.lstrip(".") or "job"

@@ -7,6 +7,11 @@ line, and the scheduler is woken when the change can let a job start. New jobs c
 reason to call the door: a scheduling pass (policy.schedule decides), a job's end (its monitor's result), a
 cancel, the reconciliation of active jobs with what the runner sees, the periodic `tick`, and expiry.
 
+The policy is told what it needs through `policy.inputs` (each queued job's Request, cached until the job
+changes, since a pass may see 100,000 of them), with the time, the config's scheduling keys and each user's
+fair-share standing, from a ledger the engine charges with the GPU time active jobs hold and rebuilds from the
+jobs' histories at recovery (docs/policy.md says what the engine does around the pass).
+
 The engine is given a clock, a recorder, a runner, a GPU probe, a log and a `wake` callback (ask for a
 scheduling pass, soon); optionally `soon` (run work at idle, in batches) and the spool's `expire_rejected`.
 It imports no GLib and no D-Bus, starts no thread and never sleeps: the daemon drives it on its main loop,
@@ -15,15 +20,19 @@ the unit tests and the simulator on a clock they move by hand (gpusched.testing 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import os
+import pwd
+import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from gpusched import launch, lifecycle, policy
 from gpusched import config as configmod
+from gpusched.access import group_names
 from gpusched.clock import Clock
 from gpusched.errors import Invalid, NoSuchJob
 from gpusched.gpus import Probe
@@ -32,6 +41,7 @@ from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing, Viewer
 from gpusched.log import Log
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
+from gpusched.policy import fairshare, inputs
 from gpusched.recorder import Recorder, Soon
 from gpusched.runner import Ended, Gone, MonitorDied, Runner, Running
 from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
@@ -84,6 +94,15 @@ class Engine:
         self._expiring: list[int] = []
         # the first sweep a minute after start (or sooner with a short keep_finished), then every interval
         self._last_expire = clock.monotonic() - self._expire_interval() + min(60.0, self._expire_interval())
+        # the policy's inputs: a queued job's Request is built once and dropped by _track when the job changes;
+        # the fair-share ledger is charged with the GPUs active jobs hold, up to _charged[job id] (wall time);
+        # _runs: the run times of each (uid, job name)'s latest successful runs, for a limit estimate
+        self._classes = cfg.class_map() or None
+        self._requests: dict[int, tuple[policy.Request, float | None]] = {}
+        self.ledger = fairshare.Ledger(cfg.fair_share_half_life, at=clock.time())
+        self._charged: dict[int, tuple[float, int]] = {}   # active job id -> (charged up to, GPUs)
+        self._runs: dict[tuple[int, str], deque[float]] = {}
+        self._share_group: dict[str, str | None] = {}
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -111,6 +130,15 @@ class Engine:
         """The in-memory side of every change: the table, the live set, the per-user counts, the listing."""
         self.jobs[job.id] = job
         self.listing.invalidate(job.id)
+        self._requests.pop(job.id, None)
+        if job.state in ACTIVE and job.gpus and job.id not in self._charged:
+            self._charged[job.id] = (job.started if job.started is not None else self.clock.time(), len(job.gpus))
+        elif job.id in self._charged and job.state not in ACTIVE:
+            self._charge_job(job, self.clock.time())     # it held its GPUs until now
+            del self._charged[job.id]
+        if job.state == State.SUCCEEDED and job.spec and job.started is not None and job.ended is not None:
+            self._runs.setdefault((job.uid, job.spec.name), deque(maxlen=inputs.ESTIMATE_RUNS)).append(
+                job.ended - job.started)
         if job.state in FINAL:
             self.live.pop(job.id, None)
         else:
@@ -126,6 +154,8 @@ class Engine:
         job = self.jobs.pop(job_id, None)
         self.live.pop(job_id, None)
         self.listing.invalidate(job_id)
+        self._requests.pop(job_id, None)
+        self._charged.pop(job_id, None)
         self.recorder.forget(job_id)
         if job is not None:
             self._queued_by_uid.get(job.uid, set()).discard(job_id)
@@ -141,6 +171,7 @@ class Engine:
         name, inode) lets its submitter look the id up. Raises OSError when the state directory can't take
         it: then nothing of it is kept."""
         job = lifecycle.accepted(job_id, spec, user, uid, gid, source, self.clock.time())
+        job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)   # "" without classes
         self._admit(job, data, key, settle)
         gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
         self.log(f"accepted job {job_id} {spec.name!r} from {user}: {gpus}, priority {spec.priority}",
@@ -209,6 +240,11 @@ class Engine:
         """After load (and the intake's unfinished entries): stale people's copies rewritten (after READY=1,
         in batches), the GPUs probed, every active job reconciled with its scope and result."""
         self.recorder.refresh_stale(self.jobs)          # copies a crash left older than their record: soon
+        now = self.clock.time()
+        # the ledger from the jobs' histories (the finished jobs still kept, the active ones up to now)
+        self.ledger = fairshare.Ledger.rebuild((r for j in self.jobs.values() for r in inputs.runs(j, now)),
+                                               self.cfg.fair_share_half_life, now)
+        self._charged = {j.id: (now, len(j.gpus)) for j in self.live.values() if j.state in ACTIVE and j.gpus}
         self.probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             self.reconcile(job, recovering=True)
@@ -325,34 +361,97 @@ class Engine:
 
     def _schedule(self) -> None:
         t0 = self.clock.monotonic()
+        now = self.clock.time()
+        self._charge(now)
         queued, holders = [], []
+        users: dict[str, int] = {}
         for job in self.live.values():
-            spec = job.spec
-            assert spec is not None
             if job.state == State.QUEUED:
-                queued.append(policy.Request(job.id, spec.priority, spec.gpus, spec.gpu_memory, spec.gpu_type,
-                                             spec.gpu_ids, uid=job.uid))
+                queued.append(self._request(job))
+                users[job.user] = job.uid
             elif job.state in ACTIVE:
-                holders.append(policy.Holder(job.id, spec.priority, tuple(g.index for g in job.gpus),
-                                             spec.preemptible, job.state == State.STOPPING, uid=job.uid,
-                                             cpu_only=spec.gpus == 0))
+                holders.append(inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
+                                             history_estimate=self._estimate(job)))
+                users[job.user] = job.uid
         if not queued:
             return
         gpus = self.inventory.gpus
-        d = policy.schedule(queued, holders, gpus, max_running=self.cfg.max_running,
-                            preempt_margin=self.cfg.preempt_margin,
-                            max_running_per_user=self.cfg.max_running_per_user,
-                            max_cpu_jobs_per_user=configmod.cpu_job_cap(self.cfg))
+        d = policy.schedule(queued, holders, gpus, now=now, standing=self._standing(users, now),
+                            **inputs.settings(self.cfg, configmod.cpu_job_cap(self.cfg)))
         self.stats["last_policy_seconds"] = self.clock.monotonic() - t0
         self.stats["last_pass_queued"] = len(queued)
         for victim, for_job in d.preempts:
-            self._contained(self._stop, self.jobs[victim], "preempt",
-                            f"preempted by job {for_job} (priority {self.jobs[for_job].spec.priority})")  # type: ignore
+            self._contained(self._stop, self.jobs[victim], "preempt", self._preempted_by(self.jobs[for_job]))
         by_index = {g.index: g for g in gpus or ()}
         for job_id, indices in d.starts:
             self._contained(self._start, self.jobs[job_id], [by_index[i] for i in indices])
         for job_id, reason in d.waiting.items():
+            if job_id in d.expected_start:
+                when = f"expected to start by {_when(d.expected_start[job_id])} (backfill plan)"
+                vague = "expected to start by the running jobs' time limits"
+                reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
+
+    def _request(self, job: Job) -> policy.Request:
+        """A queued job's Request, built once while the job doesn't change (100,000 queued jobs are not
+        rebuilt every pass). A job that relies on an estimate is rebuilt when its user's history moves it."""
+        est = self._estimate(job)
+        cached = self._requests.get(job.id)
+        if cached is not None and cached[1] == est:
+            return cached[0]
+        req = inputs.request(job, classes=self._classes, default_class=self.cfg.default_class, history_estimate=est)
+        self._requests[job.id] = (req, est)
+        return req
+
+    def _estimate(self, job: Job) -> float | None:
+        """The limit estimate from the user's latest successful runs of the same job name (None when the job
+        has a limit of its own: it would not be read)."""
+        spec = job.spec
+        if spec is None or spec.time_limit:
+            return None
+        runs = self._runs.get((job.uid, spec.name))
+        return inputs.estimate(runs) if runs else None
+
+    def _preempted_by(self, job: Job) -> str:
+        if self._classes:
+            return f"preempted by job {job.id} (class {inputs.job_class(job, self._classes, self.cfg.default_class)!r})"
+        return f"preempted by job {job.id} (priority {job.spec.priority if job.spec else '?'})"
+
+    # --- fair share -------------------------------------------------------------------------------------
+
+    def _charge_job(self, job: Job, now: float) -> None:
+        since, gpus = self._charged[job.id]
+        if now > since:
+            self.ledger.charge(job.user, float(gpus), since, now)
+            self._charged[job.id] = (now, gpus)
+
+    def _charge(self, now: float) -> None:
+        """Charge the ledger with the GPU time active jobs held since they were last charged (each pass and
+        tick; _track starts a job's account when it gets GPUs and charges the rest when it leaves them)."""
+        for job_id in self._charged:
+            self._charge_job(self.jobs[job_id], now)
+        self.ledger.advance(now)
+
+    def _standing(self, users: dict[str, int], now: float) -> dict[int, fairshare.Standing]:
+        """Each uid's fair-share standing among the users with jobs waiting or running."""
+        usage = {u: self.ledger.value(u, now) for u in users}
+        group_shares = dict(self.cfg.share_groups)
+        group_of = {u: g for u in users if (g := self._group(u, group_shares)) is not None} if group_shares else None
+        standing = fairshare.standings(usage, users, shares=dict(self.cfg.shares),
+                                       default_share=self.cfg.default_share, group_of=group_of,
+                                       group_shares=group_shares or None)
+        return {users[u]: s for u, s in standing.items()}
+
+    def _group(self, user: str, group_shares: dict[str, float]) -> str | None:
+        """The share group (fair_share.groups) a user belongs to, the first configured one; looked up once."""
+        if user not in self._share_group:
+            try:
+                pw = pwd.getpwnam(user)
+                mine = set(group_names(pw.pw_name, pw.pw_gid))
+            except KeyError:
+                mine = set()
+            self._share_group[user] = next((g for g in group_shares if g in mine), None)
+        return self._share_group[user]
 
     def _wait(self, job: Job, reason: str) -> None:
         """A queued job's waiting reason: the one change that is not the door's. It is informational and
@@ -374,6 +473,11 @@ class Engine:
     def _start(self, job: Job, gpus: Sequence[Gpu]) -> None:
         spec = job.spec
         assert spec is not None
+        cls = (self._classes or {}).get(inputs.job_class(job, self._classes, self.cfg.default_class))
+        if spec.time_limit is None and cls is not None and cls.default_time_limit:
+            # the class's default limit, enforced like the file's own (RuntimeMaxUSec): applied to the spec in
+            # memory at each launch (a restart re-reads the file; the next launch applies it again)
+            spec = job.spec = dataclasses.replace(spec, time_limit=cls.default_time_limit)
         account = self.runner.account(job.uid)
         if account is None:
             self.apply(job, lifecycle.start_failed, f"user {job.user} (uid {job.uid}) no longer exists",
@@ -440,6 +544,7 @@ class Engine:
         monitor of ours reports on reconciled, failed writes retried, failed starts retried, expiry when due."""
         if self.inventory.due():
             self.probe_gpus()
+        self._charge(self.clock.time())
         watched = self.runner.watched()
         try:
             for job_id in list(self._restop):
@@ -513,6 +618,10 @@ class Engine:
         for job in batch:
             self._untrack(job.id)
         return bool(self._expiring)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(t))
 
 
 def _ended_line(job: Job) -> Line:

@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any, Callable
 
 from gpusched import config as configmod
-from gpusched.access import Access
+from gpusched.access import Access, group_names
 from gpusched.clock import Clock
 from gpusched.engine import Engine
 from gpusched.fairqueue import FairQueue
@@ -196,15 +196,16 @@ class Intake:
     def _process(self, job_id: int, taken: Taken) -> None:
         uid = taken.st.st_uid
         try:
-            owner = pwd.getpwuid(uid).pw_name
+            pw = pwd.getpwuid(uid)
+            owner, groups = pw.pw_name, group_names(pw.pw_name, pw.pw_gid)
         except KeyError:
-            owner = str(uid)
+            owner, groups = str(uid), []
         problem = f"{taken.name}: {taken.problem}" if taken.problem else None
         spec = None
         if problem is None:
             try:
                 spec = parse_jobfile(taken.data or b"", taken.name, owner_is_root=uid == 0,
-                                     limits=self.cfg.job_limits(), privileged=self.access.is_admin(uid))
+                                     limits=self.cfg.job_limits(owner, groups), privileged=self.access.is_admin(uid))
             except JobFileError as e:
                 problem = str(e)
         account = None

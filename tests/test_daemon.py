@@ -5,6 +5,7 @@ tests/integration/, the engine alone in tests/test_engine.py."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import signal
@@ -15,6 +16,7 @@ import pytest
 from gpusched import config as configmod
 from gpusched.app import Gpusched, build
 from gpusched.model import Gpu, State
+from gpusched.policy.classes import JobClass
 from gpusched.spool import Spool
 from gpusched.store import Store
 from gpusched.systemd import SystemdError
@@ -269,3 +271,15 @@ def test_a_job_that_ends_between_the_result_look_and_the_scope_look_keeps_its_re
     d.engine.reconcile(d.engine.jobs[job_id])
     job = d.engine.jobs[job_id]
     assert job.state == State.SUCCEEDED and job.exit_code == 0, (job.state, job.reason)
+
+
+def test_class_grants_are_checked_against_the_files_owner_and_their_groups(make):
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    d = make(classes=(JobClass("normal", 10), JobClass("mine", 0, users=frozenset({"nobody"})),
+                      JobClass("ours", 0, groups=frozenset({group})), JobClass("theirs", 0, users=frozenset({"x"}))))
+    ids = {c: drop(d, f"{c}.toml", f'command = "true"\ngpus = 0\nclass = "{c}"\n', uid=nobody.pw_uid)
+           for c in ("mine", "ours", "theirs")}
+    assert d.engine.jobs[ids["mine"]].state == State.QUEUED and d.engine.jobs[ids["mine"]].job_class == "mine"
+    assert d.engine.jobs[ids["ours"]].state == State.QUEUED
+    assert d.engine.jobs[ids["theirs"]].state == State.REJECTED and "theirs" in d.engine.jobs[ids["theirs"]].reason

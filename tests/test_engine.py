@@ -87,22 +87,45 @@ def test_cancel_now_kills_a_stopping_job():
     assert job.state == State.CANCELLED and "killed by SIGKILL" in job.reason
 
 
-def test_preemption_requeues_the_victim_with_its_id():
-    w = World(gpus=2, duration=lambda job: 3600)
-    low = w.submit(spec("low", gpus=2, priority=100))
+CLASSES = configmod.parse("""
+[classes.debug]
+priority = 0
+preempts = ["low"]
+default_time_limit = "2h"
+[classes.normal]
+priority = 10
+[classes.low]
+priority = 20
+""")
+
+
+def test_a_debug_class_job_preempts_a_low_class_one_and_the_victim_is_requeued_with_its_id():
+    w = World(gpus=2, cfg=CLASSES, duration=lambda job: 3600)
+    low = w.submit(spec("low", gpus=2, job_class="low"), uid=1000)
     w.settle()
-    assert low.state == State.RUNNING
-    urgent = w.submit(spec("urgent", gpus=1, priority=10))
+    assert low.state == State.RUNNING and low.job_class == "low"
+    urgent = w.submit(spec("urgent", gpus=1, job_class="debug"), uid=1001)
     w.settle()
     assert low.state == State.STOPPING and low.stop_intent == "preempt" and urgent.state == State.QUEUED
     w.run_until(w.clock.time() + 1)                     # the victim's scope empties: GPUs free, next pass
     assert urgent.state == State.RUNNING
     assert low.state == State.QUEUED and low.preemptions == 1 and low.history[0]["preempted"]
-    assert "job 1 queued: preempted (preempted by job 2 (priority 10)); killed by SIGTERM; requeued" in \
+    assert "job 1 queued: preempted (preempted by job 2 (class 'debug')); killed by SIGTERM; requeued" in \
         lines_of(w, low.id)
     w.run_until(w.clock.time() + 3600)
     assert urgent.state == State.SUCCEEDED and low.state == State.RUNNING and low.attempt == 2
     assert_recorded(w)
+
+
+def test_without_classes_priority_no_longer_preempts_another_users_job():
+    """The time-aware policy: a user's priority orders only their own jobs; urgency is a class's."""
+    w = World(gpus=2, duration=lambda job: 3600)
+    low = w.submit(spec("low", gpus=2, priority=100), uid=1000)
+    w.settle()
+    urgent = w.submit(spec("urgent", gpus=1, priority=10), uid=1001)
+    w.settle()
+    assert low.state == State.RUNNING and urgent.state == State.QUEUED
+    assert urgent.reason.startswith("waiting for 1 GPU(s), 0 free")
 
 
 def test_recovery_readopts_finishes_and_requeues():
@@ -270,3 +293,96 @@ def test_the_engine_and_its_fakes_load_no_glib_and_no_dbus():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "[]"
+
+
+def test_a_class_default_time_limit_is_enforced_at_launch():
+    w = World(gpus=1, cfg=CLASSES)                      # debug: default_time_limit 2h; the job runs for ever
+    job = w.submit(spec("dbg", job_class="debug"))
+    w.settle()
+    assert job.state == State.RUNNING and job.spec.time_limit == 7200
+    w.run_until(w.clock.time() + 7200)
+    assert job.state == State.FAILED and "time limit 2h reached" in job.reason
+
+
+def test_two_users_with_equal_shares_and_a_backlog_get_half_the_gpu_time_each():
+    w = World(gpus=4, duration=lambda job: 1800)
+    for i in range(200):                                # a day's worth each and more, submitted at once
+        w.submit(spec(f"a{i}", time_limit=3600), uid=1000)
+    for i in range(200):
+        w.submit(spec(f"b{i}", time_limit=3600), uid=1001)
+    w.run_until(w.clock.time() + 86400)
+    held = {u: w.engine.ledger.value(u, w.clock.time()) for u in ("user1000", "user1001")}
+    share = held["user1000"] / sum(held.values())
+    assert 0.45 <= share <= 0.55, held
+    done = {uid: sum(1 for j in w.engine.jobs.values() if j.uid == uid and j.state == State.SUCCEEDED)
+            for uid in (1000, 1001)}
+    assert 0.45 <= done[1000] / sum(done.values()) <= 0.55, done
+
+
+def test_fair_share_favours_the_user_below_their_share():
+    """User 1000 used the GPUs all morning; when both queue, user 1001's job goes first."""
+    w = World(gpus=1, duration=lambda job: 3600)
+    w.submit(spec("morning", time_limit=7200), uid=1000)
+    w.run_until(w.clock.time() + 4 * 3600)
+    a = w.submit(spec("a", time_limit=7200), uid=1000)
+    blocker = w.submit(spec("blocker", time_limit=7200), uid=1002)
+    w.settle()
+    assert blocker.state == State.RUNNING
+    b = w.submit(spec("b", time_limit=7200), uid=1001)
+    w.run_until(w.clock.time() + 3600)                  # the blocker ends: one GPU, two waiting
+    assert b.state == State.RUNNING and a.state == State.QUEUED
+
+
+def test_the_ledger_is_rebuilt_from_the_histories_after_a_restart():
+    w = World(gpus=2, duration=lambda job: 3600)
+    w.submit(spec("a", gpus=2), uid=1000)
+    w.run_until(w.clock.time() + 7200)
+    before = w.engine.ledger.value("user1000", w.clock.time())
+    assert before > 0
+    w2 = World(gpus=2, recorder=w.recorder, clock=w.clock)
+    assert w2.engine.ledger.value("user1000", w.clock.time()) == pytest.approx(before)
+
+
+def test_a_short_job_is_backfilled_while_a_wide_job_holds_a_reservation_and_the_wide_one_is_not_delayed():
+    w = World(gpus=4, duration=lambda job: job.spec.time_limit)      # every job runs to its limit
+    long = w.submit(spec("long", gpus=2, time_limit=4 * 3600), uid=1000)
+    w.submit(spec("mid", gpus=1, time_limit=2 * 3600), uid=1000)
+    w.settle()
+    t0 = w.clock.time()
+    wide = w.submit(spec("wide", gpus=4, time_limit=3600), uid=1001)
+    w.settle()
+    assert wide.state == State.QUEUED
+    assert "expected to start by" in wide.reason and "(backfill plan)" in wide.reason
+    late = w.submit(spec("late", gpus=1, time_limit=8 * 3600), uid=1002)   # would delay the wide job: waits
+    w.settle()
+    assert late.state == State.QUEUED and f"reserved for job {wide.id}" in late.reason
+    short = w.submit(spec("short", gpus=1, time_limit=3600), uid=1002)     # ends before long does: backfilled
+    w.settle()
+    assert short.state == State.RUNNING and late.state == State.QUEUED
+    w.run_until(t0 + 4 * 3600)
+    assert wide.state == State.RUNNING and wide.started == t0 + 4 * 3600 == long.ended
+
+
+def test_two_sharing_jobs_with_gpu_memory_share_one_gpu():
+    w = World(gpus=1)                                   # 80 GiB
+    a = w.submit(spec("a", gpu_memory=30 << 30, share=True, time_limit=3600), uid=1000)
+    b = w.submit(spec("b", gpu_memory=30 << 30, share=True, time_limit=3600), uid=1001)
+    c = w.submit(spec("c", gpu_memory=30 << 30, share=True, time_limit=3600), uid=1002)   # 90 GiB: no room
+    w.settle()
+    assert a.state == b.state == State.RUNNING and c.state == State.QUEUED
+    assert [g.index for g in a.gpus] == [g.index for g in b.gpus] == [0]
+    alone = w.submit(spec("alone", time_limit=3600), uid=1003)   # not sharing: never on a shared GPU
+    w.settle()
+    assert alone.state == State.QUEUED
+
+
+def test_a_pass_reuses_the_requests_of_jobs_that_did_not_change():
+    w = World(gpus=1)
+    w.submit(spec("hold"))
+    jobs = [w.submit(spec(f"q{i}")) for i in range(5)]
+    w.settle()
+    first = {j.id: w.engine._requests[j.id][0] for j in jobs}
+    w.engine.schedule()
+    assert all(w.engine._requests[j.id][0] is first[j.id] for j in jobs)
+    w.engine.cancel(jobs[0], ROOT)
+    assert jobs[0].id not in w.engine._requests

@@ -153,18 +153,20 @@ grace = "2s"
 
 
 def test_urgent_job_preempts_and_the_victim_is_requeued(gs):
-    low = gs.submit("alice", 'command = "echo low attempt $GPUSCHED_ATTEMPT; sleep 4"\ngpus = 4\n'
-                             'priority = 200\ngrace = "5s"\n')
-    gs.wait(low, "running")
-    urgent = gs.submit("bob", 'command = "echo urgent; sleep 1"\ngpus = 2\npriority = 100\n')
-    st = gs.wait(urgent, "succeeded", timeout=30)
-    assert st["exit_code"] == 0
-    st = gs.wait(low, "succeeded", timeout=60)
-    assert st["id"] == low and st["preemptions"] == 1 and st["attempt"] == 2
-    assert st["history"][0]["preempted"] is True and "preempted by job" not in st.get("reason", "")
-    log = gs.sh(f"cat {st['log']}").stdout
-    assert "low attempt 1" in log and "low attempt 2" in log
-    assert f"preempted by job {urgent}" in gs.journal("-t", "gpusched", f"GPUSCHED_JOB_ID={low}")
+    # urgency over other users' jobs is a class's (issue 8): a priority orders only its user's own jobs
+    with gs.configured('classes = { urgent = { priority = 0, preempts = ["normal"] }, normal = { priority = 10 } }'):
+        low = gs.submit("alice", 'command = "echo low attempt $GPUSCHED_ATTEMPT; sleep 4"\ngpus = 4\n'
+                                 'priority = 200\ngrace = "5s"\n')
+        gs.wait(low, "running")
+        urgent = gs.submit("bob", 'command = "echo urgent; sleep 1"\ngpus = 2\nclass = "urgent"\n')
+        st = gs.wait(urgent, "succeeded", timeout=30)
+        assert st["exit_code"] == 0
+        st = gs.wait(low, "succeeded", timeout=60)
+        assert st["id"] == low and st["preemptions"] == 1 and st["attempt"] == 2
+        assert st["history"][0]["preempted"] is True and "preempted by job" not in st.get("reason", "")
+        log = gs.sh(f"cat {st['log']}").stdout
+        assert "low attempt 1" in log and "low attempt 2" in log
+        assert f"preempted by job {urgent}" in gs.journal("-t", "gpusched", f"GPUSCHED_JOB_ID={low}")
 
 
 def test_daemon_sigkill_loses_nothing_and_starts_nothing_twice(gs):
