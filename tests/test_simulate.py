@@ -8,9 +8,11 @@ import sys
 import pytest
 
 from bench.sim import cli, cluster, drivers, metrics, trace
+from bench.sim.engine_driver import EngineDriver
 from bench.sim.policy_driver import PolicyDriver
 from bench.sim.trace import HOUR, SimJob
 from gpusched import policy
+from gpusched.model import State
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -205,3 +207,96 @@ def test_the_script_runs(tiny):
                         "--json", "--policies", "fifo,gpusched"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert set(json.loads(p.stdout)) == {"fifo", "gpusched"}
+
+
+# --- gpusched's engine driver: the real engine on the fake clock, runner and recorder ---------------------------------
+
+def test_the_engine_driver_gives_the_known_completion_times():
+    # 2 GPUs: jobs 1 and 2 start at once; job 3 (at 1 h) waits for the first GPU free, job 1's at 4 h
+    jobs = [j(1, 0, 4), j(2, 0, 6), j(3, 1, 2)]
+    totals = cluster.replay(jobs, 2, EngineDriver(2))
+    assert finish(jobs) == {1: (0, 4), 2: (0, 6), 3: (4, 6)}
+    m = metrics.summarize(jobs, totals)
+    assert m["mean_jct_s"] == pytest.approx((4 + 6 + 5) / 3 * HOUR)
+    assert m["max_wait_s"] == pytest.approx(3 * HOUR)
+    assert m["preemptions"] == 0 and m["lost_gpu_hours"] == 0
+    assert m["util_backlogged"] == 1.0
+
+
+def test_the_engine_driver_runs_the_engine_and_its_policy(monkeypatch):
+    calls = []
+    real = policy.schedule
+
+    def counting(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+    monkeypatch.setattr(policy, "schedule", counting)
+    jobs = [j(1, 0, 10), j(2, 0.5, 1, gpus=2), j(3, 1, 1)]
+    d = EngineDriver(2)
+    cluster.replay(jobs, 2, d)
+    assert calls and d.passes >= len(calls)
+    assert all(x.end is not None for x in jobs)
+    # the engine's own records say the same as the replay's
+    for x in jobs:
+        rec = d.engine.jobs[x.id]
+        assert rec.state == State.SUCCEEDED and rec.preemptions == 0
+        assert rec.history[-1]["ended"] - d.clock.start == pytest.approx(x.end)
+        assert rec.spec.time_limit == x.limit and rec.spec.gpus == x.gpus
+
+
+class PreemptAt4(EngineDriver):
+    """Preempts job 1 when job 2 arrives (through the engine's own stop), whatever the policy would do."""
+
+    def decide(self, now, free):
+        job = self.engine.jobs[1]
+        if now == 4 * HOUR and job.state == State.RUNNING:
+            self.engine._stop(job, "preempt", "preempted by the test")
+        return super().decide(now, free)
+
+
+@pytest.mark.parametrize("resumable", [False, True])
+def test_the_engine_driver_restarts_a_preempted_job_from_zero_unless_resumable(resumable):
+    # 2 GPUs, so job 2 takes the free one and job 1, alone in the queue, starts again at once
+    jobs = [j(1, 0, 10, resumable=resumable), j(2, 4, 1)]
+    d = PreemptAt4(2)
+    cluster.replay(jobs, 2, d)
+    one = jobs[0]
+    assert one.preemptions == 1 and d.engine.jobs[1].preemptions == 1 and d.engine.jobs[1].attempt == 2
+    if resumable:
+        assert one.end / HOUR == pytest.approx(10 + trace.GRACE / HOUR)      # its 4 hours less its grace kept
+        assert one.lost == pytest.approx(trace.GRACE)
+    else:
+        assert one.end / HOUR == pytest.approx(14)                           # all 10 hours again from 4 h
+        assert one.lost == pytest.approx(4 * HOUR)
+    assert finish(jobs)[2] == (4, 5)
+
+
+def test_the_engine_driver_catches_the_engine_and_the_replay_disagreeing():
+    # work the declared limit can't hold: the fake runner kills the job at its limit (as systemd would), the
+    # replay's model would run it on; the driver refuses to go on with two different stories
+    x = j(1, 0, 10, limit=1)
+    with pytest.raises(RuntimeError, match="disagree"):
+        cluster.replay([x], 1, EngineDriver(1))
+
+
+def test_the_engine_driver_matches_its_reference(tiny, monkeypatch):
+    """The engine's decisions through the whole replay, against what they should be: while the engine calls the
+    policy the first policy's way (no `now`: strict priority, then first fit) every job here has the same
+    priority, so that is FIFO's first fit in arrival order; once it calls it the new way, it must decide as
+    gpusched-policy-only does (the policy given what the daemon gives it, without the engine)."""
+    new_way = []
+    real = policy.schedule
+
+    def watching(*a, **kw):
+        new_way.append(kw.get("now") is not None)
+        return real(*a, **kw)
+    monkeypatch.setattr(policy, "schedule", watching)
+    got = {}
+    for name in ("gpusched", "fifo", "gpusched-policy-only"):
+        jobs = trace.load(tiny, seed=1, load=0.9, max_gpus=2)
+        cluster.replay(jobs, 2, cli.make(name, 2, cli.configmod.Config()))
+        got[name] = [(x.id, x.first_start, x.end, x.preemptions) for x in jobs]
+        if name == "gpusched":
+            engine_new_way = any(new_way)
+    reference = "gpusched-policy-only" if engine_new_way else "fifo"
+    assert got["gpusched"] == got[reference], f"the engine driver differs from {reference}"

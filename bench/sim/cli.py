@@ -10,10 +10,13 @@ import time
 from typing import Callable
 
 from bench.sim import cluster, drivers, metrics, report, trace
+from bench.sim.engine_driver import EngineDriver
 from bench.sim.policy_driver import PolicyDriver
 from gpusched import config as configmod
 
-POLICIES = ("fifo", "easy", "gpusched", "oracle")
+POLICIES = ("fifo", "easy", "gpusched", "oracle")          # what a run compares unless --policies says
+# gpusched-policy-only: the policy alone (policy_driver.py, its own job table), to compare with the engine's
+EXTRA = ("gpusched-policy-only",)
 SWEEP_LOADS = (0.5, 0.7, 0.9, 1.0)
 SWEEP_SEEDS = (1, 2, 3)
 
@@ -21,7 +24,7 @@ SWEEP_SEEDS = (1, 2, 3)
 def make(name: str, gpus: int, cfg: configmod.Config) -> cluster.Driver:
     makers: dict[str, Callable[[], cluster.Driver]] = {
         "fifo": drivers.Fifo, "easy": lambda: drivers.Easy(gpus), "oracle": lambda: drivers.Oracle(gpus),
-        "gpusched": lambda: PolicyDriver(gpus, cfg)}
+        "gpusched": lambda: EngineDriver(gpus, cfg), "gpusched-policy-only": lambda: PolicyDriver(gpus, cfg)}
     return makers[name]()
 
 
@@ -46,8 +49,8 @@ def _sweep_one(args: tuple) -> tuple[float, int, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/simulate", description=(
-        "Replay a GPU-cluster trace through FIFO, FIFO + EASY backfill, gpusched's policy (the real "
-        "gpusched.policy, with the config's settings) and the shortest-remaining-time oracle, on a virtual clock."))
+        "Replay a GPU-cluster trace through FIFO, FIFO + EASY backfill, gpusched (the real engine and policy, "
+        "with the config's settings, on a fake runner) and the shortest-remaining-time oracle, on a virtual clock."))
     ap.add_argument("--trace", required=True, help="CSV: job_id,user,submit_s,duration_s,gpus,...")
     ap.add_argument("--gpus", type=int, required=True, help="GPUs on the simulated server")
     ap.add_argument("--load", type=float, default=0.9, help="offered load to replay at (submit times x B/L)")
@@ -56,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="fraction of jobs that checkpoint and resume when preempted")
     ap.add_argument("--base-load", type=float, default=0.9, metavar="B", help="the trace's own offered load")
     ap.add_argument("--json", action="store_true", help="one JSON object keyed by policy")
-    ap.add_argument("--config", help="a gpusched.toml whose scheduling keys gpusched's policy runs with "
+    ap.add_argument("--config", help="a gpusched.toml whose scheduling keys gpusched runs with "
                                      "(default: the built-in defaults)")
-    ap.add_argument("--policies", default=",".join(POLICIES), help="which policies (default: all four)")
+    ap.add_argument("--policies", default=",".join(POLICIES),
+                    help="which policies (default: all four; also gpusched-policy-only: the policy without the "
+                         "engine, for comparison)")
     ap.add_argument("--sweep", action="store_true",
                     help="loads 0.5, 0.7, 0.9, 1.0 x seeds 1-3 (ignores --load and --seed)")
     ap.add_argument("--plot", metavar="PNG", help="write the JCT/wait plot here")
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = configmod.load(args.config) if args.config else configmod.Config()
     policies = tuple(p for p in args.policies.split(",") if p)
-    unknown = set(policies) - set(POLICIES)
+    unknown = set(policies) - set(POLICIES) - set(EXTRA)
     if unknown:
         ap.error(f"unknown policy: {', '.join(sorted(unknown))}")
     if not os.path.exists(args.trace):

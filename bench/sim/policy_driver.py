@@ -2,10 +2,10 @@
 it (each job through policy.inputs, as a model.Job with its JobSpec; the fair-share ledger charged with the
 GPUs running jobs hold; the config's settings), on the virtual clock.
 
-This driver stands in for the engine: it keeps the job table, the ledger and the pass. The engine
-(gpusched/engine.py) still calls the policy the first policy's way; once it builds its inputs with
-policy.inputs, a driver of the same shape (submit / left / decide) over the engine on gpusched.testing's fake
-clock, runner and recorder replaces this one, and nothing else in the simulator changes.
+This driver stands in for the engine: it keeps the job table, the ledger and the pass. bench/simulate's
+`gpusched` runs the real engine instead (engine_driver.py); this one is `--policies gpusched-policy-only`, the
+policy the new way without the engine, for comparison: once the engine builds its inputs with policy.inputs
+and passes the time, the two must decide alike (tests/test_simulate.py).
 """
 
 from __future__ import annotations
