@@ -104,6 +104,7 @@ class Engine:
         self.ledger = fairshare.Ledger(cfg.fair_share_half_life, at=clock.time())
         self._charged: dict[int, tuple[float, int]] = {}   # active job id -> (charged up to, GPUs)
         self._runs: dict[tuple[int, str], deque[float]] = {}
+        self._input_errors: set[int] = set()           # jobs whose policy inputs failed (said once each)
         self._share_group: dict[str, str | None] = {}
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
@@ -368,12 +369,22 @@ class Engine:
         queued, holders = [], []
         users: dict[str, int] = {}
         for job in self.live.values():
+            # contained per job: one job whose inputs can't be built (a bug) must not stop everyone's pass
             if job.state == State.QUEUED:
-                queued.append(self._request(job))
+                try:
+                    queued.append(self._request(job))
+                except Exception:  # noqa: BLE001
+                    self._input_error(job)
+                    continue
                 users[job.user] = job.uid
             elif job.state in ACTIVE:
-                holders.append(inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
-                                             history_estimate=self._estimate(job)))
+                try:
+                    holders.append(inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
+                                                 history_estimate=self._estimate(job)))
+                except Exception:  # noqa: BLE001
+                    self._input_error(job)               # its GPUs still count as held, and it is never a victim
+                    holders.append(policy.Holder(job.id, 0, tuple(g.index for g in job.gpus), preemptible=False,
+                                                 stopping=job.state == State.STOPPING, uid=job.uid))
                 users[job.user] = job.uid
         if not queued:
             return
@@ -393,6 +404,13 @@ class Engine:
                 vague = "expected to start by the running jobs' time limits"
                 reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
+
+    def _input_error(self, job: Job) -> None:
+        """A job the policy can't be told about: said once per job (every pass would repeat it)."""
+        if job.id not in self._input_errors:
+            self._input_errors.add(job.id)
+            self.log(f"internal error building the policy's view of job {job.id} (it waits meanwhile): "
+                     f"{traceback.format_exc()}", 3, job=job, multiline=True)
 
     def _request(self, job: Job) -> policy.Request:
         """A queued job's Request, built once while the job doesn't change (100,000 queued jobs are not

@@ -409,3 +409,36 @@ def test_show_explains_a_waiting_job_its_class_its_users_standing_and_what_is_ah
     # b and the 29 earlier jobs of user 1003; a (user 1000, above their share) comes after all of them
     assert last.startswith(f"30 job(s): {b.id}, ") and last.endswith(" and 10 more"), last
     assert f" {a.id}," not in last
+
+
+def test_a_job_without_a_limit_after_runs_of_its_name_gets_an_estimate_and_runs():
+    """The engine keeps a user's latest run times per job name in a deque; the estimate must read it (a pass
+    once failed on every job of such a user: a deque can't be sliced)."""
+    w = World(gpus=1, duration=lambda job: 60)
+    for _ in range(3):
+        job = w.submit(spec("probe"))
+        w.run_until(w.clock.time() + 120)
+        assert job.state == State.SUCCEEDED
+    again = w.submit(spec("probe"))
+    w.settle()
+    assert again.state == State.RUNNING
+    assert w.engine._estimate(again) is not None
+
+
+def test_a_job_whose_policy_inputs_fail_waits_alone(monkeypatch):
+    from gpusched.policy import inputs
+    w = World(gpus=2)
+    bad = w.submit(spec("bad"))
+    real = inputs.request
+
+    def broken(job, **kw):
+        if job.id == bad.id:
+            raise TypeError("a bug in building one job's request")
+        return real(job, **kw)
+    monkeypatch.setattr(inputs, "request", broken)
+    good = w.submit(spec("good"))
+    w.settle()
+    w.engine.schedule()
+    assert good.state == State.RUNNING and bad.state == State.QUEUED
+    said = [m for m, _, _ in w.log.lines if "policy's view of job" in m]
+    assert len(said) == 1 and f"job {bad.id}" in said[0]            # once, not every pass

@@ -9,7 +9,7 @@ gives the time, the usage and the history.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from gpusched.model import Job, State
 from gpusched.policy.classes import DEFAULT, JobClass
@@ -30,10 +30,11 @@ def job_class(job: Job, classes: Mapping[str, JobClass] | None, default_class: s
     return job.job_class or (job.spec.job_class if job.spec and job.spec.job_class else None) or default_class
 
 
-def estimate(durations: Sequence[float]) -> float | None:
+def estimate(durations: Iterable[float]) -> float | None:
     """A time limit guessed from the run times of a user's latest successful runs of the same job name (oldest
-    first): the longest of the last few, with a margin. None without history."""
-    recent = [d for d in durations[-ESTIMATE_RUNS:] if d > 0]
+    first; any iterable: the engine keeps a deque): the longest of the last few, with a margin. None without
+    history."""
+    recent = [d for d in list(durations)[-ESTIMATE_RUNS:] if d > 0]
     if not recent:
         return None
     return math.ceil(max(recent) * ESTIMATE_MARGIN / 60) * 60
