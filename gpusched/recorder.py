@@ -38,7 +38,36 @@ class Recorder(Protocol):
     def log_path(self, job_id: int) -> str: ...
 
 
-class StoreRecorder:
+class Retrying:
+    """The part of a recorder every recorder shares (the store's, and gpusched.testing's in memory): a record
+    write that fails leaves its job dirty, said once in the journal, and `retry` writes the dirty ones again,
+    oldest id first. Subclasses give `_write` and set `dirty` and `_log`."""
+    dirty: set[int]
+    _log: Callable[..., None]
+
+    def _write(self, job: Job) -> None:
+        raise NotImplementedError
+
+    def save(self, job: Job) -> bool:
+        """Write the record. False if the write failed: the job is then retried every tick until it lands."""
+        try:
+            self._write(job)
+        except OSError as e:
+            if job.id not in self.dirty:
+                self._log(f"can't write the status of job {job.id}: {e.strerror}; retrying", 3, job=job)
+            self.dirty.add(job.id)
+            return False
+        self.dirty.discard(job.id)
+        return True
+
+    def retry(self, jobs: Mapping[int, Job]) -> None:
+        for job_id in sorted(self.dirty):
+            if not self.save(jobs[job_id]):
+                return
+            self._log(f"status of job {job_id} written after an earlier failure", job=jobs[job_id])
+
+
+class StoreRecorder(Retrying):
     def __init__(self, store: Store, log: Log, soon: Soon):
         self.store = store
         self.dirty: set[int] = set()                   # jobs whose record write failed
@@ -60,24 +89,8 @@ class StoreRecorder:
             self.store.save_source(job.id, source, job.uid)
         self.store.save_status(job)
 
-    def save(self, job: Job) -> bool:
-        """Write the record. False if the disk write failed: the job is then retried every tick until it
-        lands."""
-        try:
-            self.store.save_status(job)
-        except OSError as e:
-            if job.id not in self.dirty:
-                self._log(f"can't write the status of job {job.id}: {e.strerror}; retrying", 3, job=job)
-            self.dirty.add(job.id)
-            return False
-        self.dirty.discard(job.id)
-        return True
-
-    def retry(self, jobs: Mapping[int, Job]) -> None:
-        for job_id in sorted(self.dirty):
-            if not self.save(jobs[job_id]):
-                return
-            self._log(f"status of job {job_id} written after an earlier failure", job=jobs[job_id])
+    def _write(self, job: Job) -> None:
+        self.store.save_status(job)
 
     def refresh_stale(self, jobs: Mapping[int, Job]) -> None:
         """At recovery: the people's copies a crash left missing or older than their record (the store saw

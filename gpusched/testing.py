@@ -25,6 +25,7 @@ from gpusched.engine import Engine
 from gpusched.jobfile import JobSpec
 from gpusched.launch import Account
 from gpusched.model import Gpu, Job, job_from_dict, job_to_dict
+from gpusched.recorder import Retrying
 from gpusched.runner import Ended, Gone, Running, Seen
 
 EPOCH = 1_700_000_000.0
@@ -67,7 +68,7 @@ class ListLog:
         return [m for m, _, _ in self.lines]
 
 
-class MemoryRecorder:
+class MemoryRecorder(Retrying):
     """Records in memory, as the store would write them (job_to_dict), so a second engine can load() them
     as after a restart. `full = True` makes every write fail as a full disk does."""
 
@@ -94,22 +95,6 @@ class MemoryRecorder:
         self._write(job)
         if source is not None and self.keep:
             self.sources[job.id] = source
-
-    def save(self, job: Job) -> bool:
-        try:
-            self._write(job)
-        except OSError as e:
-            if job.id not in self.dirty:
-                self._log(f"can't write the status of job {job.id}: {e.strerror}; retrying", 3, job=job)
-            self.dirty.add(job.id)
-            return False
-        self.dirty.discard(job.id)
-        return True
-
-    def retry(self, jobs: Mapping[int, Job]) -> None:
-        for job_id in sorted(self.dirty):
-            if not self.save(jobs[job_id]):
-                return
 
     def refresh_stale(self, jobs: Mapping[int, Job]) -> None:
         pass
