@@ -70,6 +70,7 @@ def _all_now(fn: Callable[[], bool]) -> None:
         pass
 
 
+TIME_PASS = 30.0                   # seconds: while jobs wait, a pass at least this often, event or not
 MAX_AHEAD = 20                     # job ids named in `show`'s list of what is ahead (the count is exact)
 
 class Engine:
@@ -105,6 +106,7 @@ class Engine:
         self._charged: dict[int, tuple[float, int]] = {}   # active job id -> (charged up to, GPUs)
         self._runs: dict[tuple[int, str], deque[float]] = {}
         self._input_errors: set[int] = set()           # jobs whose policy inputs failed (said once each)
+        self._last_pass = clock.monotonic()            # when the last pass began (TIME_PASS)
         self._share_group: dict[str, str | None] = {}
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
@@ -363,7 +365,7 @@ class Engine:
         self.stats["passes"] += 1
 
     def _schedule(self) -> None:
-        t0 = self.clock.monotonic()
+        t0 = self._last_pass = self.clock.monotonic()
         now = self.clock.time()
         self._charge(now)
         queued, holders = [], []
@@ -604,10 +606,14 @@ class Engine:
             pass                                        # bus.py is reconnecting; tried again next tick
         if self.recorder.dirty:
             self.recorder.retry(self.jobs)
+        now = self.clock.monotonic()
         if self._retry:
             self._retry = False
             self.wake()
-        now = self.clock.monotonic()
+        elif now - self._last_pass >= TIME_PASS and any(self._queued_by_uid.values()):
+            # decisions that change with time alone (a job becoming overdue, a resumable job becoming
+            # preemptible, a reservation coming due) are taken within TIME_PASS even when no event comes
+            self.wake()
         if now - self._last_expire >= self._expire_interval():
             self._last_expire = now
             self.expire()

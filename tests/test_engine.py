@@ -442,3 +442,20 @@ def test_a_job_whose_policy_inputs_fail_waits_alone(monkeypatch):
     assert good.state == State.RUNNING and bad.state == State.QUEUED
     said = [m for m, _, _ in w.log.lines if "policy's view of job" in m]
     assert len(said) == 1 and f"job {bad.id}" in said[0]            # once, not every pass
+
+
+def test_while_jobs_wait_a_pass_comes_at_least_every_time_pass_seconds_without_an_event():
+    from gpusched.engine import TIME_PASS
+    w = World(gpus=1, duration=lambda job: 3600)
+    w.submit(spec("long", time_limit=7200))
+    w.settle()
+    w.engine.tick()
+    assert w.wakes == 0                                  # nothing waits: no pass for time's sake
+    w.submit(spec("waiting", time_limit=7200))
+    w.settle()
+    w.clock.advance(TIME_PASS - 1)
+    w.engine.tick()
+    assert w.wakes == 0
+    w.clock.advance(2)
+    w.engine.tick()
+    assert w.wakes == 1
