@@ -8,7 +8,7 @@ place (`_error`), so nothing above this module decides by an error's text.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from gi.repository import Gio, GLib
 
@@ -67,25 +67,21 @@ class Systemd:
 
     def stop(self, unit: str) -> bool:
         """StopUnit: systemd sends the unit's KillSignal, waits TimeoutStopUSec, then SIGKILL. False if gone."""
-        manager = self._mgr()
-        try:
-            manager.StopUnit(unit, "replace")
-            return True
-        except GLib.Error as e:
-            err = _error(f"StopUnit {unit}", e)
-        if isinstance(err, NoSuchUnit):
-            return False
-        raise err
+        return self._unless_gone(f"StopUnit {unit}", lambda m: m.StopUnit(unit, "replace"))
 
     def kill(self, unit: str, signal: int) -> bool:
         """KillUnit(who="all"): the signal to every process of the unit at once, whatever its stop timeout.
         False if the unit is gone."""
+        return self._unless_gone(f"KillUnit {unit}", lambda m: m.KillUnit(unit, "all", int(signal)))
+
+    def _unless_gone(self, what: str, call: Callable[[Any], Any]) -> bool:
+        """call(manager): True once done, False if the unit isn't loaded (NoSuchUnit); other errors typed."""
         manager = self._mgr()
         try:
-            manager.KillUnit(unit, "all", int(signal))
+            call(manager)
             return True
         except GLib.Error as e:
-            err = _error(f"KillUnit {unit}", e)
+            err = _error(what, e)
         if isinstance(err, NoSuchUnit):
             return False
         raise err
