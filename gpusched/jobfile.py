@@ -93,13 +93,23 @@ class JobSpec:
     job_class: str | None = None          # `class` in the file; None: the server's default class
     resumable: bool = False               # checkpoints on its stop signal and resumes when started again
     share: bool = False                   # may share its GPUs with other sharing jobs (needs gpu_memory)
+    # issue 9: the lifecycle (docs/jobfile.md). Dependencies by job id or by name among the owner's jobs
+    after: tuple[int | str, ...] = ()     # start once these ended, whatever the outcome
+    after_ok: tuple[int | str, ...] = ()  # start once these succeeded; never if one didn't
+    after_notok: tuple[int | str, ...] = ()   # start once these failed or were cancelled; never if one succeeded
+    singleton: bool = False               # at most one job of this name and owner active at a time
+    hold: bool = False                    # queued on hold: starts only once released
+    retries: int = 0                      # attempts after a failure, with backoff
+    retry_on: tuple[int, ...] = ()        # only these exit codes are retried (empty: any failure)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["class"] = d.pop("job_class")
-        for key in ("resumable", "share"):          # shown only when asked for, as before they existed
+        for key in ("resumable", "share", "singleton", "hold", "retries"):   # shown only when asked for
             if not d[key]:
                 del d[key]
+        for key in ("after", "after_ok", "after_notok", "retry_on"):
+            d[key] = list(d[key])
         d["command"] = self.command if isinstance(self.command, str) else list(self.command)
         d["tags"] = list(self.tags)
         d["gpu_ids"] = list(self.gpu_ids)
@@ -303,6 +313,38 @@ def _name(v: Any) -> str:
     return v
 
 
+DEPENDENCY_KEYS = ("after", "after_ok", "after_notok")
+MAX_DEPENDENCIES = 64      # ids or names per dependency key
+MAX_RETRIES = 100
+
+
+def _dependencies(v: Any) -> tuple[int | str, ...]:
+    """Job ids (integers) or job names (strings) of the owner's jobs; one of them alone, or an array."""
+    items = v if isinstance(v, list) else [v]
+    if len(items) > MAX_DEPENDENCIES:
+        raise ValueError(f"{len(items)} jobs; at most {MAX_DEPENDENCIES}")
+    out: list[int | str] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ValueError(f"expected job ids (integers) or job names (strings), got {_typename(item)}")
+        if isinstance(item, int):
+            if item < 1:
+                raise ValueError(f"{item} is not a job id (ids start at 1)")
+            out.append(item)
+        else:
+            out.append(_name(item))
+    return tuple(dict.fromkeys(out))
+
+
+def _exit_codes(v: Any) -> tuple[int, ...]:
+    items = _expect(list, "an array of exit codes (1 to 255)")(v)
+    if len(items) > 255:
+        raise ValueError("at most 255 exit codes")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= 255 for i in items):
+        raise ValueError("every exit code must be an integer from 1 to 255 (0 is success: nothing to retry)")
+    return tuple(sorted(set(items)))
+
+
 def _nonneg_int(limit: int | None = None) -> Callable[[Any], int]:
     def conv(v: Any) -> int:
         v = _expect(int, "an integer")(v)
@@ -366,7 +408,7 @@ def _bounded_size(v: Any) -> int:
 
 TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids",
             "priority", "limits", "time_limit", "grace", "stop_signal", "preemptible", "user", "class", "resumable",
-            "share"}
+            "share", "after", "after_ok", "after_notok", "singleton", "hold", "retries", "retry_on"}
 LIMIT_KEYS = {"memory", "cpus", "tasks"}
 
 
@@ -429,6 +471,14 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     opt("user", _user)
     opt("resumable", _expect(bool, "true or false"))
     opt("share", _expect(bool, "true or false"))
+    for key in DEPENDENCY_KEYS:
+        opt(key, _dependencies)
+    opt("singleton", _expect(bool, "true or false"))
+    opt("hold", _expect(bool, "true or false"))
+    opt("retries", _nonneg_int(MAX_RETRIES))
+    opt("retry_on", _exit_codes)
+    if kw.get("retry_on") and not kw.get("retries"):
+        c.fail("retry_on", "is set but retries is 0: say how many times to retry (retries = N)")
     if "class" in doc:
         value = c.take("class", doc["class"], _class_name)
         if value is not None:

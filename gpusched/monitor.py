@@ -17,26 +17,27 @@ import signal
 import sys
 import time
 import traceback
+from typing import Callable
 
 from gpusched import acl, fds, jobcgroup, joblog, journal, output, pam
 from gpusched.atomicfile import Reserved, atomic_write
 
 SETUP_FAILED = 127
+GO = b"go"                 # the daemon's word, after the spec's line, that the job's scope is up
 
 
 def _wait_in_unit(unit: str, timeout: float = 10.0) -> bool:
     """Block until systemd has moved this process into the job's scope (StartTransientUnit returns before
     the move is certain to be done). False if that doesn't happen in time."""
     deadline = time.monotonic() + timeout
-    delay = 0.0002
+    tries = 0
     while True:
-        with open("/proc/self/cgroup") as f:
-            if f"/{unit}" in f.read():
-                return True
+        if f"/{unit}" in _own_cgroup():
+            return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.01)
+        tries += 1                                    # it takes a few ms: look often, then less so
+        time.sleep(0.0005 if tries < 40 else 0.01)
 
 
 def _child(spec: dict, out_fd: int, err_w: int, cgroup: jobcgroup.JobCgroup) -> None:
@@ -130,9 +131,22 @@ class _Output:
             self.log = None
 
 
-def run(spec: dict) -> dict:
+def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
+    """Run the job of `spec` to its end and record the result. `go` blocks until the daemon says the job's
+    scope is up and this process is in it (True), or that it gave up (False: nothing runs)."""
     fields = {"GPUSCHED_JOB_ID": spec["id"], "GPUSCHED_JOB_NAME": spec["name"], "GPUSCHED_USER": spec["user"],
               "GPUSCHED_ATTEMPT": spec["attempt"], "SYSLOG_IDENTIFIER": spec["ident"]}
+    # --- PAM: a session of the job's own (gpusched/pam.py), opened here so that the job inherits it. The
+    # slowest step of a start, so it runs while systemd starts the scope (nothing in it depends on the cgroup)
+    refusal = ""
+    try:
+        session: pam.Session | None = _open_session(spec, fields)
+    except pam.SessionError as e:
+        session, refusal = None, str(e)
+    if not go():
+        if session:
+            session.close()
+        return _not_started(spec, fields)
     out = _Output(spec, fields)
     # The result's blocks are taken now, while there is room: whatever fills the disk later (this job's
     # output, anyone's), the job's end can be recorded and its GPUs freed
@@ -146,13 +160,9 @@ def run(spec: dict) -> dict:
         out.say(f"gpusched: job {spec['id']}: no cgroup to kill its leftovers at once ({cgroup.note}); "
                 f"they will be swept")
 
-    # --- PAM: a session of the job's own (gpusched/pam.py), opened here so that the job inherits it ---
-    try:
-        session = _open_session(spec, fields)
-    except pam.SessionError as e:
-        return _refused(spec, fields, out, cgroup, str(e), slot)
+    if session is None:
+        return _refused(spec, fields, out, cgroup, refusal, slot)
     spec = {**spec, "env": pam.merge_env(spec["env"], session.env)}
-    # ---
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -278,6 +288,29 @@ def _copy_output(pid: int, out_r: int, wake_r: int, out: _Output, cgroup: jobcgr
         os.close(out_r)
 
 
+def _read_until(fd: int, end: bytes | None, data: bytes = b"") -> tuple[bytes, bytes]:
+    """Read fd up to `end` (not included) or EOF; returns that and what was read past it."""
+    while end is None or end not in data:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data, b""
+        data += chunk
+    head, _, tail = data.partition(end)
+    return head, tail
+
+
+def _not_started(spec: dict, fields: dict) -> dict:
+    """The daemon gave up on this start, or the process never got into the job's scope: nothing runs."""
+    result = {"not_started": True}
+    _write_result(spec["result"], result, {"GPUSCHED_JOB_ID": spec["id"]})
+    return result
+
+
+def _own_cgroup() -> str:
+    with open("/proc/self/cgroup") as f:
+        return f.read()
+
+
 def _write_result(path: str, result: dict, fields: dict, slot: Reserved | None = None) -> None:
     """The result must land, or the job's end is lost: into the room reserved at the start, else (no room
     then) keep trying on a full disk, for up to a day."""
@@ -306,27 +339,30 @@ def main(result_path: str | None = None) -> int:
     # for it (and through it, for the job). Keep stdin (the spec), stdout and stderr (the daemon's journal
     # stream, for tracebacks).
     fds.close_all_but((0, 1, 2))
-    chunks = []
-    while chunk := os.read(0, 65536):                 # fd 0, not sys.stdin: a zygote's child has no fresh one
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw, rest = _read_until(0, b"\n")                # fd 0, not sys.stdin: a zygote's child has no fresh one
     if not raw:
         # the daemon gave up on this start (or died first): run nothing, and say so where it will look
         if result_path:
             _write_result(result_path, {"not_started": True}, {"GPUSCHED_JOB_ID": "?"})
         return 0
     spec = json.loads(raw)
-    if not _wait_in_unit(spec["unit"]):
+
+    def go() -> bool:
+        """The daemon's word after StartTransientUnit: GO, or EOF without it (it gave up, or died); then
+        this process must be in the job's scope, so that the job starts inside it."""
+        more, _ = _read_until(0, None, rest)
+        if more != GO:
+            return False
+        if _wait_in_unit(spec["unit"]):
+            return True
         journal.send(f"gpusched monitor for job {spec['id']} never got into {spec['unit']}; not starting it", 3,
                      GPUSCHED_JOB_ID=spec["id"])
-        _write_result(spec["result"], {"not_started": True}, {"GPUSCHED_JOB_ID": spec["id"]})
-        return 1
+        return False
     # Survive the stop signal long enough to record how the job ended; systemd sends SIGKILL after the grace.
     for s in {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
               signal.Signals(spec.get("stop_signal", 15))}:
         signal.signal(s, lambda *_: None)
-    run(spec)
-    return 0
+    return 0 if "not_started" not in run(spec, go) else 1
 
 
 if __name__ == "__main__":

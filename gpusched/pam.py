@@ -24,6 +24,7 @@ import errno
 import os
 import re
 import resource
+import sysconfig
 from collections.abc import Callable, Mapping
 
 SERVICE = "gpusched"
@@ -132,12 +133,48 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     return _libs
 
 
-def preload() -> None:
-    """Load libpam now (the zygote, once), so that each forked monitor doesn't; quiet where it is missing."""
+MODULE_DIRS = tuple(f"{p}/{arch}security" for p in ("/usr/lib", "/lib")
+                    for arch in (f"{sysconfig.get_config_var('MULTIARCH')}/" if sysconfig.get_config_var("MULTIARCH")
+                                 else "", "")) + ("/usr/lib64/security", "/lib64/security")
+_MODULE = re.compile(rb"(?<![\w/.-])(/[\w/.+-]+\.so|pam_[\w.+-]+\.so)\b")
+_INCLUDE = re.compile(rb"^\s*(?:@include\s+|-?\w+\s+(?:include|substack)\s+)([\w.+-]+)", re.M)
+_preloaded: list[ctypes.CDLL] = []
+
+
+def modules(service: str, depth: int = 0) -> list[str]:
+    """The module files `service`'s PAM stack names, its includes followed (bounded), in order, found."""
+    path = service_file(service)
+    if path is None or depth > 8:
+        return []
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        return []
+    text = re.sub(rb"#[^\n]*", b"", text)
+    found: list[str] = []
+    for m in _MODULE.finditer(text):
+        name = os.fsdecode(m.group(1))
+        where = [name] if name.startswith("/") else [os.path.join(d, name) for d in MODULE_DIRS]
+        found += [p for p in where if os.path.isfile(p)][:1]
+    for inc in _INCLUDE.finditer(text):
+        found += modules(os.fsdecode(inc.group(1)), depth + 1)
+    return list(dict.fromkeys(found))
+
+
+def preload(service: str = SERVICE) -> None:
+    """Load libpam and the modules of `service`'s stack now (the zygote, once): libpam then finds each module
+    already loaded when a forked monitor opens its session, instead of loading a dozen files every time
+    (about 2 ms of CPU per job). Quiet where something is missing: the session says so when it runs."""
     try:
         _load()
     except OSError:
-        pass
+        return
+    for path in modules(service):
+        try:
+            _preloaded.append(ctypes.CDLL(path, mode=os.RTLD_NOW))
+        except OSError:
+            pass
 
 
 class Pam:

@@ -21,6 +21,7 @@ from gpusched import config as configmod
 from gpusched.cgroups import SLICE
 from gpusched.gpus import device_nodes
 from gpusched.log import Log
+from gpusched.monitor import GO as monitor_go
 from gpusched.model import Gpu, Job
 from gpusched.scopes import SystemdError, Units
 from gpusched.spawner import Spawner
@@ -107,17 +108,25 @@ class ScopeRunner:
             raise
         finally:
             os.close(r)
-        try:                                             # w is closed on every path: at EOF without a spec,
-            self._watch(pid, job.id, on_exit)            # the monitor exits without running anything
+        # The spec goes first (one line), so the monitor opens the job's PAM session while systemd starts the
+        # scope; GO after StartTransientUnit lets the job begin. w is closed on every path: at EOF without
+        # GO the monitor exits without running anything.
+        try:
+            self._watch(pid, job.id, on_exit)
+            self._send(w, json.dumps(plan.monitor).encode() + b"\n")
             self.units.start_scope(job.unit, pid, plan.properties)
-            try:
-                data = memoryview(json.dumps(plan.monitor).encode())
-                while data:
-                    data = data[os.write(w, data):]
-            except OSError as e:
-                raise MonitorDied(e.strerror) from None
+            self._send(w, monitor_go)
         finally:
             os.close(w)
+
+    @staticmethod
+    def _send(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            raise MonitorDied(e.strerror) from None
 
     def stop(self, unit: str) -> bool:
         """StopUnit: the unit's KillSignal, its grace, then SIGKILL. False if it is gone already."""

@@ -329,3 +329,22 @@ def test_a_key_one_job_puts_in_its_session_keyring_is_not_found_by_the_next_job(
     assert found == -ENOKEY                            # not in this job's session keyring
     assert other in (-EACCES, -ENOKEY, -EKEYREVOKED)   # the first job's keyring: closed (revoked at its end)
     assert mine in (-EACCES, -ENOKEY, -EKEYREVOKED)    # and the secret can't be read, though the same user's
+
+
+def test_modules_follows_includes_and_finds_each_module_once(tmp_path, monkeypatch):
+    etc, lib = tmp_path / "pam.d", tmp_path / "security"
+    etc.mkdir()
+    lib.mkdir()
+    for m in ("pam_unix.so", "pam_env.so", "pam_limits.so"):
+        (lib / m).write_bytes(b"")
+    (etc / "svc").write_text("# pam_commented.so\n@include common\nsession required pam_limits.so\n"
+                             "session [success=1 default=ignore] pam_env.so user_readenv=0\n"
+                             "session optional pam_missing.so\n")
+    (etc / "common").write_text("auth required pam_unix.so\nsession include common2\nsession required pam_env.so\n")
+    (etc / "common2").write_text("session optional pam_limits.so\n")
+    monkeypatch.setattr(pam, "PAM_DIRS", (str(etc),))
+    monkeypatch.setattr(pam, "MODULE_DIRS", (str(lib),))
+    assert pam.modules("svc") == [str(lib / "pam_limits.so"), str(lib / "pam_env.so"), str(lib / "pam_unix.so")]
+    (etc / "loop").write_text("@include loop\nsession required pam_unix.so\n")
+    assert pam.modules("loop") == [str(lib / "pam_unix.so")]
+    assert pam.modules("../svc") == [] and pam.modules("absent") == []
