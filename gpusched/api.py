@@ -18,12 +18,13 @@ Two layers: `Manager` holds the verbs, over the engine and the access rule (acce
 from __future__ import annotations
 
 import os
+import pwd
 import traceback
 from typing import Any, Callable
 
-from gpusched.access import Access
+from gpusched.access import Access, Caller
 from gpusched.engine import Engine
-from gpusched.errors import Refused
+from gpusched.errors import Invalid, NotAllowed, Refused
 from gpusched.listing import to_json
 from gpusched.log import log
 
@@ -64,6 +65,35 @@ class Manager:
         who.require_act(job)
         return self.engine.cancel(job, who, now)
 
+    def act(self, verb: str, job_id: int, caller: int) -> str:
+        """hold, release or requeue a job: its owner, root or an admin (access.py)."""
+        job = self.engine.get(job_id)
+        who = self.access.caller(caller)
+        who.require_act(job, verb)
+        if verb == "hold":
+            return self.engine.hold(job, who)
+        if verb == "release":
+            return self.engine.release(job, who, who.admin)
+        return self.engine.requeue(job, who)
+
+    def drain(self, caller: int, on: bool) -> str:
+        return self.engine.drain(self._admin(caller, "drain or resume the server"), on)
+
+    def pause(self, caller: int, user: str, on: bool) -> str:
+        who = self._admin(caller, "pause or unpause a user's jobs")
+        try:
+            pwd.getpwnam(user)
+        except (KeyError, ValueError):
+            if on or user not in self.engine.paused:
+                raise Invalid(f"no user {user!r} on this machine") from None
+        return self.engine.pause(user, who, on)
+
+    def _admin(self, caller: int, what: str) -> Caller:
+        who = self.access.caller(caller)
+        if not who.admin:
+            raise NotAllowed(f"only root or an admin (the admin_group) may {what}")
+        return who
+
     def gpus(self) -> dict[str, Any]:
         table = self.engine.gpu_table()
         for g in table:
@@ -98,6 +128,14 @@ class Api:
         <method name="Show"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Cancel"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="CancelNow"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="Hold"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="Release"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="Requeue"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="Drain"><arg type="b" name="on" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="Pause">
+          <arg type="s" name="user" direction="in"/><arg type="b" name="on" direction="in"/>
+          <arg type="s" direction="out"/>
+        </method>
         <method name="Gpus"><arg type="s" direction="out"/></method>
         <method name="Status"><arg type="s" direction="out"/></method>
         <method name="Stats"><arg type="s" direction="out"/></method>
@@ -156,6 +194,21 @@ class Api:
     def CancelNow(self, id: int, dbus_context: Any = None) -> str:
         """Cancel without the grace: every process of the job gets SIGKILL at once (owner, root or admin)."""
         return self._call("CancelNow", lambda: self._m.cancel(id, self._caller(dbus_context), now=True))
+
+    def Hold(self, id: int, dbus_context: Any = None) -> str:
+        return self._call("Hold", lambda: self._m.act("hold", id, self._caller(dbus_context)))
+
+    def Release(self, id: int, dbus_context: Any = None) -> str:
+        return self._call("Release", lambda: self._m.act("release", id, self._caller(dbus_context)))
+
+    def Requeue(self, id: int, dbus_context: Any = None) -> str:
+        return self._call("Requeue", lambda: self._m.act("requeue", id, self._caller(dbus_context)))
+
+    def Drain(self, on: bool, dbus_context: Any = None) -> str:
+        return self._call("Drain", lambda: self._m.drain(self._caller(dbus_context), on))
+
+    def Pause(self, user: str, on: bool, dbus_context: Any = None) -> str:
+        return self._call("Pause", lambda: self._m.pause(self._caller(dbus_context), user[:256], on))
 
     def Gpus(self, dbus_context: Any = None) -> str:
         return self._call("Gpus", self._m.gpus)

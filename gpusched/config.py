@@ -46,6 +46,9 @@ class Config:
     keep_finished: float = 30 * 86400.0  # seconds a finished job's files are kept; 0: for ever
     keep_rejected: float = 86400.0       # seconds a rejected entry's record and kept file are kept; 0: for ever
     max_rejected_per_user: int = 100     # rejected entries with a record, per user, kept at once; 0: no cap
+    # Retries (a job file's `retries`): the wait before retry n is retry_backoff * 2^(n-1), at most the max
+    retry_backoff: float = 10.0
+    retry_backoff_max: float = 3600.0
     # Per-user caps: one user's load must not crowd out the others
     max_running_per_user: int = 0        # jobs running at once; 0: no cap
     max_cpu_jobs_per_user: int = -1      # CPU-only (gpus = 0) jobs running at once; -1: the number of CPUs; 0: no cap
@@ -80,7 +83,7 @@ class ConfigError(Exception):
 
 
 _INTS = ("max_running", "preempt_margin", "max_running_per_user", "max_queued_per_user", "max_rejected_per_user")
-_DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected")
+_DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected", "retry_backoff", "retry_backoff_max")
 _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
         "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class",

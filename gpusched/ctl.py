@@ -16,6 +16,7 @@ import os
 import pwd
 import sys
 import time
+import tomllib
 from typing import Any, NoReturn
 
 from gpusched import config as configmod
@@ -151,6 +152,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CtlError(f"{args.file}: {e.strerror}") from None
     base = os.path.basename(args.file)
+    data = _with_options(data, args)
     # the daemon checks again, with the same limits; failing here loses nothing and says the same
     cfg = _config(args)
     jobfile.parse(data, base, owner_is_root=os.getuid() == 0, limits=cfg.job_limits(*_caller()),
@@ -190,6 +192,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CtlError(f"job {job_id} rejected: {job.get('reason', '')}")
     print(job_id)
     return 0
+
+
+def _with_options(data: bytes, args: argparse.Namespace) -> bytes:
+    """The job file with submit's --after/--after-ok/--after-notok/--hold put in as keys (at its top, where
+    a key is the file's own and not a table's); a key the file already has is refused, not merged."""
+    extra = {"after": args.after, "after_ok": args.after_ok, "after_notok": args.after_notok}
+    lines = [f"{k} = [{', '.join(map(str, v))}]" for k, v in extra.items() if v]
+    if args.hold:
+        lines.append("hold = true")
+    if not lines:
+        return data
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        doc = {}                                       # the parse below says what is wrong with it
+    for line in lines:
+        key = line.split(" ", 1)[0]
+        if key in doc:
+            raise CtlError(f"{args.file} already says {key}; change it there, not with --{key.replace('_', '-')}")
+    return "\n".join(lines).encode() + b"\n" + data
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -304,6 +326,29 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_act(args: argparse.Namespace) -> int:
+    """hold, release, requeue: each id in turn; non-zero if any was refused."""
+    client = Client()
+    failed = 0
+    for job_id in args.ids:
+        try:
+            print(f"job {job_id}: {printable(client.call(args.method, job_id))}")
+        except CtlError as e:
+            warn(str(e))
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    """drain/resume the server, pause/unpause a user (admins)."""
+    client = Client()
+    if args.command in ("drain", "resume"):
+        print(printable(client.call("Drain", args.command == "drain")))
+    else:
+        print(f"{args.user}: {printable(client.call('Pause', args.user, args.command == 'pause'))}")
+    return 0
+
+
 def cmd_gpus(args: argparse.Namespace) -> int:
     info = Client().call("Gpus")
     if args.json:
@@ -352,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--no-wait", action="store_true", help="don't wait for the daemon to take it")
     p.add_argument("--timeout", type=float, default=30.0)
+    for opt in ("after", "after-ok", "after-notok"):
+        p.add_argument(f"--{opt}", type=int, action="append", default=[], metavar="ID",
+                       help=f"add job ID to the file's {opt.replace('-', '_')} (repeatable)")
+    p.add_argument("--hold", action="store_true", help="queue it on hold (`gpuschedctl release` lets it start)")
     p.set_defaults(fn=cmd_submit)
 
     p = sub.add_parser("list", help="jobs in the queue and running (--all: with finished ones)")
@@ -377,6 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--now", action="store_true",
                    help="kill running jobs at once (SIGKILL to all their processes), whatever their grace")
     p.set_defaults(fn=cmd_cancel)
+
+    for verb, method, text in (("hold", "Hold", "keep queued jobs from starting until released"),
+                               ("release", "Release", "let held jobs start"),
+                               ("requeue", "Requeue", "stop running jobs (with their grace) and queue them again")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("ids", type=int, nargs="+")
+        p.set_defaults(fn=cmd_act, method=method)
+    for verb, text in (("drain", "admins: start no new job (running ones finish); kept across restarts"),
+                       ("resume", "admins: undo drain")):
+        sub.add_parser(verb, help=text).set_defaults(fn=cmd_switch)
+    for verb, text in (("pause", "admins: start none of USER's queued jobs until unpaused"),
+                       ("unpause", "admins: undo pause")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("user")
+        p.set_defaults(fn=cmd_switch)
 
     p = sub.add_parser("gpus", help="the GPUs and who holds them")
     p.add_argument("--json", action="store_true")

@@ -30,11 +30,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from gpusched import launch, lifecycle, policy
+from gpusched import dependencies, launch, lifecycle, policy
 from gpusched import config as configmod
 from gpusched.access import group_names
 from gpusched.clock import Clock
-from gpusched.errors import Invalid, NoSuchJob
+from gpusched.errors import Invalid, NoSuchJob, NotAllowed
 from gpusched.gpus import Probe
 from gpusched.inventory import Inventory
 from gpusched.jobfile import JobSpec
@@ -108,6 +108,13 @@ class Engine:
         self._input_errors: set[int] = set()           # jobs whose policy inputs failed (said once each)
         self._last_pass = clock.monotonic()            # when the last pass began (TIME_PASS)
         self._share_group: dict[str, str | None] = {}
+        # issue 9: each (uid, job name)'s latest job id (dependencies by name); the server-wide switches an
+        # admin sets (drain, paused users), kept by the recorder across restarts; the next retry due
+        self._latest: dict[tuple[int, str], int] = {}
+        control = recorder.load_control()
+        self.draining: str = str(control.get("draining", ""))         # who drained it; "" when not
+        self.paused: dict[str, str] = dict(control.get("paused", {}))  # user -> who paused them
+        self._due: float | None = None
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -144,6 +151,10 @@ class Engine:
         if job.state == State.SUCCEEDED and job.spec and job.started is not None and job.ended is not None:
             self._runs.setdefault((job.uid, job.spec.name), deque(maxlen=inputs.ESTIMATE_RUNS)).append(
                 job.ended - job.started)
+        if job.spec is not None and job.state != State.REJECTED:
+            key = (job.uid, job.spec.name)
+            if self._latest.get(key, 0) < job.id:
+                self._latest[key] = job.id
         if job.state in FINAL:
             self.live.pop(job.id, None)
         else:
@@ -177,6 +188,10 @@ class Engine:
         it: then nothing of it is kept."""
         job = lifecycle.accepted(job_id, spec, user, uid, gid, source, self.clock.time())
         job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)   # "" without classes
+        job.after = dependencies.resolve(spec, uid, job=self.jobs.get, anyone=uid == 0,
+                                         latest=lambda u, name: self._latest.get((u, name)))
+        if spec.hold:
+            job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
         self._admit(job, data, key, settle)
         gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
         self.log(f"accepted job {job_id} {spec.name!r} from {user}: {gpus}, priority {spec.priority}",
@@ -288,7 +303,13 @@ class Engine:
             self.apply(job, lifecycle.never_started, "requeued: the daemon stopped before the job began",
                        say=f"job {job.id} never started; requeued", GPUSCHED_EVENT="requeue", wake=True)
             return
-        self.apply(job, lifecycle.ended, result, self.clock.time(), say=_ended_line, wake=True)
+        now = self.clock.time()
+        delay = None if job.state == State.STOPPING else dependencies.retry_delay(
+            job, result, self.cfg.retry_backoff, self.cfg.retry_backoff_max)
+        self.apply(job, lifecycle.ended, result, now, None if delay is None else now + delay, say=_ended_line,
+                   wake=True)
+        if delay is not None:
+            self._due = min(self._due or now + delay, now + delay)
 
     # --- what people ask -------------------------------------------------------------------------------
 
@@ -322,6 +343,56 @@ class Engine:
             return "killed"
         return "stopping"
 
+    def hold(self, job: Job, by: Who) -> str:
+        """Hold a queued job (the caller's right to act on it is the API's check)."""
+        if job.state != State.QUEUED:
+            raise Invalid(f"job {job.id} is {job.state}: only a queued job can be held"
+                          + (f" (`gpuschedctl requeue {job.id}` puts a running one back)" if job.state in ACTIVE
+                             else ""))
+        if not job.held:
+            self.apply(job, lifecycle.hold, by.name, say=f"job {job.id} held by {by.name}", GPUSCHED_EVENT="hold")
+        return "held"
+
+    def release(self, job: Job, by: Who, admin: bool) -> str:
+        """Release a held job. A hold an admin put on someone else's job only an admin releases."""
+        if job.state != State.QUEUED or not job.held:
+            raise Invalid(f"job {job.id} is not held")
+        if not admin and job.held != job.user:
+            raise NotAllowed(f"job {job.id} was held by {job.held}; only an admin can release it")
+        self.apply(job, lifecycle.release, say=f"job {job.id} released by {by.name}", GPUSCHED_EVENT="release",
+                   wake=True)
+        return "released"
+
+    def requeue(self, job: Job, by: Who) -> str:
+        """Stop a running job with its stop signal and grace and put it back in the queue (same id)."""
+        if job.state not in (State.STARTING, State.RUNNING):
+            raise Invalid(f"job {job.id} is {job.state}: only a running job can be requeued")
+        self._stop(job, "requeue", f"requeued by {by.name}")
+        return "stopping; requeued when it has stopped"
+
+    def drain(self, by: Who, on: bool) -> str:
+        """Drain (no job starts; running ones finish) or resume, for the whole server. Kept across restarts."""
+        self.draining = by.name if on else ""
+        self._save_control()
+        self.log(f"draining, by {by.name}: no new job starts" if on else f"resumed by {by.name}",
+                 GPUSCHED_EVENT="drain" if on else "resume")
+        self.wake()
+        return "draining" if on else "resumed"
+
+    def pause(self, user: str, by: Who, on: bool) -> str:
+        """Pause (their queued jobs don't start) or unpause one user's jobs. Kept across restarts."""
+        if on:
+            self.paused[user] = by.name
+        elif self.paused.pop(user, None) is None:
+            raise Invalid(f"{user} is not paused")
+        self._save_control()
+        self.log(f"{user}'s jobs {'paused' if on else 'unpaused'} by {by.name}", GPUSCHED_EVENT="pause")
+        self.wake()
+        return "paused" if on else "unpaused"
+
+    def _save_control(self) -> None:
+        self.recorder.save_control({"draining": self.draining, "paused": self.paused})
+
     def job(self, job_id: int) -> Job | None:
         return self.jobs.get(job_id)
 
@@ -344,7 +415,8 @@ class Engine:
     def status_line(self) -> str:
         running = sum(1 for j in self.live.values() if j.state in ACTIVE)
         queued = sum(1 for j in self.live.values() if j.state == State.QUEUED)
-        return f"{running} running, {queued} queued, {self.inventory.summary(set(self._holders()))}"
+        drain = f"draining (by {self.draining}), " if self.draining else ""
+        return f"{drain}{running} running, {queued} queued, {self.inventory.summary(set(self._holders()))}"
 
     # --- scheduling ------------------------------------------------------------------------------------
 
@@ -370,9 +442,18 @@ class Engine:
         self._charge(now)
         queued, holders = [], []
         users: dict[str, int] = {}
+        doomed: list[tuple[Job, str]] = []
+        singles = {(j.uid, j.spec.name): j.id for j in self.live.values() if j.state in ACTIVE and j.spec}
         for job in self.live.values():
             # contained per job: one job whose inputs can't be built (a bug) must not stop everyone's pass
             if job.state == State.QUEUED:
+                gate = self._gate(job, now, singles)
+                if gate is not None:
+                    if gate[0] == "never":
+                        doomed.append((job, gate[1]))
+                    else:
+                        self._wait(job, gate[1])
+                    continue
                 try:
                     queued.append(self._request(job))
                 except Exception:  # noqa: BLE001
@@ -388,6 +469,8 @@ class Engine:
                     holders.append(policy.Holder(job.id, 0, tuple(g.index for g in job.gpus), preemptible=False,
                                                  stopping=job.state == State.STOPPING, uid=job.uid))
                 users[job.user] = job.uid
+        for job, why in doomed:
+            self._contained(self._dependency_failed, job, why)
         if not queued:
             return
         gpus = self.inventory.gpus
@@ -406,6 +489,34 @@ class Engine:
                 vague = "expected to start by the running jobs' time limits"
                 reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
+
+    def _gate(self, job: Job, now: float, singles: dict[tuple[int, str], int]) -> tuple[str, str] | None:
+        """Why a queued job is not offered to the policy this pass, or None: ("never", why) when a dependency
+        can't be met any more (it then ends); ("wait", why) for the rest, in this order: dependencies, hold,
+        a paused user, drain, a retry's backoff, singleton. Cheap for a job with none of them."""
+        if job.after:
+            verdict, why = dependencies.check(job.after, lambda i: j.state if (j := self.jobs.get(i)) else None)
+            if verdict != "ready":
+                return verdict, why
+        if job.held:
+            return "wait", f"held by {job.held}; `gpuschedctl release {job.id}` lets it start"
+        if job.user in self.paused:
+            return "wait", f"{job.user}'s jobs are paused by {self.paused[job.user]} (`gpuschedctl unpause`)"
+        if self.draining:
+            return "wait", f"the server is draining (by {self.draining}): no job starts until `gpuschedctl resume`"
+        if job.not_before is not None and job.not_before > now:
+            self._due = min(self._due or job.not_before, job.not_before)
+            return "wait", job.reason if "retry" in job.reason else "waiting to retry"
+        spec = job.spec
+        if spec is not None and spec.singleton:
+            other = singles.setdefault((job.uid, spec.name), job.id)
+            if other != job.id:
+                return "wait", f"singleton: job {other} of the same name goes first"
+        return None
+
+    def _dependency_failed(self, job: Job, why: str) -> None:
+        self.apply(job, lifecycle.dependency_failed, why, self.clock.time(), wake=True,
+                   say=f"job {job.id} can never start: {why}", priority=4, GPUSCHED_EVENT="end")
 
     def _input_error(self, job: Job) -> None:
         """A job the policy can't be told about: said once per job (every pass would repeat it)."""
@@ -607,6 +718,9 @@ class Engine:
         if self.recorder.dirty:
             self.recorder.retry(self.jobs)
         now = self.clock.monotonic()
+        if self._due is not None and self.clock.time() >= self._due:
+            self._due = None                             # a retry's backoff is over
+            self.wake()
         if self._retry:
             self._retry = False
             self.wake()

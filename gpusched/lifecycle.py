@@ -3,11 +3,13 @@
     queued -> starting -> running -> succeeded | failed
                  |           \\-> stopping -> cancelled | queued (preempted: same id, back in the queue)
                  \\-> queued (the scope never started: daemon died mid-start)
-    queued -> cancelled;  (spool entry) -> rejected
+    queued -> cancelled | dependency_failed;  (spool entry) -> rejected
+    running/stopping -> queued also when requeued by its owner, or when a failure is retried (retries = N)
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 from gpusched.jobfile import JobSpec
@@ -15,7 +17,7 @@ from gpusched.model import Gpu, GpuRef, Job, State
 from gpusched.units import format_duration
 
 ALLOWED = {
-    State.QUEUED: {State.STARTING, State.CANCELLED},
+    State.QUEUED: {State.STARTING, State.CANCELLED, State.DEPENDENCY_FAILED},
     State.STARTING: {State.RUNNING, State.QUEUED, State.STOPPING, State.FAILED, State.SUCCEEDED},
     # running -> queued: re-adopted after a crash as running, its monitor then reported it never began
     State.RUNNING: {State.STOPPING, State.SUCCEEDED, State.FAILED, State.QUEUED},
@@ -65,6 +67,7 @@ def waiting(job: Job, reason: str) -> bool:
 
 def starting(job: Job, gpus: Sequence[Gpu], unit: str, log: str, now: float, token: str = "") -> None:
     _move(job, State.STARTING)
+    job.not_before = None
     job.start_token = token
     job.attempt += 1
     job.gpus = tuple(GpuRef(g.index, g.uuid) for g in gpus)
@@ -108,6 +111,24 @@ def cancel_queued(job: Job, reason: str, now: float) -> None:
     job.ended, job.reason = now, reason
 
 
+def hold(job: Job, by: str) -> None:
+    """A queued job is put on hold: it doesn't start until released."""
+    if job.state != State.QUEUED:
+        raise TransitionError(f"job {job.id} is {job.state}: only a queued job can be held")
+    job.held, job.reason = by, f"held by {by}"
+
+
+def release(job: Job) -> None:
+    if job.state != State.QUEUED or not job.held:
+        raise TransitionError(f"job {job.id} is not held")
+    job.held, job.reason = "", "released; queued"
+
+
+def dependency_failed(job: Job, reason: str, now: float) -> None:
+    _move(job, State.DEPENDENCY_FAILED)
+    job.ended, job.reason, job.held = now, bounded(reason), ""
+
+
 def describe(result: dict[str, Any] | None, killed_after_grace: bool) -> str:
     if result is None:
         return "killed by SIGKILL after its grace period" if killed_after_grace else \
@@ -119,8 +140,9 @@ def describe(result: dict[str, Any] | None, killed_after_grace: bool) -> str:
     return f"exited with code {result['exit_code']}"
 
 
-def ended(job: Job, result: dict[str, Any] | None, now: float) -> None:
-    """The job's attempt is over: result is what its monitor recorded, None if the monitor was killed too."""
+def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float | None = None) -> None:
+    """The job's attempt is over: result is what its monitor recorded, None if the monitor was killed too.
+    retry_at: if this attempt failed, it is retried (back to the queue, not before then)."""
     stopped = job.state == State.STOPPING
     if result is None and stopped:
         result = {"signal": "SIGKILL"}
@@ -134,11 +156,15 @@ def ended(job: Job, result: dict[str, Any] | None, now: float) -> None:
     if job.gpus:
         attempt["gpus"] = [g.index for g in job.gpus]
 
-    if stopped and job.stop_intent == "preempt":
+    if stopped and job.stop_intent in ("preempt", "requeue"):
         _move(job, State.QUEUED)
-        job.history.append(attempt | {"preempted": True})
-        job.preemptions += 1
-        job.reason = f"preempted ({job.reason}); {text}; requeued"
+        if job.stop_intent == "preempt":
+            job.history.append(attempt | {"preempted": True})
+            job.preemptions += 1
+            job.reason = f"preempted ({job.reason}); {text}; requeued"
+        else:
+            job.history.append(attempt | {"requeued": True})
+            job.reason = f"{job.reason}; {text}; requeued"
         job.gpus, job.unit, job.started = (), "", None
         job.stop_intent = job.stop_requested = None
         return
@@ -150,9 +176,23 @@ def ended(job: Job, result: dict[str, Any] | None, now: float) -> None:
         _move(job, State.SUCCEEDED)
         job.reason = ""
     else:
-        _move(job, State.FAILED)
         spec = job.spec
         if spec and spec.time_limit and job.started and end - job.started >= spec.time_limit - 1:
             text += f" (time limit {format_duration(spec.time_limit)} reached)"
+        if retry_at is not None and not stopped:
+            _move(job, State.QUEUED)
+            job.history.append(attempt | {"outcome": text, "retried": True})
+            job.retried += 1
+            job.not_before = retry_at
+            job.exit_code = job.signal = job.ended = None
+            job.gpus, job.unit, job.started = (), "", None
+            total = spec.retries if spec else job.retried
+            job.reason = f"attempt {job.attempt} {text}; retry {job.retried} of {total} after {_clock(retry_at)}"
+            return
+        _move(job, State.FAILED)
         job.reason = text
     job.history.append(attempt)
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))

@@ -19,10 +19,11 @@ class State(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    DEPENDENCY_FAILED = "dependency_failed"   # a dependency can never be met: never started
 
 
 ACTIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
-FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTED})
+FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.REJECTED, State.DEPENDENCY_FAILED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,11 @@ class Job:
     start_token: str = ""                 # names this start's result file
     history: list[dict] = field(default_factory=list)   # earlier attempts' outcomes
     job_class: str = ""                   # the class it was accepted into; "": none (no classes, or an old record)
+    # issue 9 (docs/jobfile.md): dependencies as resolved when accepted, (kind, job id or 0: none, as written)
+    after: tuple[tuple[str, int, str], ...] = ()
+    held: str = ""                        # on hold: by whom (a user name); "" when not held
+    retried: int = 0                      # failed attempts that were retried
+    not_before: float | None = None       # a retry waits until then (backoff)
 
     @property
     def name(self) -> str:
@@ -113,6 +119,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "stop_requested": _dt(job.stop_requested), "gid": job.gid, "start_token": job.start_token or None,
         "history": [{k: _dt(v) if k in ("started", "ended") else v for k, v in h.items()} for h in job.history],
         "class": job.job_class or None,
+        "after": [list(d) for d in job.after], "held": job.held or None, "retried": job.retried or None,
+        "not_before": _dt(job.not_before),
     }
     if job.spec:
         d["priority"] = job.spec.priority
@@ -126,6 +134,10 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None and (v != [] or k == "gpus")}
 
 
+def _deps(d: Any) -> tuple[tuple[str, int, str], ...]:
+    return tuple((str(k), int(i), str(label)) for k, i, label in d or ())
+
+
 def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
     return Job(
         id=int(d["id"]), user=d["user"], uid=int(d["uid"]), source=d.get("source", ""), state=State(d["state"]),
@@ -137,5 +149,6 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
         stop_requested=_epoch(d.get("stop_requested")), start_token=d.get("start_token", ""),
         history=[{k: _epoch(v) if k in ("started", "ended") else v for k, v in h.items()}
                  for h in d.get("history", [])],
-        job_class=d.get("class", ""),
+        job_class=d.get("class", ""), after=_deps(d.get("after")), held=d.get("held", ""),
+        retried=d.get("retried", 0), not_before=_epoch(d.get("not_before")),
     )

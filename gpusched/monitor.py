@@ -136,6 +136,10 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
     scope is up and this process is in it (True), or that it gave up (False: nothing runs)."""
     fields = {"GPUSCHED_JOB_ID": spec["id"], "GPUSCHED_JOB_NAME": spec["name"], "GPUSCHED_USER": spec["user"],
               "GPUSCHED_ATTEMPT": spec["attempt"], "SYSLOG_IDENTIFIER": spec["ident"]}
+    if spec.get("unit"):
+        # `journalctl -u <scope>` finds root's lines that name the unit as their object: journald caches who
+        # sent what by pid, and this process spoke (PAM, below) before systemd moved it into the scope
+        fields["OBJECT_SYSTEMD_UNIT"] = spec["unit"]
     # --- PAM: a session of the job's own (gpusched/pam.py), opened here so that the job inherits it. The
     # slowest step of a start, so it runs while systemd starts the scope (nothing in it depends on the cgroup)
     refusal = ""
@@ -226,7 +230,8 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
 
 def _open_session(spec: dict, fields: dict) -> pam.Session:
     """The job's PAM session; the journal says which path ran (PAM, or gpusched's own keyring/loginuid)."""
-    ids = {"GPUSCHED_JOB_ID": fields["GPUSCHED_JOB_ID"], "GPUSCHED_USER": spec["user"]}
+    ids = {k: fields[k] for k in ("GPUSCHED_JOB_ID", "OBJECT_SYSTEMD_UNIT") if k in fields}
+    ids["GPUSCHED_USER"] = spec["user"]
 
     def log(message: str, priority: int) -> None:
         journal.send(f"gpusched: job {spec['id']}: {message}", priority, **ids)

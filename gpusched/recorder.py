@@ -13,8 +13,12 @@ same without a disk, for tests and the simulator.
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+
+from gpusched.atomicfile import atomic_write
 
 from gpusched.log import Log
 from gpusched.model import Job
@@ -36,6 +40,8 @@ class Recorder(Protocol):
     def remove_rejected(self, job_ids: Iterable[int]) -> int: ...
     def forget(self, job_id: int) -> None: ...
     def log_path(self, job_id: int) -> str: ...
+    def load_control(self) -> dict[str, Any]: ...
+    def save_control(self, control: dict[str, Any]) -> None: ...
 
 
 class Retrying:
@@ -142,6 +148,24 @@ class StoreRecorder(Retrying):
         """The job is gone from the table (expired, or its record was never kept): no write for it is due."""
         self.dirty.discard(job_id)
         self._copies_due.pop(job_id, None)
+
+    def load_control(self) -> dict[str, Any]:
+        """The server-wide switches an admin set (drain, paused users): {} when none, or unreadable (said)."""
+        try:
+            with open(self._control_path(), "rb") as f:
+                d = json.loads(f.read(1 << 20))
+            return d if isinstance(d, dict) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            self._log(f"{self._control_path()} unreadable ({e}); no drain or pause in force", 3)
+            return {}
+
+    def save_control(self, control: dict[str, Any]) -> None:
+        atomic_write(self._control_path(), json.dumps(control).encode(), mode=0o644)
+
+    def _control_path(self) -> str:
+        return os.path.join(self.store.root, "control.json")
 
     def log_path(self, job_id: int) -> str:
         return self.store.log_path(job_id)

@@ -61,7 +61,8 @@ def encode(job: Job) -> list[Any]:
     return row
 
 
-_STATE, _GPUS, _SPEC = (_JOB_FIELDS.index(n) for n in ("state", "gpus", "spec"))
+_STATE, _GPUS, _SPEC, _AFTER = (_JOB_FIELDS.index(n) for n in ("state", "gpus", "spec", "after"))
+_SPEC_TUPLES = [_SPEC_FIELDS.index(n) for n in ("after", "after_ok", "after_notok", "retry_on")]
 _LIMITS, _TAGS, _GPU_IDS, _COMMAND = (_SPEC_FIELDS.index(n) for n in ("limits", "tags", "gpu_ids", "command"))
 
 
@@ -71,12 +72,15 @@ def decode(row: list[Any]) -> Job:
     row = list(row)
     row[_STATE] = _STATES[row[_STATE]]
     row[_GPUS] = tuple(GpuRef(int(i), str(u)) for i, u in row[_GPUS])
+    row[_AFTER] = tuple(tuple(d) for d in row[_AFTER])
     if row[_SPEC] is not None:
         spec = list(row[_SPEC])
         if len(spec) != len(_SPEC_FIELDS):
             raise ValueError("a snapshot spec of another shape")
         spec[_LIMITS] = ResourceLimits(*spec[_LIMITS])
         spec[_TAGS], spec[_GPU_IDS] = tuple(spec[_TAGS]), tuple(spec[_GPU_IDS])
+        for i in _SPEC_TUPLES:
+            spec[i] = tuple(spec[i])
         if isinstance(spec[_COMMAND], list):
             spec[_COMMAND] = tuple(spec[_COMMAND])
         row[_SPEC] = JobSpec(*spec)

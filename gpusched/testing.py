@@ -99,6 +99,14 @@ class MemoryRecorder(Retrying):
     def refresh_stale(self, jobs: Mapping[int, Job]) -> None:
         pass
 
+    control: dict[str, Any] = {}
+
+    def load_control(self) -> dict[str, Any]:
+        return dict(self.control)
+
+    def save_control(self, control: dict[str, Any]) -> None:
+        self.control = dict(control)
+
     def copy_soon(self, job: Job) -> None:
         self.copies.add(job.id)
 
@@ -139,15 +147,17 @@ class Run:
 
 class FakeRunner:
     """Runs nothing. A started job ends `duration(job)` seconds later (None: only when stopped) with exit code
-    0, or at its time_limit with its stop signal, as systemd's RuntimeMaxUSec would; a stop ends it at once
+    exit_code(job) (0 by default), or at its time_limit with its stop signal, as systemd's RuntimeMaxUSec would; a stop ends it at once
     with its stop signal; `fire()` reports the ends that are due, as monitors exiting would.
 
     `fail[job_id] = exc` makes that job's next start raise exc (scopes.UnitExists(...), MonitorDied(...));
     `accounts[uid] = None` makes a user unknown; `units` are scopes that exist, as systemd would list them."""
 
-    def __init__(self, clock: FakeClock, duration: Callable[[Job], float | None] = lambda job: None):
+    def __init__(self, clock: FakeClock, duration: Callable[[Job], float | None] = lambda job: None,
+                 exit_code: Callable[[Job], int] = lambda job: 0):
         self.clock = clock
         self.duration = duration
+        self.exit_code = exit_code
         self.units: dict[str, Run] = {}
         self.fail: dict[int, Exception] = {}
         self.accounts: dict[int, Account | None] = {}
@@ -166,7 +176,7 @@ class FakeRunner:
         spec = job.spec
         assert spec is not None
         now = self.clock.time()
-        ends, result = None, {"exit_code": 0}
+        ends, result = None, {"exit_code": self.exit_code(job)}
         stop_signal = signals.Signals(spec.stop_signal).name
         d = self.duration(job)
         if d is not None:
@@ -243,13 +253,14 @@ class World:
     gpus: int = 4
     cfg: configmod.Config = field(default_factory=configmod.Config)
     duration: Callable[[Job], float | None] = lambda job: None
+    exit_code: Callable[[Job], int] = lambda job: 0             # of a job that ends by itself
     clock: FakeClock = field(default_factory=FakeClock)
     log: ListLog = field(default_factory=ListLog)
     keep_records: bool = True
     recorder: MemoryRecorder | None = None
 
     def __post_init__(self) -> None:
-        self.runner = FakeRunner(self.clock, self.duration)
+        self.runner = FakeRunner(self.clock, self.duration, self.exit_code)
         if self.recorder is None:
             self.recorder = MemoryRecorder(self.log, keep=self.keep_records)
         self.probe = FixedGpus(self.gpus)

@@ -1,0 +1,162 @@
+"""Issue 9's job lifecycle on the engine with fakes: dependencies (and their cascade), singleton, hold and
+release, requeue, retries with backoff, drain and pause. The rules alone are in tests/test_dependencies.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpusched import config as configmod
+from gpusched.access import Caller
+from gpusched.errors import Invalid, NotAllowed
+from gpusched.jobfile import JobSpec
+from gpusched.model import State
+from gpusched.testing import EPOCH, MemoryRecorder, World
+
+ROOT = Caller(0, True)
+OWNER = Caller(1000, False)
+
+
+def spec(name="train", gpus=1, **kw) -> JobSpec:
+    return JobSpec(command="python train.py", name=name, gpus=gpus, **kw)
+
+
+def test_after_ok_waits_then_starts_and_a_failure_cascades_to_every_dependent():
+    w = World(gpus=4, duration=lambda job: 60, exit_code=lambda job: 1 if job.spec.name == "prep" else 0)
+    prep = w.submit(spec("prep"))
+    train = w.submit(spec("train", after_ok=("prep",)))        # by name: the owner's latest "prep"
+    evaluate = w.submit(spec("eval", after_ok=(train.id,)))   # by id
+    cleanup = w.submit(spec("cleanup", after=(train.id,)))    # any outcome
+    report = w.submit(spec("report", after_notok=(prep.id,)))
+    w.settle()
+    assert prep.state == State.RUNNING and train.state == State.QUEUED
+    assert train.reason == f"waiting for job {prep.id} to succeed (after_ok)"
+    w.run_until(EPOCH + 61)
+    assert prep.state == State.FAILED
+    assert train.state == evaluate.state == State.DEPENDENCY_FAILED
+    assert f"job {prep.id} failed" in train.reason and f"job {train.id} dependency_failed" in evaluate.reason
+    w.run_until(EPOCH + 200)
+    assert cleanup.state == State.SUCCEEDED and report.state == State.SUCCEEDED   # ran: their rule was met
+    assert w.recorder.state_of(evaluate.id) == State.DEPENDENCY_FAILED
+
+
+def test_a_dependency_that_does_not_exist_or_is_another_users_fails_at_once():
+    w = World(gpus=2)
+    other = w.submit(spec("theirs"), uid=2000)
+    missing = w.submit(spec("a", after=(999,)))
+    foreign = w.submit(spec("b", after_ok=(other.id,)))
+    unnamed = w.submit(spec("c", after=("nosuch",)))
+    w.settle()
+    for job, text in ((missing, "'999'"), (foreign, f"'{other.id}'"), (unnamed, "'nosuch'")):
+        assert job.state == State.DEPENDENCY_FAILED and text in job.reason and "no such job of yours" in job.reason
+    root_job = w.submit(spec("d", after=(other.id,)), uid=0, user="root")   # root's files may name anyone's
+    assert root_job.after == (("after", other.id, str(other.id)),)
+
+
+def test_dependencies_survive_a_restart_resolved_as_they_were():
+    rec = MemoryRecorder()
+    w = World(gpus=1, recorder=rec)
+    first = w.submit(spec("prep"))
+    second = w.submit(spec("train", after_ok=("prep",)))
+    w.submit(spec("prep"))                                     # a newer "prep": train still means the first
+    again = World(gpus=1, recorder=rec)
+    assert again.engine.jobs[second.id].after == (("after_ok", first.id, "prep"),)
+
+
+def test_singleton_runs_one_job_of_a_name_at_a_time():
+    w = World(gpus=4, duration=lambda job: 100)
+    a = w.submit(spec("sweep", singleton=True))
+    b = w.submit(spec("sweep", singleton=True))
+    c = w.submit(spec("sweep", singleton=True), uid=2000)     # another user's: not the same singleton
+    w.settle()
+    assert a.state == State.RUNNING and c.state == State.RUNNING and b.state == State.QUEUED
+    assert b.reason == f"singleton: job {a.id} of the same name goes first"
+    w.run_until(EPOCH + 101)
+    assert a.state == State.SUCCEEDED and b.state == State.RUNNING
+
+
+def test_hold_and_release_and_who_may_release():
+    w = World(gpus=2)
+    held = w.submit(spec(hold=True))
+    w.settle()
+    assert held.state == State.QUEUED and held.held == "user1000" and "release" in held.reason
+    assert w.engine.release(held, OWNER, admin=False) == "released"
+    w.settle()
+    assert held.state == State.RUNNING
+    with pytest.raises(Invalid, match="only a queued job can be held"):
+        w.engine.hold(held, OWNER)
+    queued = w.submit(spec(gpus=2))
+    assert w.engine.hold(queued, ROOT) == "held" and queued.held == "root"
+    with pytest.raises(NotAllowed, match="held by root; only an admin"):
+        w.engine.release(queued, OWNER, admin=False)
+    assert w.recorder.records[queued.id][0]["held"] == "root"               # durable
+    w.engine.release(queued, ROOT, admin=True)
+    assert queued.held == ""
+
+
+def test_requeue_stops_a_running_job_and_queues_it_again_without_counting_a_preemption():
+    w = World(gpus=1, duration=lambda job: 1000)
+    job = w.submit(spec())
+    w.settle()
+    assert w.engine.requeue(job, OWNER).startswith("stopping")
+    w.run_until(w.clock.time())
+    assert job.attempt == 2 and job.state == State.RUNNING and job.preemptions == 0
+    assert job.history[0]["requeued"] is True and job.history[0]["outcome"] == "killed by SIGTERM"
+    assert sum(t.startswith(f"stopping job {job.id}: requeued by ") for t in w.log.texts()) == 1
+
+
+def test_retries_back_off_exponentially_only_for_listed_exit_codes_and_keep_each_attempt():
+    cfg = configmod.Config(retry_backoff=10.0, retry_backoff_max=25.0)
+    codes = iter([3, 3, 3, 3])
+    w = World(gpus=1, cfg=cfg, duration=lambda job: 5, exit_code=lambda job: next(codes))
+    job = w.submit(spec(retries=3, retry_on=(3,)))
+    w.settle()
+    starts = []
+    for _ in range(200):                       # one tick a second, as the daemon's loop
+        if job.state == State.RUNNING and (not starts or starts[-1] != job.started):
+            starts.append(job.started)
+        if job.state in (State.FAILED, State.SUCCEEDED):
+            break
+        w.run_until(w.clock.time() + 1)
+        w.engine.tick()
+    # attempt 1 at 0, ends at 5; retry after 10 s; attempt 2 at ~15, ends 20, after 20 s; attempt 3 ends
+    # 45+, after min(40, 25) = 25 s; attempt 4 fails for good
+    assert job.state == State.FAILED and job.attempt == 4 and job.retried == 3
+    assert [h.get("retried", False) for h in job.history] == [True, True, True, False]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert [round(g) for g in gaps] == [15, 25, 30], (starts, gaps)
+
+
+def test_retry_on_other_codes_and_setup_errors_are_not_retried():
+    w = World(gpus=1, duration=lambda job: 5, exit_code=lambda job: 2)
+    job = w.submit(spec(retries=3, retry_on=(3,)))
+    w.run_until(EPOCH + 6)
+    assert job.state == State.FAILED and job.retried == 0
+    from gpusched.dependencies import retry_delay
+    assert retry_delay(job, {"exit_code": 127, "error": "cannot run x"}, 10, 60) is None
+
+
+def test_drain_starts_nothing_until_resume_and_is_kept_across_a_restart():
+    rec = MemoryRecorder()
+    w = World(gpus=2, recorder=rec)
+    assert w.engine.drain(ROOT, True) == "draining"
+    job = w.submit(spec())
+    w.settle()
+    assert job.state == State.QUEUED and "draining" in job.reason and "draining" in w.engine.status_line()
+    again = World(gpus=2, recorder=rec)
+    assert again.engine.draining == "root"
+    again.engine.drain(ROOT, False)
+    again.settle()
+    assert again.engine.jobs[job.id].state == State.RUNNING
+
+
+def test_pause_holds_back_one_users_jobs_only():
+    w = World(gpus=2)
+    w.engine.pause("user1000", ROOT, True)
+    mine, theirs = w.submit(spec()), w.submit(spec(), uid=2000)
+    w.settle()
+    assert mine.state == State.QUEUED and "paused by root" in mine.reason and theirs.state == State.RUNNING
+    w.engine.pause("user1000", ROOT, False)
+    w.settle()
+    assert mine.state == State.RUNNING
+    with pytest.raises(Invalid, match="not paused"):
+        w.engine.pause("user1000", ROOT, False)
