@@ -90,6 +90,11 @@ EXPECTED: dict[str, dict] = {
     "resumable.toml": {"name": "resumable-train", "resumable": True, "stop_signal": int(signal.SIGUSR1),
                        "grace": 120.0},
     "shared-gpu.toml": {"name": "small-eval", "share": True, "gpu_memory": 10 * GiB},
+    "after.toml": {"name": "train", "after_ok": ("preprocess",), "after": (41,)},
+    "after-notok.toml": {"name": "on-failure", "after_notok": (42,), "gpus": 0},
+    "singleton.toml": {"name": "nightly-eval", "singleton": True},
+    "hold.toml": {"name": "later", "hold": True},
+    "retries.toml": {"name": "flaky-download", "retries": 3, "retry_on": (75,), "gpus": 0},
 }
 
 
