@@ -315,19 +315,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    client = Client()
-    failed = 0
-    for job_id in args.ids:
-        try:
-            print(f"job {job_id}: {printable(client.call('CancelNow' if args.now else 'Cancel', job_id))}")
-        except CtlError as e:
-            warn(str(e))
-            failed += 1
-    return 1 if failed else 0
+    args.method = "CancelNow" if args.now else "Cancel"
+    return cmd_act(args)
 
 
 def cmd_act(args: argparse.Namespace) -> int:
-    """hold, release, requeue: each id in turn; non-zero if any was refused."""
+    """cancel, hold, release, requeue: each id in turn; non-zero if any was refused."""
     client = Client()
     failed = 0
     for job_id in args.ids:
