@@ -115,6 +115,7 @@ class Engine:
         self.draining: str = str(control.get("draining", ""))         # who drained it; "" when not
         self.paused: dict[str, str] = dict(control.get("paused", {}))  # user -> who paused them
         self._due: float | None = None
+        self._singles: dict[tuple[int, str], int] | None = None
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -443,11 +444,11 @@ class Engine:
         queued, holders = [], []
         users: dict[str, int] = {}
         doomed: list[tuple[Job, str]] = []
-        singles = {(j.uid, j.spec.name): j.id for j in self.live.values() if j.state in ACTIVE and j.spec}
+        self._singles = None                             # built by _gate for the first singleton job seen
         for job in self.live.values():
             # contained per job: one job whose inputs can't be built (a bug) must not stop everyone's pass
             if job.state == State.QUEUED:
-                gate = self._gate(job, now, singles)
+                gate = self._gate(job, now)
                 if gate is not None:
                     if gate[0] == "never":
                         doomed.append((job, gate[1]))
@@ -490,7 +491,7 @@ class Engine:
                 reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
 
-    def _gate(self, job: Job, now: float, singles: dict[tuple[int, str], int]) -> tuple[str, str] | None:
+    def _gate(self, job: Job, now: float) -> tuple[str, str] | None:
         """Why a queued job is not offered to the policy this pass, or None: ("never", why) when a dependency
         can't be met any more (it then ends); ("wait", why) for the rest, in this order: dependencies, hold,
         a paused user, drain, a retry's backoff, singleton. Cheap for a job with none of them."""
@@ -509,7 +510,9 @@ class Engine:
             return "wait", job.reason if "retry" in job.reason else "waiting to retry"
         spec = job.spec
         if spec is not None and spec.singleton:
-            other = singles.setdefault((job.uid, spec.name), job.id)
+            if self._singles is None:                    # (owner, name) -> the job that holds it this pass
+                self._singles = {(j.uid, j.spec.name): j.id for j in self.live.values() if j.state in ACTIVE and j.spec}
+            other = self._singles.setdefault((job.uid, spec.name), job.id)
             if other != job.id:
                 return "wait", f"singleton: job {other} of the same name goes first"
         return None

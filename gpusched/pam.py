@@ -133,9 +133,9 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     return _libs
 
 
-MODULE_DIRS = tuple(f"{p}/{arch}security" for p in ("/usr/lib", "/lib")
-                    for arch in (f"{sysconfig.get_config_var('MULTIARCH')}/" if sysconfig.get_config_var("MULTIARCH")
-                                 else "", "")) + ("/usr/lib64/security", "/lib64/security")
+_ARCH = sysconfig.get_config_var("MULTIARCH")    # x86_64-linux-gnu on Debian; None elsewhere
+MODULE_DIRS = tuple(f"{lib}/{arch}security" for lib in ("/usr/lib", "/lib")
+                    for arch in ((f"{_ARCH}/", "") if _ARCH else ("",))) + ("/usr/lib64/security", "/lib64/security")
 _MODULE = re.compile(rb"(?<![\w/.-])(/[\w/.+-]+\.so|pam_[\w.+-]+\.so)\b")
 _INCLUDE = re.compile(rb"^\s*(?:@include\s+|-?\w+\s+(?:include|substack)\s+)([\w.+-]+)", re.M)
 _preloaded: list[ctypes.CDLL] = []

@@ -163,14 +163,20 @@ def test_jain_is_one_for_equal_shares_and_lower_otherwise():
 
 # --- gpusched's own driver -----------------------------------------------------------------------------------------
 
-def test_the_gpusched_driver_runs_the_real_policy(monkeypatch):
-    calls = []
+def _count_policy_calls(monkeypatch) -> list[dict]:
+    """The keywords of every policy.schedule call from now on (the real policy still decides)."""
+    calls: list[dict] = []
     real = policy.schedule
 
     def counting(*a, **kw):
         calls.append(kw)
         return real(*a, **kw)
     monkeypatch.setattr(policy, "schedule", counting)
+    return calls
+
+
+def test_the_gpusched_driver_runs_the_real_policy(monkeypatch):
+    calls = _count_policy_calls(monkeypatch)
     jobs = [j(1, 0, 10), j(2, 0.5, 1, gpus=2), j(3, 1, 1)]
     cluster.replay(jobs, 2, PolicyDriver(2))
     assert calls and all(c["now"] is not None and c["backfill"] == policy.Backfill.EASY for c in calls)
@@ -224,13 +230,7 @@ def test_the_engine_driver_gives_the_known_completion_times():
 
 
 def test_the_engine_driver_runs_the_engine_and_its_policy(monkeypatch):
-    calls = []
-    real = policy.schedule
-
-    def counting(*a, **kw):
-        calls.append(kw)
-        return real(*a, **kw)
-    monkeypatch.setattr(policy, "schedule", counting)
+    calls = _count_policy_calls(monkeypatch)
     jobs = [j(1, 0, 10), j(2, 0.5, 1, gpus=2), j(3, 1, 1)]
     d = EngineDriver(2)
     cluster.replay(jobs, 2, d)
