@@ -115,6 +115,11 @@ class Engine:
         self.draining: str = str(control.get("draining", ""))         # who drained it; "" when not
         self.paused: dict[str, str] = dict(control.get("paused", {}))  # user -> who paused them
         self._due: float | None = None
+        # dependencies: which queued jobs still wait on each job (so it isn't expired under them, and their
+        # verdict is looked at again only when it ends), and each such job's verdict until then: a pass costs
+        # one lookup per waiting job, not one per dependency (a job may have 192)
+        self._dependents: dict[int, set[int]] = {}
+        self._verdicts: dict[int, tuple[str, str]] = {}
         self._singles: dict[tuple[int, str], int] | None = None
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
@@ -160,6 +165,11 @@ class Engine:
             self.live.pop(job.id, None)
         else:
             self.live[job.id] = job
+        if job.after:
+            self._index_dependencies(job, job.state == State.QUEUED and not job.deps_met)
+        if job.state in FINAL:
+            for waiting in self._dependents.get(job.id, ()):
+                self._verdicts.pop(waiting, None)       # looked at again at the next pass
         for by_uid, state in ((self._queued_by_uid, State.QUEUED), (self._rejected_by_uid, State.REJECTED)):
             ids = by_uid.setdefault(job.uid, set())
             if job.state == state:
@@ -167,8 +177,25 @@ class Engine:
             else:
                 ids.discard(job.id)
 
+    def _index_dependencies(self, job: Job, pending: bool) -> None:
+        for _kind, dep, _label in job.after:
+            if not dep:
+                continue
+            if pending:
+                self._dependents.setdefault(dep, set()).add(job.id)
+            elif (waiting := self._dependents.get(dep)) is not None:
+                waiting.discard(job.id)
+                if not waiting:
+                    del self._dependents[dep]
+        if not pending:
+            self._verdicts.pop(job.id, None)
+
     def _untrack(self, job_id: int) -> None:
         job = self.jobs.pop(job_id, None)
+        for waiting in self._dependents.get(job_id, ()):
+            self._verdicts.pop(waiting, None)
+        if job is not None and job.after:
+            self._index_dependencies(job, False)
         self.live.pop(job_id, None)
         self.listing.invalidate(job_id)
         self._requests.pop(job_id, None)
@@ -495,10 +522,13 @@ class Engine:
         """Why a queued job is not offered to the policy this pass, or None: ("never", why) when a dependency
         can't be met any more (it then ends); ("wait", why) for the rest, in this order: dependencies, hold,
         a paused user, drain, a retry's backoff, singleton. Cheap for a job with none of them."""
-        if job.after:
-            verdict, why = dependencies.check(job.after, lambda i: j.state if (j := self.jobs.get(i)) else None)
-            if verdict != "ready":
-                return verdict, why
+        if job.after and not job.deps_met:
+            verdict = self._verdicts.get(job.id)
+            if verdict is None:
+                verdict = self._verdicts[job.id] = dependencies.check(
+                    job.after, lambda i: j.state if (j := self.jobs.get(i)) else None)
+            if verdict[0] != "ready":
+                return verdict
         if job.held:
             return "wait", f"held by {job.held}; `gpuschedctl release {job.id}` lets it start"
         if job.user in self.paused:
@@ -757,8 +787,10 @@ class Engine:
         now = self.clock.time()
         cutoff = {State.REJECTED: now - keep_rejected if keep_rejected else 0.0}
         default = now - keep_finished if keep_finished else 0.0
+        # a job that a queued job still depends on is kept until that one has started or ended
         self._expiring = [j.id for j in self.jobs.values()
-                          if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)]
+                          if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)
+                          and j.id not in self._dependents]
         if keep_rejected and self.expire_rejected is not None:
             try:
                 freed = self.expire_rejected(cutoff[State.REJECTED])

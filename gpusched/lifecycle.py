@@ -68,6 +68,7 @@ def waiting(job: Job, reason: str) -> bool:
 def starting(job: Job, gpus: Sequence[Gpu], unit: str, log: str, now: float, token: str = "") -> None:
     _move(job, State.STARTING)
     job.not_before = None
+    job.deps_met = bool(job.after)      # a requeue or retry later doesn't wait for them again
     job.start_token = token
     job.attempt += 1
     job.gpus = tuple(GpuRef(g.index, g.uuid) for g in gpus)

@@ -86,6 +86,7 @@ class Job:
     held: str = ""                        # on hold: by whom (a user name); "" when not held
     retried: int = 0                      # failed attempts that were retried
     not_before: float | None = None       # a retry waits until then (backoff)
+    deps_met: bool = False                # its dependencies were met when it first started: not checked again
 
     @property
     def name(self) -> str:
@@ -120,7 +121,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "history": [{k: _dt(v) if k in ("started", "ended") else v for k, v in h.items()} for h in job.history],
         "class": job.job_class or None,
         "after": [list(d) for d in job.after], "held": job.held or None, "retried": job.retried or None,
-        "not_before": _dt(job.not_before),
+        "not_before": _dt(job.not_before), "deps_met": job.deps_met or None,
     }
     if job.spec:
         d["priority"] = job.spec.priority
@@ -150,5 +151,5 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
         history=[{k: _epoch(v) if k in ("started", "ended") else v for k, v in h.items()}
                  for h in d.get("history", [])],
         job_class=d.get("class", ""), after=_deps(d.get("after")), held=d.get("held", ""),
-        retried=d.get("retried", 0), not_before=_epoch(d.get("not_before")),
+        retried=d.get("retried", 0), not_before=_epoch(d.get("not_before")), deps_met=bool(d.get("deps_met")),
     )

@@ -160,3 +160,47 @@ def test_pause_holds_back_one_users_jobs_only():
     assert mine.state == State.RUNNING
     with pytest.raises(Invalid, match="not paused"):
         w.engine.pause("user1000", ROOT, False)
+
+
+def test_a_pass_looks_at_a_jobs_dependencies_again_only_when_one_of_them_ended(monkeypatch):
+    from gpusched import dependencies
+    calls = []
+    real = dependencies.check
+    monkeypatch.setattr(dependencies, "check", lambda deps, state_of: calls.append(1) or real(deps, state_of))
+    w = World(gpus=1, duration=lambda job: 100)
+    first = w.submit(spec("prep"))
+    waiting = [w.submit(spec(f"dep{i}", after=tuple(range(1, first.id + 1)))) for i in range(3)]
+    w.settle()
+    n = len(calls)
+    assert n == 3 and all(j.reason == f"waiting for job {first.id} to end (after)" for j in waiting)
+    for _ in range(5):                          # passes with nothing ended: no dependency looked at again
+        w.engine.schedule()
+    assert len(calls) == n
+    w.run_until(EPOCH + 101)                    # prep ended: each dependent's verdict is taken again, once
+    assert len(calls) == n + 3 and sum(j.state == State.RUNNING for j in waiting) == 1
+
+
+def test_a_met_dependency_is_kept_while_its_dependent_waits_and_not_needed_again_after_a_start():
+    cfg = configmod.Config(keep_finished=3600.0)
+    w = World(gpus=1, cfg=cfg, duration=lambda job: 10)
+    prep = w.submit(spec("prep"))
+    held = w.submit(spec("train", after_ok=(prep.id,), hold=True))   # met, but held past keep_finished
+    later = w.submit(spec("eval", after_ok=(prep.id,)))
+    w.run_until(EPOCH + 20)
+    assert prep.state == State.SUCCEEDED and later.state == State.SUCCEEDED and later.deps_met
+    w.run_until(EPOCH + 3 * 3600)
+    w.engine.expire()
+    w.engine.expire_batch()
+    assert prep.id in w.engine.jobs                      # the held job still depends on it: kept
+    assert later.id not in w.engine.jobs                 # finished and depended on by nothing: expired
+    w.engine.release(held, OWNER, admin=False)
+    w.settle()
+    assert held.state == State.RUNNING and held.deps_met
+    w.engine.requeue(held, OWNER)
+    w.run_until(w.clock.time() + 1)
+    w.engine.expire()
+    w.engine.expire_batch()
+    assert prep.id not in w.engine.jobs                  # nothing waits on it any more
+    w.settle()
+    assert held.state == State.RUNNING and held.attempt == 2   # its dependency isn't asked for again
+    assert w.recorder.records[held.id][0]["deps_met"] is True  # durable: a restart doesn't ask either
