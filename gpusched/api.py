@@ -66,7 +66,7 @@ class Manager:
         return self.engine.cancel(job, who, now)
 
     def act(self, verb: str, job_id: int, caller: int) -> str:
-        """hold, release or requeue a job: its owner, root or an admin (access.py)."""
+        """hold, release, requeue or requeue-hold a job: its owner, root or an admin (access.py)."""
         job = self.engine.get(job_id)
         who = self.access.caller(caller)
         who.require_act(job, verb)
@@ -74,7 +74,7 @@ class Manager:
             return self.engine.hold(job, who)
         if verb == "release":
             return self.engine.release(job, who, who.admin)
-        return self.engine.requeue(job, who)
+        return self.engine.requeue(job, who, hold=verb == "requeue-hold")
 
     def drain(self, caller: int, on: bool) -> str:
         return self.engine.drain(self._admin(caller, "drain or resume the server"), on)
@@ -131,6 +131,7 @@ class Api:
         <method name="Hold"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Release"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Requeue"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="RequeueHeld"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Drain"><arg type="b" name="on" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Pause">
           <arg type="s" name="user" direction="in"/><arg type="b" name="on" direction="in"/>
@@ -203,6 +204,10 @@ class Api:
 
     def Requeue(self, id: int, dbus_context: Any = None) -> str:
         return self._call("Requeue", lambda: self._m.act("requeue", id, self._caller(dbus_context)))
+
+    def RequeueHeld(self, id: int, dbus_context: Any = None) -> str:
+        """Requeue, then hold it in the queue until released."""
+        return self._call("RequeueHeld", lambda: self._m.act("requeue-hold", id, self._caller(dbus_context)))
 
     def Drain(self, on: bool, dbus_context: Any = None) -> str:
         return self._call("Drain", lambda: self._m.drain(self._caller(dbus_context), on))

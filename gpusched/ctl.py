@@ -319,6 +319,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return cmd_act(args)
 
 
+def cmd_requeue(args: argparse.Namespace) -> int:
+    args.method = "RequeueHeld" if args.hold else "Requeue"
+    return cmd_act(args)
+
+
 def cmd_act(args: argparse.Namespace) -> int:
     """cancel, hold, release, requeue: each id in turn; non-zero if any was refused."""
     client = Client()
@@ -426,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         p.add_argument("ids", type=int, nargs="+")
         p.set_defaults(fn=cmd_act, method=method)
+        if verb == "requeue":
+            p.add_argument("--hold", action="store_true", help="hold them in the queue until released")
+            p.set_defaults(fn=cmd_requeue)
     for verb, text in (("drain", "admins: start no new job (running ones finish); kept across restarts"),
                        ("resume", "admins: undo drain")):
         sub.add_parser(verb, help=text).set_defaults(fn=cmd_switch)

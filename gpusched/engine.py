@@ -391,12 +391,14 @@ class Engine:
                    wake=True)
         return "released"
 
-    def requeue(self, job: Job, by: Who) -> str:
-        """Stop a running job with its stop signal and grace and put it back in the queue (same id)."""
+    def requeue(self, job: Job, by: Who, hold: bool = False) -> str:
+        """Stop a running job with its stop signal and grace and put it back in the queue (same id); `hold`:
+        held there (by the caller) until released."""
         if job.state not in (State.STARTING, State.RUNNING):
             raise Invalid(f"job {job.id} is {job.state}: only a running job can be requeued")
-        self._stop(job, "requeue", f"requeued by {by.name}")
-        return "stopping; requeued when it has stopped"
+        how = "requeued and held" if hold else "requeued"
+        self._stop(job, "requeue", f"{how} by {by.name}", held=by.name if hold else "")
+        return f"stopping; {how} when it has stopped"
 
     def drain(self, by: Who, on: bool) -> str:
         """Drain (no job starts; running ones finish) or resume, for the whole server. Kept across restarts."""
@@ -713,8 +715,9 @@ class Engine:
                    say=f"started job {job.id} {spec.name!r} of {job.user} in {unit} on {where} (attempt {job.attempt})",
                    GPUSCHED_EVENT="start", GPUSCHED_UNIT=unit)
 
-    def _stop(self, job: Job, intent: str, reason: str) -> None:
-        self.apply(job, lifecycle.stopping, intent, reason, self.clock.time(), say=f"stopping job {job.id}: {reason}",
+    def _stop(self, job: Job, intent: str, reason: str, held: str = "") -> None:
+        self.apply(job, lifecycle.stopping, intent, reason, self.clock.time(), held,
+                   say=f"stopping job {job.id}: {reason}",
                    GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
         self._send_stop(job)
 

@@ -94,9 +94,11 @@ def start_failed(job: Job, why: str, now: float) -> None:
     job.ended, job.reason, job.gpus = now, why, ()
 
 
-def stopping(job: Job, intent: str, reason: str, now: float) -> None:
+def stopping(job: Job, intent: str, reason: str, now: float, held: str = "") -> None:
+    """held: a requeue that puts it on hold once it is back in the queue (by whom)."""
     _move(job, State.STOPPING)
     job.stop_intent, job.stop_requested, job.reason = intent, now, reason
+    job.held = held if intent == "requeue" else ""
 
 
 def cancel_stopping(job: Job, reason: str) -> None:
@@ -104,7 +106,7 @@ def cancel_stopping(job: Job, reason: str) -> None:
     requeued when it ends."""
     if job.state != State.STOPPING:
         raise TransitionError(f"job {job.id}: {job.state} is not stopping")
-    job.stop_intent, job.reason = "cancel", reason
+    job.stop_intent, job.reason, job.held = "cancel", reason, ""
 
 
 def cancel_queued(job: Job, reason: str, now: float) -> None:
@@ -170,6 +172,7 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
         job.stop_intent = job.stop_requested = None
         return
     job.exit_code, job.signal, job.ended = exit_code, sig, end
+    job.held = ""
     if stopped and job.stop_intent == "cancel":
         _move(job, State.CANCELLED)
         job.reason = f"{job.reason}; {text}"

@@ -78,6 +78,13 @@ def test_errors_are_escaped_and_exit_non_zero(client, capsys):
     assert err.startswith("gpuschedctl: no job named x\\x1b") and no_raw_controls(err)
 
 
+def test_requeue_hold_calls_requeue_held(client, capsys):
+    client.replies["RequeueHeld"] = "stopping; requeued and held when it has stopped"
+    client.replies["Requeue"] = "stopping; requeued when it has stopped"
+    assert ctl.main(["requeue", "--hold", "5"]) == 0 and ctl.main(["requeue", "6"]) == 0
+    assert client.calls == [("RequeueHeld", 5), ("Requeue", 6)]
+
+
 def test_cancel_now_calls_cancel_now_and_reports_each_failure(client, capsys):
     client.replies["CancelNow"] = "killed"
     assert ctl.main(["cancel", "--now", "5", "6"]) == 0

@@ -204,3 +204,20 @@ def test_a_met_dependency_is_kept_while_its_dependent_waits_and_not_needed_again
     w.settle()
     assert held.state == State.RUNNING and held.attempt == 2   # its dependency isn't asked for again
     assert w.recorder.records[held.id][0]["deps_met"] is True  # durable: a restart doesn't ask either
+
+
+def test_requeue_with_hold_comes_back_held_by_the_caller_and_a_cancel_meanwhile_drops_the_hold():
+    w = World(gpus=1, duration=lambda job: 1000)
+    job = w.submit(spec(), user=OWNER.name)
+    w.settle()
+    assert w.engine.requeue(job, OWNER, hold=True) == "stopping; requeued and held when it has stopped"
+    w.run_until(w.clock.time())
+    assert job.state == State.QUEUED and job.held == OWNER.name and job.attempt == 1
+    assert "release" in job.reason and w.recorder.records[job.id][0]["held"] == OWNER.name
+    w.engine.release(job, OWNER, admin=False)
+    w.settle()
+    assert job.state == State.RUNNING and job.attempt == 2
+    w.engine.requeue(job, ROOT, hold=True)
+    w.engine.cancel(job, OWNER)                       # changed their mind: cancelled, not held
+    w.run_until(w.clock.time())
+    assert job.state == State.CANCELLED and job.held == ""

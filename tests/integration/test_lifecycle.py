@@ -37,6 +37,13 @@ def test_hold_release_requeue_as_owner_and_not_as_another_user(gs):
     st = gs.wait(job, "running", timeout=30)
     st = gs.status(job)
     assert st["attempt"] == 2 and st.get("preemptions", 0) == 0 and st["history"][0]["requeued"] is True, st
+    refused = gs.sh(f"gpuschedctl requeue --hold {job}", user="bob", check=False)
+    assert refused.returncode != 0 and "belongs to alice" in refused.stderr, refused
+    gs.sh(f"gpuschedctl requeue --hold {job}", user="alice")
+    st = gs.wait(job, "queued", timeout=30)
+    assert st["held"] == "alice" and st["attempt"] == 2, st
+    gs.sh(f"gpuschedctl release {job}", user="alice")
+    gs.wait(job, "running", timeout=20)
     gs.sh(f"gpuschedctl cancel --now {job}", user="alice")
     gs.wait(job, "cancelled", timeout=20)
 
