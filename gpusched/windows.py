@@ -11,6 +11,7 @@ Callers give the time (epoch seconds); nothing here reads a clock.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, tzinfo
@@ -100,15 +101,20 @@ def next_open(w: Window, t: float, tz: tzinfo | None = None) -> float:
 
 
 def next_close(w: Window, t: float, tz: tzinfo | None = None) -> float | None:
-    """When the window, open at t, closes next (None when it is not open at t)."""
+    """When the window, open at t, is next closed (None when it is not open at t; infinity when it never closes:
+    24-hour spans on every day). Back-to-back openings (a whole day on Sunday and on Monday) count as one."""
     if not is_open(w, t, tz):
         return None
-    now = _wall(t, tz)
-    minute = now.hour * 60 + now.minute
-    d = now.date()
-    if w.crosses_midnight and minute >= w.start:
-        d += timedelta(days=1)
-    return _at(d, w.end, tz)
+    for _ in range(8):
+        now = _wall(t, tz)
+        minute = now.hour * 60 + now.minute
+        d = now.date()
+        if w.crosses_midnight and minute >= w.start:
+            d += timedelta(days=1)
+        t = _at(d, w.end, tz)
+        if not is_open(w, t, tz):
+            return t
+    return math.inf
 
 
 def when(t: float, now: float, tz: tzinfo | None = None) -> str:

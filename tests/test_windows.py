@@ -337,3 +337,29 @@ def test_a_failed_probe_changes_nothing():
     w.engine.inventory.gpus = None                               # as after a failed probe
     w.engine._foreign()
     assert job.state == State.RUNNING and w.engine._foreign_since == {0: 1.0}
+
+
+# --- the rules, for any window and any time --------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+any_window = st.builds(Window, st.just("w"), st.integers(0, 24 * 60 - 1), st.integers(0, 24 * 60 - 1),
+                       st.frozensets(st.integers(0, 6), min_size=1))
+any_time = st.floats(at("2026-01-01 00:00"), at("2027-01-01 00:00")).map(lambda t: float(int(t)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=any_window, t=any_time, tz=st.sampled_from([UTC, BERLIN]))
+def test_next_open_is_the_first_open_moment(w, t, tz):
+    opens = windows.next_open(w, t, tz)
+    assert t <= opens <= t + 8 * 86400
+    assert windows.is_open(w, opens, tz)
+    # closed at every minute boundary before it (the window only changes on whole minutes of the wall clock)
+    probe = t
+    while probe < opens:
+        assert not windows.is_open(w, probe, tz), (w, t, probe, opens)
+        probe = (probe // 60 + 1) * 60
+    close = windows.next_close(w, opens, tz)
+    assert close is not None and close > opens
+    assert close == float("inf") and len(w.days) == 7 and w.start == w.end or not windows.is_open(w, close, tz)
