@@ -15,6 +15,7 @@ from gpusched.jobfile import key_lines
 from gpusched.policy.classes import DEFAULT as DEFAULT_CLASS
 from gpusched.policy.classes import JobClass, allowed
 from gpusched.units import parse_duration, parse_size
+from gpusched.windows import ALL_DAYS, Window, parse_days, parse_time
 
 DEFAULT_PATH = "/etc/gpusched/gpusched.toml"
 
@@ -63,6 +64,10 @@ class Config:
     share_groups: tuple[tuple[str, float], ...] = ()    # Unix group -> share (its members share it)
     classes: tuple[JobClass, ...] = ()
     default_class: str = DEFAULT_CLASS   # the class of a job file that names none (when there are classes)
+    # issue 9: time windows ([windows.NAME]: a job's `window`, a class's boost) and GPUs used outside gpusched
+    windows: tuple[Window, ...] = ()
+    foreign: str = "wait"                # "wait": a job on such a GPU keeps it; "preempt": a preemptible one yields
+    foreign_grace: float = 10.0          # seconds a foreign process must stay before a job is stopped for it
 
     def job_limits(self, user: str | None = None, groups: Collection[str] = ()) -> jobfile.Limits:
         """What a job file may ask for on this server (jobfile.parse checks it); user and groups: its owner's,
@@ -72,10 +77,14 @@ class Config:
         return jobfile.Limits(min_priority=floor, max_grace=self.max_grace, max_time_limit=self.max_time_limit,
                               classes={c.name: c.max_time_limit for c in self.classes} if classes else None,
                               default_class=self.default_class if classes else None,
-                              allowed_classes=allowed(classes, user or "", groups) if classes else frozenset())
+                              allowed_classes=allowed(classes, user or "", groups) if classes else frozenset(),
+                              windows=frozenset(w.name for w in self.windows))
 
     def class_map(self) -> dict[str, JobClass]:
         return {c.name: c for c in self.classes}
+
+    def window_map(self) -> dict[str, Window]:
+        return {w.name: w for w in self.windows}
 
 
 class ConfigError(Exception):
@@ -87,10 +96,13 @@ _DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected", "
 _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
         "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class",
+        "windows", "foreign", "foreign_grace",
         *_INTS, *_DURATIONS, *_SIZES}
 _FAIR_SHARE = {"half_life", "default_share", "users", "groups"}
 _CLASS_KEYS = {"priority", "users", "groups", "max_gpus_per_user", "max_time_limit", "default_time_limit",
-               "preempts"}
+               "preempts", "boost"}
+_WINDOW_KEYS = {"start", "end", "days"}
+_FOREIGN = ("wait", "preempt")
 
 
 def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
@@ -185,8 +197,52 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
             raise err("gpus.simulated", f"entry {i}: {e}") from None
         sims.append(SimulatedGpu(name, memory))
     kw["simulated_gpus"] = tuple(sims)
+    _windows(doc, kw, err)
     _policy(doc, kw, err)
     return Config(**kw)
+
+
+def _windows(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
+    """[windows.NAME] (start, end, days), foreign and foreign_grace (issue 9; docs/config.md)."""
+    windows = doc.get("windows", {})
+    if not isinstance(windows, dict):
+        raise err("windows", "expected tables ([windows.NAME])")
+    built = []
+    for name, t in windows.items():
+        where = f"windows.{name}"
+        if not jobfile.CLASS_NAME.fullmatch(name) or len(name) > jobfile.MAX_CLASS:
+            raise err(where, "a window name is letters, digits, '_', '.', '-'")
+        if not isinstance(t, dict):
+            raise err(where, "expected a table with start and end (\"HH:MM\") and optionally days")
+        for key in t:
+            if key not in _WINDOW_KEYS:
+                raise err(f"{where}.{key}", "unknown key (a window has start, end and days)")
+        for key in ("start", "end"):
+            if key not in t:
+                raise err(where, f"{key} is missing (\"HH:MM\", the server's local time)")
+        times = {}
+        for key in ("start", "end"):
+            try:
+                times[key] = parse_time(t[key])
+            except ValueError as e:
+                raise err(f"{where}.{key}", str(e)) from None
+        days = ALL_DAYS
+        if "days" in t:
+            try:
+                days = parse_days(t["days"])
+            except ValueError as e:
+                raise err(f"{where}.days", str(e)) from None
+        built.append(Window(name, times["start"], times["end"], days))
+    kw["windows"] = tuple(built)
+    if "foreign" in doc:
+        if doc["foreign"] not in _FOREIGN:
+            raise err("foreign", f"expected \"wait\" or \"preempt\", got {str(doc['foreign'])[:40]!r}")
+        kw["foreign"] = doc["foreign"]
+    if "foreign_grace" in doc:
+        try:
+            kw["foreign_grace"] = parse_duration(doc["foreign_grace"])
+        except ValueError as e:
+            raise err("foreign_grace", str(e)) from None
 
 
 def _policy(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
@@ -232,7 +288,7 @@ def _policy(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
         for key in t:
             if key not in _CLASS_KEYS:
                 raise err(f"{where}.{key}", "unknown key")
-        built.append(_job_class(name, t, set(classes), err))
+        built.append(_job_class(name, t, set(classes), err, kw.get("windows", ())))
     kw["classes"] = tuple(built)
     if "default_class" in doc:
         v = doc["default_class"]
@@ -252,9 +308,11 @@ def _share(v: Any, key: str, err: Any) -> float:
     return float(v)
 
 
-def _job_class(name: str, t: dict[str, Any], names: set[str], err: Any) -> JobClass:
+def _job_class(name: str, t: dict[str, Any], names: set[str], err: Any, windows: Any = ()) -> JobClass:
     where = f"classes.{name}"
     kw: dict[str, Any] = {"name": name}
+    if "boost" in t:
+        kw["boost"] = _boost(t["boost"], f"{where}.boost", {w.name for w in windows}, err)
     if "priority" in t:
         v = t["priority"]
         if isinstance(v, bool) or not isinstance(v, int) or not -(1 << 31) <= v < 1 << 31:
@@ -291,6 +349,19 @@ def _job_class(name: str, t: dict[str, Any], names: set[str], err: Any) -> JobCl
     if kw.get("default_time_limit") == 0:
         kw["default_time_limit"] = None
     return JobClass(**kw)
+
+
+def _boost(v: Any, key: str, windows: set[str], err: Any) -> tuple[str, int]:
+    """A class's boost: { window = "night", priority = 5 }, its priority while that window is open."""
+    if not isinstance(v, dict) or set(v) != {"window", "priority"}:
+        raise err(key, 'expected { window = "NAME", priority = N }: the class\'s priority while the window is open')
+    name, prio = v["window"], v["priority"]
+    if not isinstance(name, str) or name not in windows:
+        known = ", ".join(sorted(windows)) or "none"
+        raise err(key, f"window {str(name)[:40]!r} is not one of the [windows.*] defined here ({known})")
+    if isinstance(prio, bool) or not isinstance(prio, int) or not -(1 << 31) <= prio < 1 << 31:
+        raise err(key, "priority: expected an integer (lower runs first)")
+    return name, prio
 
 
 def cpu_job_cap(cfg: Config) -> int:

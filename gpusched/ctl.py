@@ -251,7 +251,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             value = ", ".join(f"{g['index']} ({g['uuid']})" for g in value) or "-"
         if key == "history":
             for h in value:
-                _field(f"attempt {h.get('attempt')}", h.get("outcome"))
+                why = f" (preempted: {h['reason']})" if h.get("preempted") and h.get("reason") else ""
+                _field(f"attempt {h.get('attempt')}", f"{h.get('outcome')}{why}")
             continue
         _field(key, value)
     for key, value in spec.items():

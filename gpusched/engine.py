@@ -28,9 +28,10 @@ import time
 import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Callable, Protocol, Sequence
 
-from gpusched import dependencies, launch, lifecycle, policy
+from gpusched import dependencies, launch, lifecycle, policy, windows
 from gpusched import config as configmod
 from gpusched.access import group_names
 from gpusched.clock import Clock
@@ -121,6 +122,15 @@ class Engine:
         self._dependents: dict[int, set[int]] = {}
         self._verdicts: dict[int, tuple[str, str]] = {}
         self._singles: dict[tuple[int, str], int] | None = None
+        # time windows (a job's `window`, a class's boost), read on the wall clock of `tz` (None: the server's
+        # local time; tests set a zone); _window_waits: this pass's (reason, next opening) per window name
+        self.tz: tzinfo | None = None
+        self._windows = cfg.window_map()
+        self._window_waits: dict[str, tuple[str, float | None]] = {}
+        # GPUs used outside gpusched (config `foreign`): GPU index -> since when (monotonic) a foreign process
+        # has been on it, probe after probe; the active jobs on such GPUs (each said once in the journal)
+        self._foreign_since: dict[int, float] = {}
+        self._contested: set[int] = set()
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -453,6 +463,53 @@ class Engine:
     def probe_gpus(self) -> None:
         if self.inventory.refresh(j.unit for j in self.live.values() if j.state in ACTIVE and j.unit):
             self.wake()                                  # only what can change a decision wakes the policy
+        self._foreign()
+
+    def _foreign(self) -> None:
+        """After each probe: the active jobs on GPUs that processes gpusched did not start use too. With
+        foreign = "preempt", a preemptible running job on such a GPU is stopped through the door (intent
+        "preempt": requeued, as a policy preemption is) once the GPU has been busy for foreign_grace on every
+        probe since; any other is said once in the journal and shown contested (`gpus`, `show`)."""
+        gpus = self.inventory.gpus
+        if gpus is None:
+            return                                       # the probe failed: nothing is known, nothing changes
+        now = self.clock.monotonic()
+        busy = {g.index: g for g in gpus if g.foreign_pids}
+        self._foreign_since = {i: self._foreign_since.get(i, now) for i in busy}
+        if not busy and not self._contested:
+            return
+        contested: set[int] = set()
+        stops: list[tuple[Job, str]] = []
+        preempt = self.cfg.foreign == "preempt"
+        for job in self.live.values():
+            hit = [g.index for g in job.gpus if g.index in busy] if job.state in ACTIVE else []
+            if not hit:
+                continue
+            contested.add(job.id)
+            first = hit[0]
+            text = _foreign_text(busy[first])
+            preemptible = job.spec is None or job.spec.preemptible
+            if preempt and preemptible and job.state == State.RUNNING:
+                if now - self._foreign_since[first] >= self.cfg.foreign_grace:
+                    stops.append((job, text))
+                elif job.id not in self._contested:
+                    self.log(f"job {job.id}: {text}; it is stopped and requeued if that stays "
+                             f"{_seconds(self.cfg.foreign_grace)} (foreign_grace)", 4, job=job,
+                             GPUSCHED_EVENT="foreign")
+            elif job.id not in self._contested:
+                why = ('foreign = "wait"' if not preempt else
+                       "it is not preemptible" if not preemptible else f"it is {job.state}")
+                self.log(f"job {job.id}: {text}; {why}: it keeps running on a contested GPU", 4, job=job,
+                         GPUSCHED_EVENT="foreign")
+        self._contested = contested
+        for job, text in stops:
+            self._contained(self._stop, job, "preempt", text)
+
+    def _contested_text(self, job: Job) -> str:
+        """For `show` of an active job: which of its GPUs processes gpusched did not start use too."""
+        busy = {g.index: g for g in self.inventory.gpus or () if g.foreign_pids}
+        hit = [g.index for g in job.gpus if g.index in busy]
+        return "; ".join(_foreign_text(busy[i]) for i in hit)
 
     def schedule(self) -> None:
         """One scheduling pass: the policy decides; preemptions are sent, starts made, waiting reasons noted.
@@ -474,6 +531,7 @@ class Engine:
         users: dict[str, int] = {}
         doomed: list[tuple[Job, str]] = []
         self._singles = None                             # built by _gate for the first singleton job seen
+        self._window_waits = {}
         for job in self.live.values():
             # contained per job: one job whose inputs can't be built (a bug) must not stop everyone's pass
             if job.state == State.QUEUED:
@@ -505,7 +563,7 @@ class Engine:
             return
         gpus = self.inventory.gpus
         d = policy.schedule(queued, holders, gpus, now=now, standing=self._standing(users, now),
-                            **inputs.settings(self.cfg, configmod.cpu_job_cap(self.cfg)))
+                            **self._settings(now))
         self.stats["last_policy_seconds"] = self.clock.monotonic() - t0
         self.stats["last_pass_queued"] = len(queued)
         for victim, for_job in d.preempts:
@@ -523,7 +581,7 @@ class Engine:
     def _gate(self, job: Job, now: float) -> tuple[str, str] | None:
         """Why a queued job is not offered to the policy this pass, or None: ("never", why) when a dependency
         can't be met any more (it then ends); ("wait", why) for the rest, in this order: dependencies, hold,
-        a paused user, drain, a retry's backoff, singleton. Cheap for a job with none of them."""
+        a paused user, drain, a retry's backoff, a time window, singleton. Cheap for a job with none of them."""
         if job.after and not job.deps_met:
             verdict = self._verdicts.get(job.id)
             if verdict is None:
@@ -541,6 +599,8 @@ class Engine:
             self._due = min(self._due or job.not_before, job.not_before)
             return "wait", job.reason if "retry" in job.reason else "waiting to retry"
         spec = job.spec
+        if spec is not None and spec.window and (why := self._window_wait(spec.window, now)):
+            return "wait", why
         if spec is not None and spec.singleton:
             if self._singles is None:                    # (owner, name) -> the job that holds it this pass
                 self._singles = {(j.uid, j.spec.name): j.id for j in self.live.values() if j.state in ACTIVE and j.spec}
@@ -548,6 +608,23 @@ class Engine:
             if other != job.id:
                 return "wait", f"singleton: job {other} of the same name goes first"
         return None
+
+    def _settings(self, now: float) -> dict[str, Any]:
+        """schedule()'s keywords at `now`: the config's, with each class's boost applied while its window is
+        open (docs/config.md)."""
+        settings = inputs.settings(self.cfg, configmod.cpu_job_cap(self.cfg))
+        settings["classes"] = windows.effective_classes(settings["classes"], self._windows, now, self.tz)
+        return settings
+
+    def _window_wait(self, name: str, now: float) -> str:
+        """Why a job that names window `name` waits now ("" when it is open); the opening becomes a due time,
+        so the pass that starts it runs when the window opens, not up to TIME_PASS later."""
+        if name not in self._window_waits:
+            self._window_waits[name] = windows.waiting_reason(name, self._windows.get(name), now, self.tz)
+        reason, at = self._window_waits[name]
+        if at is not None:
+            self._due = min(self._due or at, at)
+        return reason
 
     def _dependency_failed(self, job: Job, why: str) -> None:
         self.apply(job, lifecycle.dependency_failed, why, self.clock.time(), wake=True,
@@ -588,6 +665,9 @@ class Engine:
     def explain(self, job: Job) -> dict[str, Any]:
         """For `gpuschedctl show` of a queued job: its class, its user's fair-share standing and the jobs
         ahead of it in the order the next pass would use (one linear scan of the queue, on demand only)."""
+        if job.state in ACTIVE:
+            contested = self._contested_text(job)
+            return {"contested": contested} if contested else {}
         if job.state != State.QUEUED or job.spec is None:
             return {}
         now = self.clock.time()
@@ -597,7 +677,7 @@ class Engine:
                 queued.append(self._request(j))
             users[j.user] = j.uid
         standing = self._standing(users, now)
-        settings = inputs.settings(self.cfg, configmod.cpu_job_cap(self.cfg))
+        settings = self._settings(now)
         key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
         ahead = [r.id for r in order.ahead(self._request(job), queued, key)]
         out: dict[str, Any] = {}
@@ -821,6 +901,21 @@ class Engine:
         for job in batch:
             self._untrack(job.id)
         return bool(self._expiring)
+
+
+def _foreign_text(g: Gpu) -> str:
+    """"GPU 2 is used outside gpusched by alice (pid 4242, python)" (and how many more processes)."""
+    if g.foreign:
+        p = g.foreign[0]
+        text = f"GPU {g.index} is used outside gpusched by {p.user} (pid {p.pid}, {p.name})"
+    else:
+        text = f"GPU {g.index} is used outside gpusched (pid {g.foreign_pids[0]})"
+    more = len(g.foreign_pids) - 1
+    return text + (f" and {more} more process(es)" if more > 0 else "")
+
+
+def _seconds(t: float) -> str:
+    return f"{t:g}s"
 
 
 def _when(t: float) -> str:

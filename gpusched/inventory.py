@@ -62,9 +62,12 @@ class Inventory:
         out = []
         for g in self.gpus or ():
             state = f"job {holders[g.index]}" if g.index in holders else "foreign" if g.foreign_pids else "free"
+            contested = g.index in holders and bool(g.foreign_pids)     # a job's GPU used outside gpusched too
+            if contested:
+                state += ", contested"
             out.append({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total": g.memory_total,
                         "memory_free": g.memory_free, "simulated": g.simulated, "state": state,
-                        "job": holders.get(g.index), "foreign_pids": list(g.foreign_pids),
+                        "job": holders.get(g.index), "contested": contested, "foreign_pids": list(g.foreign_pids),
                         "foreign": [dataclasses.asdict(p) for p in g.foreign]})
         return out
 

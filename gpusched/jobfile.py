@@ -69,6 +69,7 @@ class Limits:
     classes: Mapping[str, float] | None = None
     default_class: str | None = None       # the class of a file that names none
     allowed_classes: frozenset[str] = frozenset()   # the classes this file's owner may ask for
+    windows: frozenset[str] = frozenset()  # the time windows the config defines ([windows.NAME])
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class JobSpec:
     hold: bool = False                    # queued on hold: starts only once released
     retries: int = 0                      # attempts after a failure, with backoff
     retry_on: tuple[int, ...] = ()        # only these exit codes are retried (empty: any failure)
+    window: str | None = None             # starts only while this configured time window is open
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -408,7 +410,8 @@ def _bounded_size(v: Any) -> int:
 
 TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids",
             "priority", "limits", "time_limit", "grace", "stop_signal", "preemptible", "user", "class", "resumable",
-            "share", "after", "after_ok", "after_notok", "singleton", "hold", "retries", "retry_on"}
+            "share", "after", "after_ok", "after_notok", "singleton", "hold", "retries", "retry_on",
+            "window"}
 LIMIT_KEYS = {"memory", "cpus", "tasks"}
 
 
@@ -483,6 +486,7 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
         value = c.take("class", doc["class"], _class_name)
         if value is not None:
             kw["job_class"] = value
+    opt("window", _window_name)
 
     if "tags" in doc:
         opt("tags", _tags)
@@ -552,6 +556,7 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
                        "drop the key, the job runs as the file's owner")
     if limits is not None:
         _check_class(c, kw, limits, privileged or owner_is_root)
+        _check_window(c, kw, limits)
     if limits is not None and not owner_is_root:
         _check_limits(c, doc, kw, limits, privileged)
 
@@ -627,6 +632,27 @@ def _check_class(c: _Checker, kw: dict[str, Any], limits: Limits, privileged: bo
     elif not privileged and name not in limits.allowed_classes:
         c.fail("class", f"{name!r} is not granted to you (the administrator decides who may use a class: see "
                         f"the classes in /etc/gpusched/gpusched.toml)")
+
+
+def _check_window(c: _Checker, kw: dict[str, Any], limits: Limits) -> None:
+    """A window must be one the server's config defines (for everyone, root too: a typo is a typo)."""
+    name = kw.get("window")
+    if name is None:
+        return
+    if not limits.windows:
+        c.fail("window", f"{name!r}: this server defines no time windows (drop the key; an administrator adds "
+                         f"them as [windows.NAME] in /etc/gpusched/gpusched.toml)")
+    elif name not in limits.windows:
+        c.fail("window", f"{name!r}: no such time window on this server{_did_you_mean(name, set(limits.windows))}; "
+                         f"it has: {', '.join(sorted(limits.windows))}")
+
+
+def _window_name(v: Any) -> str:
+    v = _expect(str, "a window name (a string)")(v)
+    if not v or len(v) > MAX_CLASS or not CLASS_NAME.fullmatch(v):
+        raise ValueError(f"not a window name: {_clip(v, 80)!r} (letters, digits, '_', '.', '-'; at most "
+                         f"{MAX_CLASS} characters)")
+    return v
 
 
 def _human(seconds: float) -> str:

@@ -162,7 +162,7 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
     if stopped and job.stop_intent in ("preempt", "requeue"):
         _move(job, State.QUEUED)
         if job.stop_intent == "preempt":
-            job.history.append(attempt | {"preempted": True})
+            job.history.append(attempt | {"preempted": True, "reason": job.reason})   # why, kept past the requeue
             job.preemptions += 1
             job.reason = f"preempted ({job.reason}); {text}; requeued"
         else:

@@ -30,6 +30,7 @@ INVALID = EXAMPLES / "invalid"
 EXPECTATIONS = INVALID / "expectations.toml"
 ROOT_OWNED = {"as-user.toml"}       # the only examples that are valid only in a root-owned file
 NEEDS_CONDA = {"conda.toml"}
+NEEDS_WINDOW = {"window.toml"}       # valid only on a server whose config defines [windows.night]
 GiB = 1 << 30
 
 
@@ -95,6 +96,7 @@ EXPECTED: dict[str, dict] = {
     "singleton.toml": {"name": "nightly-eval", "singleton": True},
     "hold.toml": {"name": "later", "hold": True},
     "retries.toml": {"name": "flaky-download", "retries": 3, "retry_on": (75,), "gpus": 0},
+    "window.toml": {"name": "overnight-sweep", "window": "night", "time_limit": 8 * 3600.0},
 }
 
 
@@ -133,6 +135,11 @@ PRIVILEGED_ONLY = {"urgent.toml", "non-preemptible.toml"}
 def test_example_is_within_the_default_limits(path):
     """What a plain user may submit on a server with the default config; the others say who may."""
     root, privileged = path.name in ROOT_OWNED, path.name in ROOT_OWNED | PRIVILEGED_ONLY
+    if path.name in NEEDS_WINDOW:                      # on a server that defines the window it names
+        with pytest.raises(JobFileError, match="this server defines no time windows"):
+            parse(path.read_bytes(), path.name, owner_is_root=root, limits=Limits(), privileged=privileged)
+        parse(path.read_bytes(), path.name, owner_is_root=root, limits=Limits(windows=frozenset({"night"})))
+        return
     parse(path.read_bytes(), path.name, owner_is_root=root, limits=Limits(), privileged=privileged)
     if privileged:
         with pytest.raises(JobFileError):

@@ -258,7 +258,7 @@ def test_preempted_job_goes_back_to_the_queue_with_the_same_id():
     assert job.stop_intent is None and job.stop_requested is None
     assert job.ended is None and job.exit_code is None and job.signal is None
     assert job.history == [{"attempt": 1, "started": T0 + 10, "ended": T0 + 25, "outcome": "killed by SIGTERM",
-                            "gpus": [0, 1], "preempted": True}]
+                            "gpus": [0, 1], "preempted": True, "reason": "preempted by job 9 (priority 0)"}]
     assert job.reason.startswith("preempted (preempted by job 9 (priority 0))")
     assert job.reason.endswith("requeued")
 

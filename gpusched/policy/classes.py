@@ -25,6 +25,7 @@ class JobClass:
     max_time_limit: float = 0.0                # seconds; 0: no cap
     default_time_limit: float | None = None    # for jobs that give none
     preempts: frozenset[str] = frozenset()     # classes whose running jobs it may preempt
+    boost: tuple[str, int] | None = None       # (window, priority): its priority while that window is open
 
     @property
     def public(self) -> bool:
