@@ -253,6 +253,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             for h in value:
                 _field(f"attempt {h.get('attempt')}", h.get("outcome"))
             continue
+        if key == "retry_gpu_memory":                  # on_gpu_oom: what later attempts reserve
+            value = format_size(value)
         _field(key, value)
     for key, value in spec.items():
         _field(key, value)
