@@ -41,10 +41,29 @@ def _wait_in_unit(unit: str, timeout: float = 10.0) -> bool:
         time.sleep(0.0005 if tries < 40 else 0.01)
 
 
-def _child(spec: dict, out_fd: int, err_w: int, cgroup: jobcgroup.JobCgroup) -> None:
+OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
+
+
+def _oom_shield() -> str | None:
+    """The kernel's OOM killer must pick the job, never its monitor (the job's end would go unrecorded): the
+    monitor takes -1000 and the job gets back the value it had. Returns that value (None: left as it was)."""
+    try:
+        with open(OOM_SCORE_ADJ) as f:
+            before = f.read().strip()
+        with open(OOM_SCORE_ADJ, "w") as f:
+            f.write("-1000")
+        return before
+    except OSError:
+        return None
+
+
+def _child(spec: dict, out_fd: int, err_w: int, cgroup: jobcgroup.JobCgroup, oom_score: str | None = None) -> None:
     """In the forked child: join the job's cgroup, become the user, enter the workdir, exec. Never returns."""
     try:
         os.setsid()                                   # own session and process group
+        if oom_score is not None:                     # as root: the job must not keep the monitor's shield
+            with open(OOM_SCORE_ADJ, "w") as f:
+                f.write(oom_score)
         try:
             cgroup.enter()                            # as root, before anything of the user's runs
         except OSError as e:
@@ -182,10 +201,11 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)    # wakes the select below when the job exits
+    oom_score = _oom_shield() if os.getuid() == 0 else None
     started = time.time()
     pid = os.fork()
     if pid == 0:
-        _child(spec, out_w, err_w, cgroup)           # closes every fd but its 0, 1, 2 (PAM's too)
+        _child(spec, out_w, err_w, cgroup, oom_score)           # closes every fd but its 0, 1, 2 (PAM's too)
     session.restore_monitor()                         # PAM: the user's limits were for the job, not the monitor
     os.close(out_w)
     os.close(err_w)

@@ -415,3 +415,15 @@ def test_a_kill_by_the_kernels_oom_killer_is_outcome_oom(tmp_path):
     assert "outcome" not in survived                                 # a kill it survived is no failure
     unchanged = monitor(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", oom_counts=[3, 3])
     assert unchanged["signal"] == "SIGKILL" and "outcome" not in unchanged
+
+
+def test_the_oom_killer_is_steered_off_the_monitor_but_not_off_the_job(tmp_path):
+    with open("/proc/self/oom_score_adj") as f:
+        ours = f.read().strip()
+    monitor(tmp_path, "print('job', open('/proc/self/oom_score_adj').read().strip()); import os\n"
+                      "print('monitor', open(f'/proc/{os.getppid()}/oom_score_adj').read().strip())")
+    log = (tmp_path / "7.log").read_text()
+    assert f"job {ours}\n" in log, log
+    can = subprocess.run([sys.executable, "-c", "with open('/proc/self/oom_score_adj', 'w') as f: f.write('-1000')"],
+                         capture_output=True).returncode == 0          # root with CAP_SYS_RESOURCE
+    assert ("monitor -1000\n" in log) == can, log
