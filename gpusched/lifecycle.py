@@ -177,6 +177,9 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
     retry_at: if this attempt failed, it is retried (back to the queue, not before then). oom_retry: what the
     retry of a GPU out-of-memory changes (dependencies.gpu_oom_retry: retry_exclusive, retry_gpu_memory)."""
     stopped = job.state == State.STOPPING
+    if result is not None and stopped:
+        # an attempt gpusched was stopping (cancel, preemption, requeue) ended because of that, whatever it printed
+        result = {k: v for k, v in result.items() if k not in ("outcome", "gpu_oom")}
     if result is None and stopped:
         result = {"signal": "SIGKILL"}
         text = describe(None, True)

@@ -219,6 +219,15 @@ def test_a_gpu_oom_quotes_the_line_and_a_plain_failure_has_no_outcome():
     assert plain.outcome == "" and plain.reason == "exited with code 1" and "outcome" not in job_to_dict(plain)
 
 
+def test_a_job_gpusched_was_stopping_has_no_oom_outcome():
+    job = _running(spec())
+    lifecycle.stopping(job, "cancel", "cancelled by alice", EPOCH + 3)
+    lifecycle.ended(job, {"signal": "SIGTERM", "outcome": "gpu_oom", "cpu_seconds": 1.0}, EPOCH + 5)
+    assert job.state == State.CANCELLED and job.outcome == "" and "kind" not in job.history[-1]
+    assert job.reason == "cancelled by alice; killed by SIGTERM"
+    assert job.cpu_seconds == 1.0                                    # what it used still counts
+
+
 def test_cpu_time_adds_up_over_attempts_and_the_peak_is_the_largest():
     job = _running(spec(retries=1))
     lifecycle.ended(job, {"exit_code": 1, "cpu_seconds": 2.0, "memory_peak": 300}, EPOCH + 5, EPOCH + 10)
