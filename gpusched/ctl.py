@@ -254,6 +254,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                 why = f" (preempted: {h['reason']})" if h.get("preempted") and h.get("reason") else ""
                 _field(f"attempt {h.get('attempt')}", f"{h.get('outcome')}{why}")
             continue
+        if key == "retry_gpu_memory":                  # on_gpu_oom: what later attempts reserve
+            value = format_size(value)
         _field(key, value)
     for key, value in spec.items():
         _field(key, value)

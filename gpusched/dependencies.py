@@ -10,10 +10,10 @@ one go.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from gpusched.jobfile import DEPENDENCY_KEYS, JobSpec
-from gpusched.model import FINAL, Job, State
+from gpusched.model import FINAL, Gpu, Job, State
 
 Dep = tuple[str, int, str]            # (kind, job id or 0 when not found, the user's text)
 
@@ -62,7 +62,9 @@ def check(deps: Iterable[Dep], state_of: Callable[[int], State | None]) -> tuple
 def retry_delay(job: Job, result: dict | None, base: float, cap: float) -> float | None:
     """Seconds until a failed attempt is tried again, or None: no retries left, the attempt didn't fail,
     it failed before the job began (a setup error, which a retry won't fix), or its exit code is not one of
-    retry_on (a death by signal never is one). Exponential: base, 2 base, 4 base, ... at most cap."""
+    retry_on (a death by signal never is one). Exponential: base, 2 base, 4 base, ... at most cap.
+    A GPU out-of-memory (result outcome "gpu_oom") follows on_gpu_oom when the file sets it: "fail" is never
+    retried; "retry-exclusive" and "retry-more-memory" are, whatever retry_on says (gpu_oom_retry says how)."""
     spec = job.spec
     if spec is None or job.retried >= spec.retries:
         return None
@@ -72,8 +74,46 @@ def retry_delay(job: Job, result: dict | None, base: float, cap: float) -> float
         code, sig = result.get("exit_code"), result.get("signal")
         if code == 0 and not sig:
             return None
-        if spec.retry_on and (sig or code not in spec.retry_on):
+        gpu_oom = result.get("outcome") == "gpu_oom" and spec.on_gpu_oom is not None
+        if gpu_oom and spec.on_gpu_oom == "fail":
+            return None
+        if spec.retry_on and not gpu_oom and (sig or code not in spec.retry_on):
             return None
     elif spec.retry_on:
         return None                                      # nothing recorded: no exit code to match
     return float(min(cap, base * (2 ** job.retried)))
+
+
+def gpu_oom_retry(job: Job, result: dict | None, gpus: Sequence[Gpu] | None) -> dict:
+    """What the retry of an attempt that ran out of GPU memory changes, by the job's on_gpu_oom: {} (nothing),
+    {"retry_exclusive": True} (later attempts share no GPU), or {"retry_gpu_memory": bytes}: twice the last
+    reservation (the file's gpu_memory, or an earlier retry's), or with none, twice the memory of the GPU it
+    ran on; at most what the largest GPUs that can hold the job have (so that it can still start here).
+    `gpus`: the server's GPUs as last probed (None: unknown, then only doubled)."""
+    spec = job.spec
+    if spec is None or not result or result.get("outcome") != "gpu_oom":
+        return {}
+    if spec.on_gpu_oom == "retry-exclusive":
+        return {"retry_exclusive": True}
+    if spec.on_gpu_oom != "retry-more-memory":
+        return {}
+    totals = {g.index: g.memory_total for g in gpus or ()}
+    last = job.retry_gpu_memory or spec.gpu_memory
+    if last is None:
+        ran_on = [totals[g.index] for g in job.gpus if g.index in totals]
+        last = min(ran_on) if ran_on else None
+    want = 2 * last if last else None
+    # the n-th largest total among the GPUs the job may use (type, ids): the most every one of its n can have
+    usable = sorted((g.memory_total for g in gpus or () if _may_use(spec, g)), reverse=True)
+    most = usable[spec.gpus - 1] if spec.gpus and len(usable) >= spec.gpus else None
+    if want is None:
+        want = most
+    elif most is not None:
+        want = min(want, most)
+    return {"retry_gpu_memory": int(want)} if want else {}
+
+
+def _may_use(spec: JobSpec, gpu: Gpu) -> bool:
+    if spec.gpu_ids and gpu.index not in spec.gpu_ids and gpu.uuid not in spec.gpu_ids:
+        return False
+    return not spec.gpu_type or spec.gpu_type.lower() in gpu.name.lower()

@@ -344,7 +344,9 @@ class Engine:
         now = self.clock.time()
         delay = None if job.state == State.STOPPING else dependencies.retry_delay(
             job, result, self.cfg.retry_backoff, self.cfg.retry_backoff_max)
-        self.apply(job, lifecycle.ended, result, now, None if delay is None else now + delay, say=_ended_line,
+        # a retried GPU out-of-memory asks for a GPU of its own or more memory (on_gpu_oom), recorded with the job
+        oom = {} if delay is None else dependencies.gpu_oom_retry(job, result, self.inventory.gpus)
+        self.apply(job, lifecycle.ended, result, now, None if delay is None else now + delay, oom, say=_ended_line,
                    wake=True)
         if delay is not None:
             self._due = min(self._due or now + delay, now + delay)

@@ -103,6 +103,7 @@ class JobSpec:
     retries: int = 0                      # attempts after a failure, with backoff
     retry_on: tuple[int, ...] = ()        # only these exit codes are retried (empty: any failure)
     window: str | None = None             # starts only while this configured time window is open
+    on_gpu_oom: str | None = None         # ON_GPU_OOM; None: a GPU out-of-memory is a failure like any other
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -338,6 +339,17 @@ def _dependencies(v: Any) -> tuple[int | str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+ON_GPU_OOM = ("fail", "retry-exclusive", "retry-more-memory")
+
+
+def _on_gpu_oom(v: Any) -> str:
+    v = _expect(str, "a string")(v)
+    if v not in ON_GPU_OOM:
+        close = _did_you_mean(v, set(ON_GPU_OOM))
+        raise ValueError(f"{_clip(v, 40)!r}: must be one of " + ", ".join(f'"{o}"' for o in ON_GPU_OOM) + close)
+    return v
+
+
 def _exit_codes(v: Any) -> tuple[int, ...]:
     items = _expect(list, "an array of exit codes (1 to 255)")(v)
     if len(items) > 255:
@@ -411,7 +423,7 @@ def _bounded_size(v: Any) -> int:
 TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids",
             "priority", "limits", "time_limit", "grace", "stop_signal", "preemptible", "user", "class", "resumable",
             "share", "after", "after_ok", "after_notok", "singleton", "hold", "retries", "retry_on",
-            "window"}
+            "window", "on_gpu_oom"}
 LIMIT_KEYS = {"memory", "cpus", "tasks"}
 
 
@@ -482,6 +494,12 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     opt("retry_on", _exit_codes)
     if kw.get("retry_on") and not kw.get("retries"):
         c.fail("retry_on", "is set but retries is 0: say how many times to retry (retries = N)")
+    opt("on_gpu_oom", _on_gpu_oom)
+    if kw.get("on_gpu_oom", "fail") != "fail" and not kw.get("retries"):
+        c.fail("on_gpu_oom", f"{kw['on_gpu_oom']!r} retries, but retries is 0: say how many times at most "
+                             f"(retries = N)")
+    elif kw.get("on_gpu_oom", "fail") != "fail" and kw.get("gpus") == 0:
+        c.fail("on_gpu_oom", f"{kw['on_gpu_oom']!r} is set but the job asks for gpus = 0")
     if "class" in doc:
         value = c.take("class", doc["class"], _class_name)
         if value is not None:

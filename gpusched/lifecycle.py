@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from gpusched.jobfile import JobSpec
 from gpusched.model import Gpu, GpuRef, Job, State
-from gpusched.units import format_duration
+from gpusched.units import format_duration, format_size
 
 ALLOWED = {
     State.QUEUED: {State.STARTING, State.CANCELLED, State.DEPENDENCY_FAILED},
@@ -26,6 +26,7 @@ ALLOWED = {
 
 
 MAX_REASON = 4096          # bytes of a reason: it goes into every listing and status file
+MAX_OOM_LINE = 160         # characters of the GPU out-of-memory line quoted in a reason
 
 
 class TransitionError(Exception):
@@ -75,6 +76,7 @@ def starting(job: Job, gpus: Sequence[Gpu], unit: str, log: str, now: float, tok
     job.unit, job.log, job.started, job.reason = unit, log, now, ""
     job.exit_code = job.signal = None
     job.stop_intent = job.stop_requested = None
+    job.outcome = ""
 
 
 def running(job: Job) -> None:
@@ -139,25 +141,63 @@ def describe(result: dict[str, Any] | None, killed_after_grace: bool) -> str:
     if "error" in result:
         return f"could not start: {result['error']}"
     if "signal" in result:
-        return f"killed by {result['signal']}"
-    return f"exited with code {result['exit_code']}"
+        text = f"killed by {result['signal']}"
+    else:
+        text = f"exited with code {result['exit_code']}"
+    if result.get("outcome") == "oom":
+        return "killed by the kernel: out of memory" + ("" if result.get("signal") == "SIGKILL" else f" ({text})")
+    if result.get("outcome") == "gpu_oom":
+        line = str(result.get("gpu_oom") or "")
+        said = f": {line[:MAX_OOM_LINE]!r}" if line else ""
+        return f"ran out of GPU memory ({text}){said}"
+    return text
 
 
-def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float | None = None) -> None:
+def _limit_note(job: Job, result: dict[str, Any] | None) -> str:
+    """What the kernel's OOM kill was measured against, for the reason."""
+    spec = job.spec
+    if not result or result.get("outcome") != "oom" or spec is None or not spec.limits.memory:
+        return ""
+    return f" (limits.memory {format_size(spec.limits.memory)})"
+
+
+def _count_usage(job: Job, result: dict[str, Any] | None, attempt: dict[str, Any]) -> None:
+    """The attempt's CPU time and peak memory, into its history entry and the job's totals."""
+    if not result:
+        return
+    cpu, peak = result.get("cpu_seconds"), result.get("memory_peak")
+    if isinstance(cpu, (int, float)) and not isinstance(cpu, bool) and cpu >= 0:
+        attempt["cpu_seconds"] = float(cpu)
+        job.cpu_seconds = round((job.cpu_seconds or 0.0) + float(cpu), 6)
+    if isinstance(peak, int) and not isinstance(peak, bool) and peak >= 0:
+        attempt["memory_peak"] = peak
+        job.memory_peak = max(job.memory_peak or 0, peak)
+
+
+def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float | None = None,
+          oom_retry: dict[str, Any] | None = None) -> None:
     """The job's attempt is over: result is what its monitor recorded, None if the monitor was killed too.
-    retry_at: if this attempt failed, it is retried (back to the queue, not before then)."""
+    retry_at: if this attempt failed, it is retried (back to the queue, not before then). oom_retry: what the
+    retry of a GPU out-of-memory changes (dependencies.gpu_oom_retry: retry_exclusive, retry_gpu_memory)."""
     stopped = job.state == State.STOPPING
+    if result is not None and stopped:
+        # an attempt gpusched was stopping (cancel, preemption, requeue) ended because of that, whatever it printed
+        result = {k: v for k, v in result.items() if k not in ("outcome", "gpu_oom")}
     if result is None and stopped:
         result = {"signal": "SIGKILL"}
         text = describe(None, True)
     else:
-        text = describe(result, False)
+        text = describe(result, False) + _limit_note(job, result)
+    outcome = str(result.get("outcome") or "") if result else ""
     exit_code = result.get("exit_code") if result else None
     sig = result.get("signal") if result else None
     end = float(result.get("ended", now)) if result else now
     attempt = {"attempt": job.attempt, "started": job.started or now, "ended": end, "outcome": text}
     if job.gpus:
         attempt["gpus"] = [g.index for g in job.gpus]
+    if outcome in ("oom", "gpu_oom"):
+        attempt["kind"] = outcome
+    _count_usage(job, result, attempt)
 
     if stopped and job.stop_intent in ("preempt", "requeue"):
         _move(job, State.QUEUED)
@@ -173,6 +213,7 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
         return
     job.exit_code, job.signal, job.ended = exit_code, sig, end
     job.held = ""
+    job.outcome = outcome if outcome in ("oom", "gpu_oom") else ""
     if stopped and job.stop_intent == "cancel":
         _move(job, State.CANCELLED)
         job.reason = f"{job.reason}; {text}"
@@ -191,11 +232,29 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
             job.exit_code = job.signal = job.ended = None
             job.gpus, job.unit, job.started = (), "", None
             total = spec.retries if spec else job.retried
-            job.reason = f"attempt {job.attempt} {text}; retry {job.retried} of {total} after {_clock(retry_at)}"
+            how = _apply_oom_retry(job, oom_retry or {})
+            job.reason = (f"attempt {job.attempt} {text}; retry {job.retried} of {total}{how} "
+                          f"after {_clock(retry_at)}")
             return
         _move(job, State.FAILED)
         job.reason = text
     job.history.append(attempt)
+
+
+def _apply_oom_retry(job: Job, change: dict[str, Any]) -> str:
+    """Later attempts of a job that ran out of GPU memory: a GPU of its own, or a larger reservation. Returns
+    how the reason says it."""
+    if change.get("retry_exclusive"):
+        job.retry_exclusive = True
+        return " on a GPU of its own (on_gpu_oom)"
+    memory = change.get("retry_gpu_memory")
+    if memory:
+        was = job.retry_gpu_memory or (job.spec.gpu_memory if job.spec else None)
+        job.retry_gpu_memory = int(memory)
+        before = f"was {format_size(was)}" if was else "was none: a whole GPU"
+        grown = "" if was is None or memory > was else "; already the most a GPU here has"
+        return f" with gpu_memory {format_size(int(memory))} ({before}{grown}; on_gpu_oom)"
+    return ""
 
 
 def _clock(t: float) -> str:

@@ -84,6 +84,8 @@ def _info(job: Job) -> str:
         parts.append(f"exit {job.exit_code}")
     elif job.signal:
         parts.append(job.signal)
+    if job.outcome:                                   # oom, gpu_oom
+        parts.append(job.outcome)
     if job.reason:
         parts.append(job.reason[:4 * INFO_WIDTH].replace("\n", " "))
     return printable("; ".join(parts))[:INFO_WIDTH]

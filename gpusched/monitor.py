@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import signal
 import sys
@@ -19,7 +20,7 @@ import time
 import traceback
 from typing import Callable
 
-from gpusched import acl, fds, jobcgroup, joblog, journal, output, pam
+from gpusched import acl, fds, gpuoom, jobcgroup, joblog, journal, output, pam, usage
 from gpusched.atomicfile import Reserved, atomic_write
 
 SETUP_FAILED = 127
@@ -40,10 +41,29 @@ def _wait_in_unit(unit: str, timeout: float = 10.0) -> bool:
         time.sleep(0.0005 if tries < 40 else 0.01)
 
 
-def _child(spec: dict, out_fd: int, err_w: int, cgroup: jobcgroup.JobCgroup) -> None:
+OOM_SCORE_ADJ = "/proc/self/oom_score_adj"
+
+
+def _oom_shield() -> str | None:
+    """The kernel's OOM killer must pick the job, never its monitor (the job's end would go unrecorded): the
+    monitor takes -1000 and the job gets back the value it had. Returns that value (None: left as it was)."""
+    try:
+        with open(OOM_SCORE_ADJ) as f:
+            before = f.read().strip()
+        with open(OOM_SCORE_ADJ, "w") as f:
+            f.write("-1000")
+        return before
+    except OSError:
+        return None
+
+
+def _child(spec: dict, out_fd: int, err_w: int, cgroup: jobcgroup.JobCgroup, oom_score: str | None = None) -> None:
     """In the forked child: join the job's cgroup, become the user, enter the workdir, exec. Never returns."""
     try:
         os.setsid()                                   # own session and process group
+        if oom_score is not None:                     # as root: the job must not keep the monitor's shield
+            with open(OOM_SCORE_ADJ, "w") as f:
+                f.write(oom_score)
         try:
             cgroup.enter()                            # as root, before anything of the user's runs
         except OSError as e:
@@ -94,6 +114,7 @@ class _Output:
     def __init__(self, spec: dict, fields: dict):
         self.fields = fields
         self.lines = output.LineSplitter()
+        self.gpu_oom = gpuoom.Matcher()           # the first GPU out-of-memory message in the output
         self.log: joblog.JobLog | None = None
         try:
             fd = os.open(spec["log"], os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -112,19 +133,24 @@ class _Output:
         if self.log:
             self.log.write(data)
         for line in self.lines.feed(data):
+            self.gpu_oom.feed(line)
+            journal.send(line, 6, **self.fields)
+
+    def flush(self) -> None:
+        """The job's unfinished last line, to the journal (and the matcher)."""
+        for line in self.lines.finish():
+            self.gpu_oom.feed(line)
             journal.send(line, 6, **self.fields)
 
     def own(self, text: str, priority: int = 6) -> None:
         """A line of the monitor's own, to both."""
-        for line in self.lines.finish():              # the job's unfinished last line goes first
-            journal.send(line, 6, **self.fields)
+        self.flush()                                  # the job's unfinished last line goes first
         if self.log:
             self.log.line(text)
         journal.send(text, priority, **self.fields)
 
     def close(self) -> None:
-        for line in self.lines.finish():
-            journal.send(line, 6, **self.fields)
+        self.flush()
         if self.log:
             self.log.finish()
             os.close(self.log.fd)
@@ -167,16 +193,19 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
     if session is None:
         return _refused(spec, fields, out, cgroup, refusal, slot)
     spec = {**spec, "env": pam.merge_env(spec["env"], session.env)}
+    places = usage.locate(spec["unit"], cgroup.directory)
+    oom_before = usage.oom_kills(places)              # the scope's count: a kill during the job raises it
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)    # wakes the select below when the job exits
+    oom_score = _oom_shield() if os.getuid() == 0 else None
     started = time.time()
     pid = os.fork()
     if pid == 0:
-        _child(spec, out_w, err_w, cgroup)           # closes every fd but its 0, 1, 2 (PAM's too)
+        _child(spec, out_w, err_w, cgroup, oom_score)           # closes every fd but its 0, 1, 2 (PAM's too)
     session.restore_monitor()                         # PAM: the user's limits were for the job, not the monitor
     os.close(out_w)
     os.close(err_w)
@@ -199,6 +228,7 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
             reaped.append(os.waitpid(pid, 0)[1])
     status = reaped[0]
     killed, left = cgroup.kill_all()
+    used = _used(places, oom_before)                  # before the job's cgroup goes, with its counts
     cgroup.remove()
     if killed:
         out.own(f"gpusched: killed {killed} process(es) the job left behind")
@@ -217,6 +247,16 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
     else:
         result["exit_code"] = os.WEXITSTATUS(status)
         summary = f"exited with code {result['exit_code']}"
+    result.update(used.counts)
+    out.flush()                                       # the matcher has seen every line of the job's
+    failed = not error and (os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0)
+    if failed and used.oom_killed:
+        result["outcome"] = "oom"
+        summary = f"was killed by the kernel: out of memory ({summary})"
+    elif failed and out.gpu_oom.found is not None:
+        result["outcome"] = "gpu_oom"
+        result["gpu_oom"] = out.gpu_oom.found
+        summary = f"ran out of GPU memory ({out.gpu_oom.pattern}) and {summary}"
     if left:
         result["leftovers"] = left
     if internal:
@@ -226,6 +266,36 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
     _write_result(spec["result"], result, fields, slot)
     session.close()                                   # PAM: after the result, so a slow module can't delay it
     return result
+
+
+class _Used:
+    """What the job used (cpu_seconds, memory_peak: the result's fields) and whether the kernel OOM-killed
+    any of its processes."""
+
+    def __init__(self, counts: dict, oom_killed: bool):
+        self.counts = counts
+        self.oom_killed = oom_killed
+
+
+def _used(places: usage.Places, oom_before: int | None) -> _Used:
+    """Read just before the job's cgroup is removed. Where the cgroup has no count (a box whose controllers
+    are not delegated), the job's own rusage stands in: the CPU time and the largest peak RSS of the job's
+    processes that were waited for (its leftovers, killed, are not in it)."""
+    counts: dict = {}
+    try:
+        cpu, peak = usage.cpu_seconds(places), usage.memory_peak(places)
+        oom_after = usage.oom_kills(places)
+    except Exception:  # noqa: BLE001 - a count is worth less than the job's result
+        cpu = peak = oom_after = None
+    if cpu is None or peak is None:
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)          # the job is this process's only child
+        cpu = ru.ru_utime + ru.ru_stime if cpu is None else cpu
+        peak = ru.ru_maxrss * 1024 if peak is None and ru.ru_maxrss > 0 else peak
+    if cpu is not None:
+        counts["cpu_seconds"] = round(cpu, 6)
+    if peak is not None:
+        counts["memory_peak"] = peak
+    return _Used(counts, oom_after is not None and oom_after > (oom_before or 0))
 
 
 def _open_session(spec: dict, fields: dict) -> pam.Session:

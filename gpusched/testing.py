@@ -154,8 +154,10 @@ class FakeRunner:
     `accounts[uid] = None` makes a user unknown; `units` are scopes that exist, as systemd would list them."""
 
     def __init__(self, clock: FakeClock, duration: Callable[[Job], float | None] = lambda job: None,
-                 exit_code: Callable[[Job], int] = lambda job: 0):
+                 exit_code: Callable[[Job], int] = lambda job: 0,
+                 extra: Callable[[Job], dict[str, Any]] = lambda job: {}):
         self.clock = clock
+        self.extra = extra                              # more of the result of a job that ends by itself
         self.duration = duration
         self.exit_code = exit_code
         self.units: dict[str, Run] = {}
@@ -176,7 +178,7 @@ class FakeRunner:
         spec = job.spec
         assert spec is not None
         now = self.clock.time()
-        ends, result = None, {"exit_code": self.exit_code(job)}
+        ends, result = None, {"exit_code": self.exit_code(job)} | self.extra(job)
         stop_signal = signals.Signals(spec.stop_signal).name
         d = self.duration(job)
         if d is not None:
@@ -254,13 +256,14 @@ class World:
     cfg: configmod.Config = field(default_factory=configmod.Config)
     duration: Callable[[Job], float | None] = lambda job: None
     exit_code: Callable[[Job], int] = lambda job: 0             # of a job that ends by itself
+    extra: Callable[[Job], dict[str, Any]] = lambda job: {}     # more of its result (outcome, cpu_seconds...)
     clock: FakeClock = field(default_factory=FakeClock)
     log: ListLog = field(default_factory=ListLog)
     keep_records: bool = True
     recorder: MemoryRecorder | None = None
 
     def __post_init__(self) -> None:
-        self.runner = FakeRunner(self.clock, self.duration, self.exit_code)
+        self.runner = FakeRunner(self.clock, self.duration, self.exit_code, self.extra)
         if self.recorder is None:
             self.recorder = MemoryRecorder(self.log, keep=self.keep_records)
         self.probe = FixedGpus(self.gpus)

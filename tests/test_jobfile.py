@@ -98,6 +98,8 @@ EXPECTED: dict[str, dict] = {
     "retries.toml": {"name": "flaky-download", "retries": 3, "retry_on": (75,), "gpus": 0},
     "window.toml": {"name": "overnight-sweep", "window": "night", "time_limit": 8 * 3600.0},
 }
+EXPECTED["on-gpu-oom.toml"] = {"name": "finetune", "retries": 2, "on_gpu_oom": "retry-more-memory",
+                               "gpu_memory": 16 << 30, "share": True}
 
 
 def test_every_example_is_listed():

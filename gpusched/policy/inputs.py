@@ -40,6 +40,14 @@ def estimate(durations: Iterable[float]) -> float | None:
     return math.ceil(max(recent) * ESTIMATE_MARGIN / 60) * 60
 
 
+def gpu_memory(job: Job) -> int | None:
+    """The GPU memory the job reserves: its file's, or more after a GPU out-of-memory (on_gpu_oom =
+    "retry-more-memory"; kept in the job's record). A job that ran out on a GPU it shared asks for one of its own
+    when on_gpu_oom = "retry-exclusive" (request's share)."""
+    assert job.spec is not None
+    return job.retry_gpu_memory or job.spec.gpu_memory
+
+
 def time_limit(job: Job, cls: JobClass | None, history_estimate: float | None = None) -> tuple[float | None, bool]:
     """(limit, estimated): the file's time_limit, else the class default (enforced like the file's: the launch
     must apply it), else the estimate, else none."""
@@ -59,9 +67,9 @@ def request(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_
     assert spec is not None, "a queued job has a spec"
     name = job_class(job, classes, default_class)
     limit, estimated = time_limit(job, (classes or {}).get(name), history_estimate)
-    return Request(job.id, spec.priority, spec.gpus, spec.gpu_memory, spec.gpu_type, spec.gpu_ids, uid=job.uid,
+    return Request(job.id, spec.priority, spec.gpus, gpu_memory(job), spec.gpu_type, spec.gpu_ids, uid=job.uid,
                    job_class=name, submitted=job.submitted, time_limit=limit, limit_estimated=estimated,
-                   resumable=spec.resumable, share=spec.share, grace=spec.grace)
+                   resumable=spec.resumable, share=spec.share and not job.retry_exclusive, grace=spec.grace)
 
 
 def holder(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_class: str = DEFAULT,
@@ -73,7 +81,8 @@ def holder(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_c
     return Holder(job.id, spec.priority, tuple(g.index for g in job.gpus), spec.preemptible,
                   job.state == State.STOPPING, uid=job.uid, cpu_only=spec.gpus == 0, job_class=name,
                   submitted=job.submitted, started=job.started, time_limit=limit, limit_estimated=estimated,
-                  resumable=spec.resumable, share=spec.share, gpu_memory=spec.gpu_memory, grace=spec.grace)
+                  resumable=spec.resumable, share=spec.share and not job.retry_exclusive, gpu_memory=gpu_memory(job),
+                  grace=spec.grace)
 
 
 def runs(job: Job, now: float) -> list[tuple[str, float, float, float]]:
