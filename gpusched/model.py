@@ -86,6 +86,11 @@ class Job:
     held: str = ""                        # on hold: by whom (a user name); "" when not held
     retried: int = 0                      # failed attempts that were retried
     not_before: float | None = None       # a retry waits until then (backoff)
+    # issue 9, warnings and hooks (docs/jobfile.md): when this attempt's warn_signal was sent; a preemption's
+    # StopUnit held back until then (the job is STOPPING meanwhile); "pending" while end hooks are to start
+    warned: float | None = None
+    stop_due: float | None = None
+    hooks: str = ""
 
     @property
     def name(self) -> str:
@@ -121,6 +126,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "class": job.job_class or None,
         "after": [list(d) for d in job.after], "held": job.held or None, "retried": job.retried or None,
         "not_before": _dt(job.not_before),
+        "warned": _dt(job.warned), "stop_due": _dt(job.stop_due), "hooks": job.hooks or None,
     }
     if job.spec:
         d["priority"] = job.spec.priority
@@ -151,4 +157,5 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
                  for h in d.get("history", [])],
         job_class=d.get("class", ""), after=_deps(d.get("after")), held=d.get("held", ""),
         retried=d.get("retried", 0), not_before=_epoch(d.get("not_before")),
+        warned=_epoch(d.get("warned")), stop_due=_epoch(d.get("stop_due")), hooks=d.get("hooks", ""),
     )
