@@ -88,18 +88,21 @@ def _proc(pid: int) -> tuple[int, int] | None:
     return None
 
 
-def pick_main(info: dict[int, tuple[int, int]], top: set[int]) -> int | None:
+def pick_main(info: dict[int, tuple[int, int]], top: set[int], uid: int) -> int | None:
     """The job's main process among a scope's processes (pid -> (parent pid, uid)): the child of the job's
     monitor, which is the root process in the scope's own cgroup whose parent is outside the scope (the zygote,
-    the daemon, or init after they died). Pure, so that it is tested alone."""
+    the daemon, or init after they died), once it runs as the job's user `uid` (before, it is the monitor's
+    fork on its way to exec the job: a signal then would kill it, trap or not). Pure, tested alone."""
     monitors = {p for p in top if p in info and info[p][1] == 0 and info[p][0] not in info}
-    children = sorted(p for p, (ppid, _uid) in info.items() if ppid in monitors and p not in monitors)
+    children = sorted(p for p, (ppid, puid) in info.items() if ppid in monitors and p not in monitors
+                      and puid == uid)
     return children[0] if children else None
 
 
-def main_process(path: str | None) -> int | None:
+def main_process(path: str | None, uid: int) -> int | None:
     """The pid of the main process of the job whose scope's cgroup is at `path` (the process its monitor
-    forked), found from cgroupfs and /proc alone, so that it works after a daemon restart. None: none now."""
+    forked), running as `uid`, found from cgroupfs and /proc alone, so that it works after a daemon restart.
+    None: none now."""
     every = pids(path)
     if not every or path is None:
         return None
@@ -109,4 +112,4 @@ def main_process(path: str | None) -> int | None:
     except (OSError, ValueError):
         return None
     info = {p: i for p in every if (i := _proc(p)) is not None}
-    return pick_main(info, top)
+    return pick_main(info, top, uid)

@@ -710,10 +710,10 @@ class Engine:
 
     def _stop(self, job: Job, intent: str, reason: str) -> None:
         delay = timers.preempt_delay(job, self.cfg.max_warn_before) if intent == "preempt" else 0.0
-        if delay > 0:
-            # its warn_signal now, the StopUnit warn_before later (tick): it can checkpoint first
+        if delay > 0 and self._warn(job, f"it is being preempted; stopped in {format_duration(delay)}"):
+            # its warn_signal now, the StopUnit warn_before later (tick): it can checkpoint first. Without a
+            # main process to warn (it hasn't begun, or has ended), the stop goes at once
             now = self.clock.time()
-            self._warn(job, f"it is being preempted; stopped in {format_duration(delay)}")
             self.apply(job, lifecycle.stopping, intent, reason, now, now + delay,
                        say=f"stopping job {job.id} in {format_duration(delay)}, after its warning: {reason}",
                        GPUSCHED_EVENT="preempt")
@@ -722,8 +722,9 @@ class Engine:
                    GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
         self._send_stop(job)
 
-    def _warn(self, job: Job, why: str) -> None:
-        """Send the job's warn_signal to its main process, once per attempt (the record says when)."""
+    def _warn(self, job: Job, why: str) -> bool:
+        """Send the job's warn_signal to its main process, once per attempt (the record says when). False if
+        there was no main process to send it to."""
         spec = job.spec
         assert spec is not None and spec.warn_signal is not None
         name = signal.Signals(spec.warn_signal).name
@@ -735,6 +736,7 @@ class Engine:
                 f"job {job.id}: no main process to send {name} to ({why})")
         self.apply(job, lifecycle.warned, self.clock.time(), say=text, priority=6 if pid is not None else 4,
                    GPUSCHED_EVENT="warn")
+        return pid is not None
 
     def _timer(self, job: Job) -> None:
         """A job's warning or held-back stop that is due (timers.next_due)."""

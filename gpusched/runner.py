@@ -162,7 +162,7 @@ class ScopeRunner:
         """Send `sig` to the job's main process only (the process its monitor forked: Slurm's `B:`), not to
         every process of the scope: a dataloader worker that doesn't trap it would die. Returns its pid; None
         when there is none now."""
-        pid = cgroups.main_process(cgroups.unit_dir(SLICE, job.unit))
+        pid = cgroups.main_process(cgroups.unit_dir(SLICE, job.unit), job.uid)
         if pid is None:
             return None
         try:
