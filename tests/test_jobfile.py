@@ -96,6 +96,15 @@ EXPECTED: dict[str, dict] = {
     "hold.toml": {"name": "later", "hold": True},
     "retries.toml": {"name": "flaky-download", "retries": 3, "retry_on": (75,), "gpus": 0},
 }
+# issue 9: warnings and hooks
+EXPECTED.update({
+    "warn_signal.toml": {"name": "warned-training", "time_limit": 4 * 3600.0, "warn_signal": int(signal.SIGUSR1),
+                         "warn_before": 120.0},
+    "warn_before.toml": {"name": "preemptible-with-warning", "warn_signal": int(signal.SIGUSR1), "warn_before": 30.0},
+    "on_finish.toml": {"name": "with-a-hook", "gpus": 0, "on_finish": 'echo "$(date) job $GPUSCHED_JOB_ID '
+                       '$GPUSCHED_STATE exit=$GPUSCHED_EXIT_CODE" >> ~/gpusched-finished.log'},
+    "notify.toml": {"name": "mail-me", "gpus": 0, "notify": "mail"},
+})
 
 
 def test_every_example_is_listed():

@@ -396,3 +396,23 @@ def test_timers_alone():
     assert timers.preempt_delay(job, 30) == 30 and timers.preempt_delay(job, 0) == 0
     job.warned = EPOCH
     assert timers.warning_due(job) is None and timers.preempt_delay(job, 30) == 0
+
+
+def test_the_warn_examples_checkpoint_when_only_their_main_process_is_signalled(tmp_path):
+    import os
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from gpusched import launch
+    examples = Path(__file__).resolve().parent.parent / "examples" / "jobs"
+    for name, said in (("warn_signal.toml", "warned at step"), ("warn_before.toml", "warned: saving")):
+        s = parse((examples / name).read_bytes(), name, owner_is_root=False)
+        env = {"PATH": launch.CLEAN_PATH, "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+        proc = subprocess.Popen(launch.argv_for(s), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.3)
+        os.kill(proc.pid, s.warn_signal)               # the main process only, as the runner does
+        out, _ = proc.communicate(timeout=10)
+        assert proc.returncode == 0 and said in out and "step 3" not in out, out
+    assert (tmp_path / "gpusched-warned.ckpt").read_text().strip() in ("1", "2")
