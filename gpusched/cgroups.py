@@ -72,3 +72,44 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
+
+
+def _proc(pid: int) -> tuple[int, int] | None:
+    """(parent pid, real uid) of a process, from /proc; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return ppid, int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def pick_main(info: dict[int, tuple[int, int]], top: set[int], uid: int) -> int | None:
+    """The job's main process among a scope's processes (pid -> (parent pid, uid)): the child of the job's
+    monitor, which is the root process in the scope's own cgroup whose parent is outside the scope (the zygote,
+    the daemon, or init after they died), once it runs as the job's user `uid` (before, it is the monitor's
+    fork on its way to exec the job: a signal then would kill it, trap or not). Pure, tested alone."""
+    monitors = {p for p in top if p in info and info[p][1] == 0 and info[p][0] not in info}
+    children = sorted(p for p, (ppid, puid) in info.items() if ppid in monitors and p not in monitors
+                      and puid == uid)
+    return children[0] if children else None
+
+
+def main_process(path: str | None, uid: int) -> int | None:
+    """The pid of the main process of the job whose scope's cgroup is at `path` (the process its monitor
+    forked), running as `uid`, found from cgroupfs and /proc alone, so that it works after a daemon restart.
+    None: none now."""
+    every = pids(path)
+    if not every or path is None:
+        return None
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            top = {int(p) for p in f.read().split()}
+    except (OSError, ValueError):
+        return None
+    info = {p: i for p in every if (i := _proc(p)) is not None}
+    return pick_main(info, top, uid)

@@ -68,6 +68,12 @@ class Config:
     windows: tuple[Window, ...] = ()
     foreign: str = "wait"                # "wait": a job on such a GPU keeps it; "preempt": a preemptible one yields
     foreign_grace: float = 10.0          # seconds a foreign process must stay before a job is stopped for it
+    # issue 9, warnings and hooks (docs/config.md): the longest a preemption waits after a job's warn_signal;
+    # [hooks]: a command run after every job's final end as hook_user; every hook's run time cap
+    max_warn_before: float = 300.0
+    hook_on_finish: str = ""
+    hook_user: str = "nobody"
+    hook_timeout: float = 60.0
 
     def job_limits(self, user: str | None = None, groups: Collection[str] = ()) -> jobfile.Limits:
         """What a job file may ask for on this server (jobfile.parse checks it); user and groups: its owner's,
@@ -92,12 +98,15 @@ class ConfigError(Exception):
 
 
 _INTS = ("max_running", "preempt_margin", "max_running_per_user", "max_queued_per_user", "max_rejected_per_user")
-_DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected", "retry_backoff", "retry_backoff_max")
+_DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected", "retry_backoff", "retry_backoff_max",
+              "max_warn_before")
 _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
         "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class",
         "windows", "foreign", "foreign_grace",
         *_INTS, *_DURATIONS, *_SIZES}
+_TOP |= {"hooks"}
+_HOOKS = {"on_finish", "user", "timeout"}
 _FAIR_SHARE = {"half_life", "default_share", "users", "groups"}
 _CLASS_KEYS = {"priority", "users", "groups", "max_gpus_per_user", "max_time_limit", "default_time_limit",
                "preempts", "boost"}
@@ -199,6 +208,7 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
     kw["simulated_gpus"] = tuple(sims)
     _windows(doc, kw, err)
     _policy(doc, kw, err)
+    _hooks(doc, kw, err)
     return Config(**kw)
 
 
@@ -243,6 +253,29 @@ def _windows(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
             kw["foreign_grace"] = parse_duration(doc["foreign_grace"])
         except ValueError as e:
             raise err("foreign_grace", str(e)) from None
+def _hooks(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
+    """[hooks]: on_finish (a command for bash), user (who runs it; never root unless written), timeout."""
+    hooks = doc.get("hooks", {})
+    if not isinstance(hooks, dict):
+        raise err("hooks", "expected a table ([hooks])")
+    for key in hooks:
+        if key not in _HOOKS:
+            raise err(f"hooks.{key}", "unknown key")
+    if "on_finish" in hooks:
+        v = hooks["on_finish"]
+        if not isinstance(v, str) or not v.strip() or "\0" in v:
+            raise err("hooks.on_finish", "expected a command (a non-empty string, run by /bin/bash -c)")
+        kw["hook_on_finish"] = v
+    if "user" in hooks:
+        v = hooks["user"]
+        if not isinstance(v, str) or not jobfile._USER_NAME.fullmatch(v) or len(v) > 32:
+            raise err("hooks.user", "expected a user name")
+        kw["hook_user"] = v
+    if "timeout" in hooks:
+        try:
+            kw["hook_timeout"] = parse_duration(hooks["timeout"])
+        except ValueError as e:
+            raise err("hooks.timeout", str(e)) from None
 
 
 def _policy(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:

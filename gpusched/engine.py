@@ -24,6 +24,8 @@ import dataclasses
 import heapq
 import os
 import pwd
+import signal
+import sys
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Callable, Protocol, Sequence
 
-from gpusched import dependencies, launch, lifecycle, policy, windows
+from gpusched import dependencies, hooks, launch, lifecycle, policy, timers, windows
 from gpusched import config as configmod
 from gpusched.access import group_names
 from gpusched.clock import Clock
@@ -44,8 +46,9 @@ from gpusched.log import Log
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
 from gpusched.policy import fairshare, inputs, order
 from gpusched.recorder import Recorder, Soon
-from gpusched.runner import Ended, Gone, MonitorDied, Runner, Running
+from gpusched.runner import Ended, Gone, MonitorDied, NoAccount, Runner, Running
 from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
+from gpusched.units import format_duration
 
 EXPIRE_EVERY = 3600.0      # seconds between sweeps of finished jobs older than keep_finished
 EXPIRE_BATCH = 500         # finished jobs removed per main-loop turn
@@ -131,6 +134,10 @@ class Engine:
         # has been on it, probe after probe; the active jobs on such GPUs (each said once in the journal)
         self._foreign_since: dict[int, float] = {}
         self._contested: set[int] = set()
+        # issue 9, warnings and hooks: active jobs with a warning or a held-back stop to act on, and when
+        # (timers.next_due, kept by _track); finished jobs whose hooks wait for the bus
+        self._timers: dict[int, float] = {}
+        self._hooks_retry: set[int] = set()
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -143,8 +150,12 @@ class Engine:
         `priority` and `fields`, or a function of the changed job giving a Line), and wake the scheduler if
         `wake`: when the change frees GPUs or adds to the queue outside a pass. A start that failed is
         retried on the next tick instead, so a start that always fails can't spin the loop. Returns whether
-        the record is on disk (if not, it is retried every tick)."""
+        the record is on disk (if not, it is retried every tick). A job that reaches its final end with hooks
+        (on_finish, notify, the config's) has them marked in its record, then started once it is written."""
+        before = job.state
         change(job, *args)
+        if job.state in FINAL and before not in FINAL and hooks.wanted(job, self.cfg.hook_on_finish):
+            lifecycle.hooks_due(job)
         self._track(job)
         saved = self.recorder.save(job)
         if say is not None:
@@ -152,6 +163,8 @@ class Engine:
             self.log(line.text, line.priority, job=job, **line.fields)
         if wake:
             self.wake()
+        if job.hooks and before not in FINAL:
+            self._contained(self._start_hooks, job)
         return saved
 
     def _track(self, job: Job) -> None:
@@ -180,6 +193,11 @@ class Engine:
         if job.state in FINAL:
             for waiting in self._dependents.get(job.id, ()):
                 self._verdicts.pop(waiting, None)       # looked at again at the next pass
+        due = timers.next_due(job)
+        if due is None:
+            self._timers.pop(job.id, None)
+        else:
+            self._timers[job.id] = due
         for by_uid, state in ((self._queued_by_uid, State.QUEUED), (self._rejected_by_uid, State.REJECTED)):
             ids = by_uid.setdefault(job.uid, set())
             if job.state == state:
@@ -210,6 +228,7 @@ class Engine:
         self.listing.invalidate(job_id)
         self._requests.pop(job_id, None)
         self._charged.pop(job_id, None)
+        self._timers.pop(job_id, None)
         self.recorder.forget(job_id)
         if job is not None:
             self._queued_by_uid.get(job.uid, set()).discard(job_id)
@@ -307,6 +326,8 @@ class Engine:
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             self.reconcile(job, recovering=True)
         n_active = sum(1 for j in self.live.values() if j.state in ACTIVE)
+        for job in [j for j in self.jobs.values() if j.hooks and j.state in FINAL]:
+            self._contained(self._start_hooks, job)      # the daemon stopped between a job's end and its hooks
         self.log(f"recovered {len(self.jobs)} job(s): {n_active} active, {len(self.live) - n_active} queued")
 
     def reconcile(self, job: Job, recovering: bool = False) -> None:
@@ -317,8 +338,9 @@ class Engine:
         elif isinstance(seen, Running):
             if job.state == State.STARTING:
                 self.apply(job, lifecycle.running, say=f"job {job.id} re-adopted: running in {job.unit}")
-            elif job.state == State.STOPPING and recovering:
+            elif job.state == State.STOPPING and recovering and job.stop_due is None:
                 self.runner.stop(job.unit)                   # in case the daemon died before asking
+            # a stop held back for a warning (stop_due) is sent by the tick when due, restart or not
             elif recovering:
                 self.log(f"job {job.id} re-adopted: running in {job.unit}", job=job)
         elif isinstance(seen, Gone):
@@ -372,10 +394,13 @@ class Engine:
             raise Invalid(f"job {job.id} has already ended ({job.state})")
         how = "at once (SIGKILL)" if now else ""
         if job.state == State.STOPPING:
+            held_back = job.stop_due is not None          # a preemption waiting for its warning: stop now
             if job.stop_intent != "cancel" or now:
                 self.apply(job, lifecycle.cancel_stopping, f"cancelled by {who} {how}".rstrip(),
                            say=f"job {job.id} cancelled by {who} while stopping {how}".rstrip(),
                            GPUSCHED_EVENT="cancel")
+            if held_back and not now:
+                self._send_stop(job)
         else:
             self._stop(job, "cancel", f"cancelled by {who} {how}".rstrip())
         if now and job.state in ACTIVE:
@@ -798,10 +823,76 @@ class Engine:
                    GPUSCHED_EVENT="start", GPUSCHED_UNIT=unit)
 
     def _stop(self, job: Job, intent: str, reason: str, held: str = "") -> None:
-        self.apply(job, lifecycle.stopping, intent, reason, self.clock.time(), held,
-                   say=f"stopping job {job.id}: {reason}",
-                   GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
+        delay = timers.preempt_delay(job, self.cfg.max_warn_before) if intent == "preempt" else 0.0
+        if delay > 0 and self._warn(job, f"it is being preempted; stopped in {format_duration(delay)}"):
+            # its warn_signal now, the StopUnit warn_before later (tick): it can checkpoint first. Without a
+            # main process to warn (it hasn't begun, or has ended), the stop goes at once
+            now = self.clock.time()
+            self.apply(job, lifecycle.stopping, intent, reason, now, now + delay,
+                       say=f"stopping job {job.id} in {format_duration(delay)}, after its warning: {reason}",
+                       GPUSCHED_EVENT="preempt")
+            return
+        self.apply(job, lifecycle.stopping, intent, reason, self.clock.time(), None, held,
+                   say=f"stopping job {job.id}: {reason}", GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
         self._send_stop(job)
+
+    def _warn(self, job: Job, why: str) -> bool:
+        """Send the job's warn_signal to its main process, once per attempt (the record says when). False if
+        there was no main process to send it to."""
+        spec = job.spec
+        assert spec is not None and spec.warn_signal is not None
+        name = signal.Signals(spec.warn_signal).name
+        try:
+            pid = self.runner.signal(job, spec.warn_signal)
+        except OSError as e:
+            pid, why = None, f"{why}; {e.strerror}"
+        text = (f"sent {name} to job {job.id} (pid {pid}): {why}" if pid is not None else
+                f"job {job.id}: no main process to send {name} to ({why})")
+        self.apply(job, lifecycle.warned, self.clock.time(), say=text, priority=6 if pid is not None else 4,
+                   GPUSCHED_EVENT="warn")
+        return pid is not None
+
+    def _timer(self, job: Job) -> None:
+        """A job's warning or held-back stop that is due (timers.next_due)."""
+        now = self.clock.time()
+        if job.state == State.STOPPING and job.stop_due is not None and job.stop_due <= now:
+            self.apply(job, lifecycle.stop_sent, say=f"job {job.id}: its warning time is over; stopping it",
+                       GPUSCHED_EVENT="stop")
+            self._send_stop(job)
+            return
+        due = timers.warning_due(job)
+        if due is not None and due <= now:
+            spec = job.spec
+            assert spec is not None and spec.time_limit is not None and job.started is not None
+            left = max(0.0, job.started + spec.time_limit - now)
+            self._warn(job, f"its time limit {format_duration(spec.time_limit)} is reached in "
+                            f"{format_duration(round(left))}")
+
+    def _start_hooks(self, job: Job) -> None:
+        """Start a finished job's hooks (hooks.py), each a transient service; nothing waits for them. A failure
+        is said in the journal and not retried, but for the bus being away (tried again on the next tick)."""
+        started, notes = [], []
+        for hook in hooks.plan(job, config_hook=self.cfg.hook_on_finish, config_user=self.cfg.hook_user,
+                               python=sys.executable):
+            if hook.what == "notify mail" and not self.runner.can_mail():
+                notes.append(f'notify = "mail": there is no {hooks.SENDMAIL} on this server; no mail sent')
+                continue
+            try:
+                self.runner.start_hook(hook, job.id, self.cfg.hook_timeout)
+            except SystemdUnavailable:
+                self._hooks_retry.add(job.id)
+                return
+            except UnitExists:
+                pass                                     # started before a restart
+            except (SystemdError, NoAccount) as e:
+                notes.append(f"{hook.what} hook not started: {e}")
+                continue
+            started.append(hook.unit)
+        self._hooks_retry.discard(job.id)
+        for note in notes:
+            self.log(f"job {job.id}: {note}", 4, job=job, GPUSCHED_EVENT="hook")
+        self.apply(job, lifecycle.hooks_started, say=f"job {job.id}: started {', '.join(started)}" if started
+                   else None, GPUSCHED_EVENT="hook")
 
     def _send_stop(self, job: Job) -> None:
         try:
@@ -833,6 +924,19 @@ class Engine:
                 self.reconcile(job)
         except SystemdUnavailable:
             pass                                        # bus.py is reconnecting; tried again next tick
+        if self._timers:
+            wall = self.clock.time()
+            for job_id in [i for i, due in self._timers.items() if due <= wall]:
+                if (job := self.live.get(job_id)) is not None:
+                    self._contained(self._timer, job)
+                else:
+                    self._timers.pop(job_id, None)
+        for job_id in list(self._hooks_retry):
+            job = self.jobs.get(job_id)
+            if job is None or not job.hooks:
+                self._hooks_retry.discard(job_id)
+            else:
+                self._contained(self._start_hooks, job)
         if self.recorder.dirty:
             self.recorder.retry(self.jobs)
         now = self.clock.monotonic()

@@ -104,6 +104,11 @@ class JobSpec:
     retry_on: tuple[int, ...] = ()        # only these exit codes are retried (empty: any failure)
     window: str | None = None             # starts only while this configured time window is open
     on_gpu_oom: str | None = None         # ON_GPU_OOM; None: a GPU out-of-memory is a failure like any other
+    # issue 9, features 4 and 12 (docs/jobfile.md): a warning signal before a stop; hooks and notification
+    warn_signal: int | None = None        # sent to the job's main process warn_before ahead of a stop
+    warn_before: float | None = None      # seconds; set (default 60) whenever warn_signal is
+    on_finish: str | None = None          # run by bash as the job's user after its final end
+    notify: str | None = None             # "mail": the outcome by the system's sendmail
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -423,7 +428,7 @@ def _bounded_size(v: Any) -> int:
 TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids",
             "priority", "limits", "time_limit", "grace", "stop_signal", "preemptible", "user", "class", "resumable",
             "share", "after", "after_ok", "after_notok", "singleton", "hold", "retries", "retry_on",
-            "window", "on_gpu_oom"}
+            "window", "on_gpu_oom", "warn_signal", "warn_before", "on_finish", "notify"}
 LIMIT_KEYS = {"memory", "cpus", "tasks"}
 
 
@@ -492,6 +497,7 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
     opt("hold", _expect(bool, "true or false"))
     opt("retries", _nonneg_int(MAX_RETRIES))
     opt("retry_on", _exit_codes)
+    _warn_and_hooks(c, doc, kw)
     if kw.get("retry_on") and not kw.get("retries"):
         c.fail("retry_on", "is set but retries is 0: say how many times to retry (retries = N)")
     opt("on_gpu_oom", _on_gpu_oom)
@@ -582,6 +588,70 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
         raise c.error(filename)
     kw.setdefault("name", default_name or _stem(filename))
     return JobSpec(**kw)
+
+
+DEFAULT_WARN_BEFORE = 60.0
+MAX_HOOK = 4096                # bytes of an on_finish command
+NOTIFY = ("mail",)
+
+
+def _hook_command(v: Any) -> str:
+    v = _expect(str, "a string (a command run by /bin/bash -c)")(v)
+    if not v.strip():
+        raise ValueError("the command is empty")
+    if "\0" in v:
+        raise ValueError("the command contains a NUL character")
+    if len(v.encode()) > MAX_HOOK:
+        raise ValueError(f"longer than {MAX_HOOK} bytes (put a longer one in a script)")
+    return v
+
+
+def _warn_signal(v: Any) -> int:
+    try:
+        return int(parse_signal(_short(v, "a signal")))
+    except ValueError as e:
+        if "can't be a stop signal" in str(e):
+            raise ValueError(f"{str(e).split()[0]} can't be a warning: it can't be trapped (use e.g. "
+                             f"\"SIGUSR1\")") from None
+        raise
+
+
+def _notify(v: Any) -> str:
+    v = _expect(str, "a string")(v)
+    if v not in NOTIFY:
+        raise ValueError(f"{_clip(v, 40)!r}: the only way to notify is \"mail\"")
+    return v
+
+
+def _warn_and_hooks(c: _Checker, doc: dict[str, Any], kw: dict[str, Any]) -> None:
+    """warn_signal / warn_before (a warning before a time-limit or preemption stop), on_finish, notify."""
+    if "warn_signal" in doc:
+        value = c.take("warn_signal", doc["warn_signal"], _warn_signal)
+        if value is not None:
+            kw["warn_signal"] = value
+    if "warn_before" in doc:
+        value = c.take("warn_before", doc["warn_before"], _bounded_duration)
+        if value is not None:
+            if value <= 0:
+                c.fail("warn_before", "must be more than 0")
+            elif "warn_signal" not in doc:
+                c.fail("warn_before", "is set but warn_signal is not: say which signal to send "
+                                      "(warn_signal = \"SIGUSR1\")")
+            else:
+                kw["warn_before"] = value
+    if "warn_signal" in kw:
+        before = kw.setdefault("warn_before", DEFAULT_WARN_BEFORE) if "warn_before" not in doc else \
+            kw.get("warn_before")
+        limit = kw.get("time_limit")
+        if before is not None and limit is not None and before >= limit:
+            c.fail("warn_before" if "warn_before" in doc else "warn_signal",
+                   f"{_human(before)} is not shorter than time_limit {_human(limit)}: the warning would come "
+                   f"before the job starts")
+    for key, conv in (("on_finish", _hook_command), ("notify", _notify)):
+        if key in doc:
+            value = c.take(key, doc[key], conv)
+            if value is not None:
+                kw[key] = value
 
 
 def _unknown(c: _Checker, table: dict[str, Any], known: set[str], prefix: str) -> None:

@@ -13,7 +13,7 @@ import time
 from typing import Any, Sequence
 
 from gpusched.jobfile import JobSpec
-from gpusched.model import Gpu, GpuRef, Job, State
+from gpusched.model import FINAL, Gpu, GpuRef, Job, State
 from gpusched.units import format_duration, format_size
 
 ALLOWED = {
@@ -77,6 +77,7 @@ def starting(job: Job, gpus: Sequence[Gpu], unit: str, log: str, now: float, tok
     job.exit_code = job.signal = None
     job.stop_intent = job.stop_requested = None
     job.outcome = ""
+    job.warned = job.stop_due = None
 
 
 def running(job: Job) -> None:
@@ -96,11 +97,39 @@ def start_failed(job: Job, why: str, now: float) -> None:
     job.ended, job.reason, job.gpus = now, why, ()
 
 
-def stopping(job: Job, intent: str, reason: str, now: float, held: str = "") -> None:
-    """held: a requeue that puts it on hold once it is back in the queue (by whom)."""
+def stopping(job: Job, intent: str, reason: str, now: float, stop_due: float | None = None, held: str = "") -> None:
+    """StopUnit is sent now, or (stop_due) once the job's warning has had its time: it is STOPPING meanwhile.
+    held: a requeue that puts it on hold once it is back in the queue (by whom)."""
     _move(job, State.STOPPING)
     job.stop_intent, job.stop_requested, job.reason = intent, now, reason
+    job.stop_due = stop_due
     job.held = held if intent == "requeue" else ""
+
+
+def warned(job: Job, now: float) -> None:
+    """The job's warn_signal was sent (once per attempt: a restart neither sends it again nor forgets it)."""
+    if job.state not in (State.RUNNING, State.STOPPING):
+        raise TransitionError(f"job {job.id} is {job.state}: only a running job is warned")
+    job.warned = now
+
+
+def stop_sent(job: Job) -> None:
+    """The StopUnit a warning held back is sent now."""
+    if job.state != State.STOPPING:
+        raise TransitionError(f"job {job.id}: {job.state} is not stopping")
+    job.stop_due = None
+
+
+def hooks_due(job: Job) -> None:
+    """A job at its final end has hooks to start (on_finish, notify, the config's): kept in the record until
+    they are started, so a restart in between still starts them."""
+    if job.state not in FINAL:
+        raise TransitionError(f"job {job.id} is {job.state}: hooks run only at a final end")
+    job.hooks = "pending"
+
+
+def hooks_started(job: Job) -> None:
+    job.hooks = ""
 
 
 def cancel_stopping(job: Job, reason: str) -> None:
@@ -109,6 +138,7 @@ def cancel_stopping(job: Job, reason: str) -> None:
     if job.state != State.STOPPING:
         raise TransitionError(f"job {job.id}: {job.state} is not stopping")
     job.stop_intent, job.reason, job.held = "cancel", reason, ""
+    job.stop_due = None                   # a person's cancel doesn't wait for a preemption's warning
 
 
 def cancel_queued(job: Job, reason: str, now: float) -> None:
@@ -183,6 +213,7 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
     if result is not None and stopped:
         # an attempt gpusched was stopping (cancel, preemption, requeue) ended because of that, whatever it printed
         result = {k: v for k, v in result.items() if k not in ("outcome", "gpu_oom")}
+    job.stop_due = None
     if result is None and stopped:
         result = {"signal": "SIGKILL"}
         text = describe(None, True)
@@ -209,7 +240,7 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
             job.history.append(attempt | {"requeued": True})
             job.reason = f"{job.reason}; {text}; requeued"
         job.gpus, job.unit, job.started = (), "", None
-        job.stop_intent = job.stop_requested = None
+        job.stop_intent = job.stop_requested = job.stop_due = None
         return
     job.exit_code, job.signal, job.ended = exit_code, sig, end
     job.held = ""

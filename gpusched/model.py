@@ -97,6 +97,11 @@ class Job:
     # peak memory in bytes, the largest of any attempt. None: never read
     cpu_seconds: float | None = None
     memory_peak: int | None = None
+    # issue 9, warnings and hooks (docs/jobfile.md): when this attempt's warn_signal was sent; a preemption's
+    # StopUnit held back until then (the job is STOPPING meanwhile); "pending" while end hooks are to start
+    warned: float | None = None
+    stop_due: float | None = None
+    hooks: str = ""
 
     @property
     def name(self) -> str:
@@ -134,6 +139,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "not_before": _dt(job.not_before), "deps_met": job.deps_met or None,
         "outcome": job.outcome or None, "retry_exclusive": job.retry_exclusive or None,
         "retry_gpu_memory": job.retry_gpu_memory, "cpu_seconds": job.cpu_seconds, "memory_peak": job.memory_peak,
+        "warned": _dt(job.warned), "stop_due": _dt(job.stop_due), "hooks": job.hooks or None,
     }
     if job.spec:
         d["priority"] = job.spec.priority
@@ -167,4 +173,5 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
         outcome=d.get("outcome", ""), retry_exclusive=bool(d.get("retry_exclusive", False)),
         retry_gpu_memory=d.get("retry_gpu_memory"), cpu_seconds=d.get("cpu_seconds"),
         memory_peak=d.get("memory_peak"),
+        warned=_epoch(d.get("warned")), stop_due=_epoch(d.get("stop_due")), hooks=d.get("hooks", ""),
     )

@@ -16,7 +16,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from gpusched import cgroups, launch
+from gpusched import cgroups, hooks, launch
 from gpusched import config as configmod
 from gpusched.cgroups import SLICE
 from gpusched.gpus import device_nodes
@@ -62,6 +62,10 @@ class Gone:
 Seen = Ended | Leftovers | Running | Gone
 
 
+class NoAccount(Exception):
+    """A hook's user doesn't exist (any more)."""
+
+
 class Runner(Protocol):
     def account(self, uid: int) -> launch.Account | None: ...
     def start(self, job: Job, account: launch.Account, gpus: Sequence[Gpu], on_exit: Callable[[], None]) -> None: ...
@@ -70,6 +74,9 @@ class Runner(Protocol):
     def observe(self, job: Job) -> Seen: ...
     def watched(self) -> set[int]: ...
     def reap(self) -> None: ...
+    def signal(self, job: Job, sig: int) -> int | None: ...
+    def start_hook(self, hook: hooks.Hook, job_id: int, timeout: float) -> None: ...
+    def can_mail(self) -> bool: ...
 
 
 class ScopeRunner:
@@ -150,6 +157,31 @@ class ScopeRunner:
             if result is None:
                 return Gone()
         return Leftovers() if self._scope_busy(job) else Ended(result)
+
+    def signal(self, job: Job, sig: int) -> int | None:
+        """Send `sig` to the job's main process only (the process its monitor forked: Slurm's `B:`), not to
+        every process of the scope: a dataloader worker that doesn't trap it would die. Returns its pid; None
+        when there is none now."""
+        pid = cgroups.main_process(cgroups.unit_dir(SLICE, job.unit), job.uid)
+        if pid is None:
+            return None
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def start_hook(self, hook: hooks.Hook, job_id: int, timeout: float) -> None:
+        """Start a hook as a transient service of its own (hooks.py); raises NoAccount or a SystemdError."""
+        try:
+            home = pwd.getpwnam(hook.user).pw_dir
+        except KeyError:
+            raise NoAccount(f"no such user: {hook.user}") from None
+        workdir = home if os.path.isdir(home) else "/"
+        self.units.start_service(hook.unit, hooks.properties(hook, job_id, workdir, timeout))
+
+    def can_mail(self) -> bool:
+        return os.access(hooks.SENDMAIL, os.X_OK)
 
     def watched(self) -> set[int]:
         """Jobs whose monitor is ours to watch: their end is reported, no need to poll them."""

@@ -65,6 +65,14 @@ class Systemd:
         except GLib.Error as e:
             raise _error(f"StartTransientUnit {unit}", e) from None
 
+    def start_service(self, unit: str, properties: Sequence[tuple[str, str, Any]]) -> None:
+        """A transient service (a job's hook): StartTransientUnit, not waiting for it to run."""
+        props = [(name, GLib.Variant(sig, value)) for name, sig, value in properties]
+        try:
+            self._mgr().StartTransientUnit(unit, "fail", props, [])
+        except GLib.Error as e:
+            raise _error(f"StartTransientUnit {unit}", e) from None
+
     def stop(self, unit: str) -> bool:
         """StopUnit: systemd sends the unit's KillSignal, waits TimeoutStopUSec, then SIGKILL. False if gone."""
         return self._unless_gone(f"StopUnit {unit}", lambda m: m.StopUnit(unit, "replace"))

@@ -166,6 +166,12 @@ class FakeRunner:
         self.started: list[tuple[int, tuple[int, ...]]] = []
         self.stopped: list[str] = []
         self.killed: list[str] = []
+        # issue 9, warnings and hooks: signals sent to jobs' main processes (job id, signal, wall time); hooks
+        # started; mail: whether sendmail is there; hook_fail[unit] = exc makes that hook's start raise exc
+        self.signals: list[tuple[int, int, float]] = []
+        self.hooks: list[Any] = []
+        self.mail = True
+        self.hook_fail: dict[str, Exception] = {}
 
     def account(self, uid: int) -> Account | None:
         if uid in self.accounts:
@@ -222,6 +228,21 @@ class FakeRunner:
 
     def reap(self) -> None:
         pass
+
+    def signal(self, job: Job, sig: int) -> int | None:
+        run = self.units.get(job.unit)
+        if run is None or run.job_id != job.id or (run.ends is not None and run.ends <= self.clock.time()):
+            return None
+        self.signals.append((job.id, sig, self.clock.time()))
+        return 4242
+
+    def start_hook(self, hook: Any, job_id: int, timeout: float) -> None:
+        if hook.unit in self.hook_fail:
+            raise self.hook_fail.pop(hook.unit)
+        self.hooks.append(hook)
+
+    def can_mail(self) -> bool:
+        return self.mail
 
     def due(self) -> float | None:
         """The wall time of the next end not yet reported."""

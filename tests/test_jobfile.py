@@ -100,6 +100,15 @@ EXPECTED: dict[str, dict] = {
 }
 EXPECTED["on-gpu-oom.toml"] = {"name": "finetune", "retries": 2, "on_gpu_oom": "retry-more-memory",
                                "gpu_memory": 16 << 30, "share": True}
+# issue 9: warnings and hooks
+EXPECTED.update({
+    "warn_signal.toml": {"name": "warned-training", "time_limit": 4 * 3600.0, "warn_signal": int(signal.SIGUSR1),
+                         "warn_before": 120.0},
+    "warn_before.toml": {"name": "preemptible-with-warning", "warn_signal": int(signal.SIGUSR1), "warn_before": 30.0},
+    "on_finish.toml": {"name": "with-a-hook", "gpus": 0, "on_finish": 'echo "$(date) job $GPUSCHED_JOB_ID '
+                       '$GPUSCHED_STATE exit=$GPUSCHED_EXIT_CODE" >> ~/gpusched-finished.log'},
+    "notify.toml": {"name": "mail-me", "gpus": 0, "notify": "mail"},
+})
 
 
 def test_every_example_is_listed():

@@ -1,0 +1,104 @@
+"""What runs when a job has ended for good: its `on_finish`, the config's `[hooks] on_finish`, its `notify`
+mail. Pure: the units' names, users, commands, environments and properties as plain data.
+
+Each hook is a transient service of its own in gpusched.slice (never inside the job's scope, which may be
+being stopped or past its RuntimeMax), started by the runner after the job's end is recorded, with the
+outcome in GPUSCHED_* variables (task-spooler's TS_ONFINISH, pueue's callbacks), a run time cap
+(`hook_timeout`) and its output in the journal. Only at a final end: a retry or a preemption that requeues the
+job is not one. Nothing waits for a hook, and a failed hook is not retried (systemd logs how it ended).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gpusched.cgroups import SLICE
+from gpusched.launch import CLEAN_PATH, USEC
+from gpusched.model import Job, State
+
+MAX_REASON = 1024          # bytes of GPUSCHED_REASON
+SENDMAIL = "/usr/sbin/sendmail"
+STOP_TIMEOUT = 5.0         # seconds between a timed-out hook's SIGTERM and SIGKILL
+
+
+@dataclass(frozen=True)
+class Hook:
+    unit: str
+    user: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    what: str                                   # "on_finish", "config on_finish", "notify mail"
+
+
+def wanted(job: Job, config_hook: str) -> bool:
+    """Whether a job that has just reached a final state has hooks to run (a rejected file has none)."""
+    if job.state == State.REJECTED or job.spec is None:
+        return False
+    return bool(job.spec.on_finish or job.spec.notify or config_hook)
+
+
+def clean(text: str, limit: int = MAX_REASON) -> str:
+    """A user's or a result's text made safe for an environment variable: no control characters, bounded."""
+    out = "".join(ch if ch.isprintable() else " " for ch in text)
+    data = out.encode("utf-8", "replace")
+    return out if len(data) <= limit else data[:limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def outcome_env(job: Job) -> dict[str, str]:
+    return {
+        "PATH": CLEAN_PATH, "LANG": "C.UTF-8",
+        "GPUSCHED_JOB_ID": str(job.id),
+        "GPUSCHED_JOB_NAME": clean(job.name, 256),
+        "GPUSCHED_USER": job.user,
+        "GPUSCHED_STATE": str(job.state),
+        "GPUSCHED_EXIT_CODE": "" if job.exit_code is None else str(job.exit_code),
+        "GPUSCHED_SIGNAL": job.signal or "",
+        "GPUSCHED_REASON": clean(job.reason),
+        "GPUSCHED_ATTEMPT": str(job.attempt),
+        "GPUSCHED_LOG": job.log,
+    }
+
+
+def plan(job: Job, *, config_hook: str = "", config_user: str = "", python: str = "/usr/bin/python3"
+         ) -> list[Hook]:
+    """The hooks of a job at its final end, in the order they are started."""
+    spec = job.spec
+    if spec is None:
+        return []
+    env = outcome_env(job)
+    base = f"{job.id}-{job.attempt}"
+    out = []
+    if spec.on_finish:
+        out.append(Hook(f"gpusched-hook-{base}.service", job.user, ("/bin/bash", "-c", spec.on_finish), env,
+                        "on_finish"))
+    if config_hook and config_user:
+        out.append(Hook(f"gpusched-hook-{base}-admin.service", config_user, ("/bin/bash", "-c", config_hook),
+                        env, "config on_finish"))
+    if spec.notify == "mail":
+        out.append(Hook(f"gpusched-notify-{base}.service", job.user, (python, "-m", "gpusched.notify"),
+                        env | {"GPUSCHED_MAIL_TO": job.user, "GPUSCHED_SENDMAIL": SENDMAIL}, "notify mail"))
+    return out
+
+
+def properties(hook: Hook, job_id: int, workdir: str, timeout: float) -> list[tuple[str, str, Any]]:
+    """The transient service's properties (systemd.Systemd.start_service adds nothing)."""
+    p: list[tuple[str, str, Any]] = [
+        ("Description", "s", f"gpusched {hook.what} hook of job {job_id}"),
+        ("Slice", "s", SLICE),
+        ("Type", "s", "exec"),
+        ("ExecStart", "a(sasb)", [(hook.argv[0], list(hook.argv), False)]),
+        ("User", "s", hook.user),
+        ("WorkingDirectory", "s", workdir),
+        ("Environment", "as", [f"{k}={v}" for k, v in hook.env.items()]),
+        ("StandardInput", "s", "null"),
+        ("StandardOutput", "s", "journal"),
+        ("StandardError", "s", "journal"),
+        ("SyslogIdentifier", "s", f"hook-{job_id}"),
+        ("LogExtraFields", "aay", [f"GPUSCHED_JOB_ID={job_id}".encode()]),
+        ("CollectMode", "s", "inactive-or-failed"),      # unloaded when done, failed or not
+        ("TimeoutStopUSec", "t", int(STOP_TIMEOUT * USEC)),
+    ]
+    if timeout > 0:
+        p.append(("RuntimeMaxUSec", "t", int(timeout * USEC)))
+    return p
