@@ -63,6 +63,11 @@ class Config:
     share_groups: tuple[tuple[str, float], ...] = ()    # Unix group -> share (its members share it)
     classes: tuple[JobClass, ...] = ()
     default_class: str = DEFAULT_CLASS   # the class of a job file that names none (when there are classes)
+    # Idle reservations (issue 9, usage.py): a running job whose GPUs all stay at or under idle_threshold
+    # percent utilisation for idle_after seconds is flagged ("flag") or also stopped ("stop"); 0: off
+    idle_after: float = 0.0
+    idle_action: str = "flag"
+    idle_threshold: float = 5.0
 
     def job_limits(self, user: str | None = None, groups: Collection[str] = ()) -> jobfile.Limits:
         """What a job file may ask for on this server (jobfile.parse checks it); user and groups: its owner's,
@@ -87,6 +92,7 @@ _DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected", "
 _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
         "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class",
+        "idle_after", "idle_action", "idle_threshold",
         *_INTS, *_DURATIONS, *_SIZES}
 _FAIR_SHARE = {"half_life", "default_share", "users", "groups"}
 _CLASS_KEYS = {"priority", "users", "groups", "max_gpus_per_user", "max_time_limit", "default_time_limit",
@@ -186,7 +192,32 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
         sims.append(SimulatedGpu(name, memory))
     kw["simulated_gpus"] = tuple(sims)
     _policy(doc, kw, err)
+    _idle(doc, kw, err)
     return Config(**kw)
+
+
+IDLE_ACTIONS = ("flag", "stop")
+
+
+def _idle(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
+    """idle_after, idle_action, idle_threshold (docs/config.md, usage.py)."""
+    if "idle_after" in doc:
+        try:
+            kw["idle_after"] = 0.0 if doc["idle_after"] in (0, "0") else parse_duration(doc["idle_after"])
+        except ValueError as e:
+            raise err("idle_after", str(e)) from None
+        if 0 < kw["idle_after"] < 1:
+            raise err("idle_after", "must be at least 1s (utilisation is sampled once a second), or 0: off")
+    if "idle_action" in doc:
+        v = doc["idle_action"]
+        if v not in IDLE_ACTIONS:
+            raise err("idle_action", f"expected one of {', '.join(repr(a) for a in IDLE_ACTIONS)}")
+        kw["idle_action"] = v
+    if "idle_threshold" in doc:
+        v = doc["idle_threshold"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 100:
+            raise err("idle_threshold", "expected a utilisation in percent, from 0 to under 100")
+        kw["idle_threshold"] = float(v)
 
 
 def _policy(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:

@@ -86,6 +86,9 @@ class Job:
     held: str = ""                        # on hold: by whom (a user name); "" when not held
     retried: int = 0                      # failed attempts that were retried
     not_before: float | None = None       # a retry waits until then (backoff)
+    # issue 9, accounting (usage.py): gpu_hours_reserved, gpu_hours_used, gpu_memory_peak, energy_joules,
+    # energy_estimated, idle_since (while its GPUs are flagged idle); {} for a job that never held a GPU
+    usage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -121,6 +124,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "class": job.job_class or None,
         "after": [list(d) for d in job.after], "held": job.held or None, "retried": job.retried or None,
         "not_before": _dt(job.not_before),
+        "usage": _usage_out(job.usage),
     }
     if job.spec:
         d["priority"] = job.spec.priority
@@ -151,4 +155,18 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
                  for h in d.get("history", [])],
         job_class=d.get("class", ""), after=_deps(d.get("after")), held=d.get("held", ""),
         retried=d.get("retried", 0), not_before=_epoch(d.get("not_before")),
+        usage=_usage_in(d.get("usage")),
     )
+
+
+def _usage_out(u: dict[str, Any]) -> dict[str, Any] | None:
+    """A record's usage as written (idle_since as a time); None: nothing to write (TOML has no null)."""
+    if not u:
+        return None
+    return {k: _dt(v) if k == "idle_since" else v for k, v in u.items() if v is not None}
+
+
+def _usage_in(u: Any) -> dict[str, Any]:
+    if not isinstance(u, dict):
+        return {}                                 # an old record: nothing accounted
+    return {k: _epoch(v) if k == "idle_since" else v for k, v in u.items()}
