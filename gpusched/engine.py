@@ -769,7 +769,8 @@ class Engine:
 
     def _sample_now(self, mono: float) -> None:
         holders: dict[int, list[tuple[int, float]]] = {}
-        for job in self.live.values():
+        for job_id in self._charged:                     # the active jobs that hold GPUs (not the whole queue)
+            job = self.jobs[job_id]
             if job.state in ACTIVE and job.gpus:
                 spec = job.spec
                 weight = float(spec.gpu_memory or 0) if spec is not None and spec.share else 0.0

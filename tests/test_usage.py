@@ -4,6 +4,7 @@ probe whose samples the test sets), the config keys, the records, the API's acce
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -282,7 +283,6 @@ def test_stats_and_history_follow_the_access_rule():
     nobody = 65534                                        # a plain user: only their own (none here)
     with pytest.raises(NotAllowed):
         m.usage(nobody, "root", 0.0)
-    import json
     h = json.loads(m.history(0, "", "", "", 0.0, 100))["ok"]
     assert [j["id"] for j in h["jobs"]] == [mine.id, theirs.id] and h["jobs"][0]["usage"]["gpu_hours_reserved"] > 0
     h = json.loads(m.history(nobody, "root", "", "cancelled", 0.0, 100))["ok"]
@@ -335,3 +335,30 @@ def test_since_is_a_duration_back_or_a_date():
     with pytest.raises(CtlError):
         parse_since("last tuesday", now)
     assert usage_value("energy_joules", 7.2e6) == "2.00 kWh" and usage_value("gpu_memory_peak", 2 << 30) == "2G"
+
+
+def test_stats_and_history_print_tables_escaped_and_json_exact(monkeypatch, capsys):
+    from gpusched import ctl
+    from tests.test_ctl import EVIL, FakeClient, no_raw_controls
+    FakeClient.calls, FakeClient.replies = [], {}
+    monkeypatch.setattr(ctl, "Client", FakeClient)
+    FakeClient.replies["Usage"] = [{"user": EVIL, "jobs": 3, "running": 1, "gpu_hours_reserved": 2.5,
+                                    "gpu_hours_used": 1.25, "energy_joules": 9000.0, "energy_estimated": True,
+                                    "wait_mean": 90.0, "wait_max": 3600.0, "cpu_seconds": 7200.0}]
+    assert ctl.main(["stats", "--user", "alice", "--since", "1d"]) == 0
+    out = capsys.readouterr().out
+    method, user, since = FakeClient.calls[-1]
+    assert (method, user) == ("Usage", "alice") and since > 0
+    assert no_raw_controls(out) and "CPU TIME" in out and "~9.0 kJ" in out and "2.500" in out and "1h" in out
+    assert ctl.main(["stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["user"] == EVIL
+    assert FakeClient.calls[-1] == ("Usage", "", 0.0)
+    FakeClient.replies["History"] = {"more": 2, "jobs": [
+        {"id": 4, "user": "alice", "name": EVIL, "state": "succeeded", "ended": "2026-11-24T10:00:00+00:00",
+         "gpus": [{"index": 1, "uuid": "u"}], "usage": {"gpu_hours_reserved": 1.0, "gpu_hours_used": 0.5,
+                                                          "gpu_memory_peak": 2 << 30, "energy_joules": 100.0}}]}
+    assert ctl.main(["history", "--state", "succeeded", "--limit", "999999"]) == 0
+    captured = capsys.readouterr()
+    assert no_raw_controls(captured.out) and "0.500" in captured.out and "2G" in captured.out
+    assert "2 older matching job(s) not shown" in captured.err
+    assert FakeClient.calls[-1] == ("History", "", "", "succeeded", 0.0, 5000)
