@@ -27,7 +27,7 @@ from gpusched.engine import Engine
 from gpusched.errors import Invalid, NotAllowed, Refused
 from gpusched.listing import to_json
 from gpusched.log import log
-from gpusched.model import FINAL
+from gpusched.model import FINAL, usage_out
 
 BUS_NAME = "org.gpusched1"
 OBJECT_PATH = "/org/gpusched1"
@@ -52,8 +52,11 @@ class Manager:
 
     def show(self, caller: int, job_id: int) -> str:
         job = self.engine.get(job_id)
-        d = self.access.caller(caller).view(job)
+        who = self.access.caller(caller)
+        d = who.view(job)
         d.update(self.engine.explain(job))                 # a queued job: class, fair share, what is ahead
+        if who.sees_private(job) and job.gpus:             # a running job's accounting to the second
+            d["usage"] = usage_out(self.engine.usage_now(job)) or {}
         text = to_json({"ok": d})
         if len(text) > MAX_REPLY and "spec" in d:          # the rest is bounded; say why spec is missing
             del d["spec"]

@@ -203,7 +203,8 @@ def _idle(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
     """idle_after, idle_action, idle_threshold (docs/config.md, usage.py)."""
     if "idle_after" in doc:
         try:
-            kw["idle_after"] = 0.0 if doc["idle_after"] in (0, "0") else parse_duration(doc["idle_after"])
+            v = doc["idle_after"]
+            kw["idle_after"] = 0.0 if v == "0" else parse_duration(v)        # parse_duration refuses booleans
         except ValueError as e:
             raise err("idle_after", str(e)) from None
         if 0 < kw["idle_after"] < 1:

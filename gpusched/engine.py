@@ -824,6 +824,14 @@ class Engine:
             self.apply(job, lifecycle.busy, say=f"job {job.id} is using its GPUs again: no longer idle",
                        GPUSCHED_EVENT="busy")
 
+    def usage_now(self, job: Job) -> dict[str, Any]:
+        """An active job's accounting up to now (its record has it as of the last fold, up to a minute old)."""
+        if job.state not in ACTIVE or not job.gpus:
+            return dict(job.usage)
+        t = self.meter.tallies.get(job.id) or usage.Tally()
+        return usage.fold(job.usage, t, usage.reserved_seconds(job.history, len(job.gpus), job.started,
+                                                               self.clock.time()))
+
     def usage_report(self, users: set[str] | None, since: float) -> list[dict[str, Any]]:
         """`gpuschedctl stats`: per user (all of them, or `users`), usage.summarize over the jobs still kept."""
         jobs = (j for j in self.jobs.values() if users is None or j.user in users)

@@ -124,7 +124,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "class": job.job_class or None,
         "after": [list(d) for d in job.after], "held": job.held or None, "retried": job.retried or None,
         "not_before": _dt(job.not_before),
-        "usage": _usage_out(job.usage),
+        "usage": usage_out(job.usage),
     }
     if job.spec:
         d["priority"] = job.spec.priority
@@ -159,7 +159,7 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
     )
 
 
-def _usage_out(u: dict[str, Any]) -> dict[str, Any] | None:
+def usage_out(u: dict[str, Any]) -> dict[str, Any] | None:
     """A record's usage as written (idle_since as a time); None: nothing to write (TOML has no null)."""
     if not u:
         return None

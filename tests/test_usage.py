@@ -228,6 +228,8 @@ def test_usage_survives_a_restart_and_an_old_record_without_it_loads():
     d = job_to_dict(job)
     back = job_from_dict(d, job.spec)
     assert back.usage == job.usage                        # idle_since as a time and back
+    from gpusched import snapshot
+    assert snapshot.decode(json.loads(json.dumps(snapshot.encode(job)))).usage == job.usage   # a clean stop's copy
     old = {k: v for k, v in d.items() if k != "usage"}
     assert job_from_dict(old, job.spec).usage == {}
     w.engine.meter = usage.Meter()                        # the daemon restarted: its meter is new
@@ -299,8 +301,10 @@ def test_config_keys_are_validated():
     c = configmod.parse('idle_after = "30m"\nidle_action = "stop"\nidle_threshold = 2.5\n')
     assert (c.idle_after, c.idle_action, c.idle_threshold) == (1800.0, "stop", 2.5)
     assert configmod.Config().idle_after == 0.0 and configmod.Config().idle_action == "flag"
+    assert configmod.parse('idle_after = 0\n').idle_after == configmod.parse('idle_after = "0"\n').idle_after == 0.0
     for text, key in (('idle_action = "kill"', "idle_action"), ('idle_after = "soon"', "idle_after"),
-                      ("idle_threshold = 100", "idle_threshold"), ("idle_after = 0.5", "idle_after")):
+                      ("idle_threshold = 100", "idle_threshold"), ("idle_after = 0.5", "idle_after"),
+                      ("idle_after = false", "idle_after"), ("idle_threshold = true", "idle_threshold")):
         with pytest.raises(configmod.ConfigError, match=f":1: {key}:"):
             configmod.parse(text + "\n")
 
@@ -362,3 +366,16 @@ def test_stats_and_history_print_tables_escaped_and_json_exact(monkeypatch, caps
     assert no_raw_controls(captured.out) and "0.500" in captured.out and "2G" in captured.out
     assert "2 older matching job(s) not shown" in captured.err
     assert FakeClient.calls[-1] == ("History", "", "", "succeeded", 0.0, 5000)
+
+
+def test_show_gives_a_running_jobs_accounting_to_the_second_and_only_to_who_may_see_it():
+    w = world()
+    job = w.submit(spec(), uid=0, user="root")
+    w.settle()
+    run_for(w, 31, {0: BUSY, 1: BUSY})
+    assert "usage" not in w.recorder.records[job.id][0]          # not folded yet (once a minute)
+    m = Manager(w.engine, Access())
+    u = json.loads(m.show(0, job.id))["ok"]["usage"]
+    assert u["gpu_hours_reserved"] == pytest.approx(31 / 3600, abs=1e-6)
+    assert u["gpu_hours_used"] == pytest.approx(0.9 * 30 / 3600, abs=1e-6)
+    assert "usage" not in json.loads(m.show(65534, job.id))["ok"]
