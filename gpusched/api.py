@@ -27,6 +27,7 @@ from gpusched.engine import Engine
 from gpusched.errors import Invalid, NotAllowed, Refused
 from gpusched.listing import to_json
 from gpusched.log import log
+from gpusched.model import FINAL, usage_out
 
 BUS_NAME = "org.gpusched1"
 OBJECT_PATH = "/org/gpusched1"
@@ -34,6 +35,8 @@ PAGE = 5000              # jobs per listing page at most (bounds the time one ca
 PAGE_BYTES = 4 << 20     # bytes of jobs per listing page at most (then the client asks for the next page)
 MAX_REPLY = 8 << 20      # bytes of any one reply; a quarter of dbus-daemon's default max_message_size
 MAX_PIDS = 64            # foreign pids listed per GPU
+HISTORY = 5000           # finished jobs in one History answer at most (the newest)
+FINAL_STATES = frozenset(str(s) for s in FINAL)
 
 
 class Manager:
@@ -49,8 +52,11 @@ class Manager:
 
     def show(self, caller: int, job_id: int) -> str:
         job = self.engine.get(job_id)
-        d = self.access.caller(caller).view(job)
+        who = self.access.caller(caller)
+        d = who.view(job)
         d.update(self.engine.explain(job))                 # a queued job: class, fair share, what is ahead
+        if who.sees_private(job) and job.gpus:             # a running job's accounting to the second
+            d["usage"] = usage_out(self.engine.usage_now(job)) or {}
         text = to_json({"ok": d})
         if len(text) > MAX_REPLY and "spec" in d:          # the rest is bounded; say why spec is missing
             del d["spec"]
@@ -115,6 +121,39 @@ class Manager:
     def lookup(self, caller: int, source: str, inode: int) -> int:
         return self.engine.lookup(caller, source, inode)
 
+    # --- issue 9: accounting (usage.py) -------------------------------------------------------------------
+
+    def _users(self, who: Caller, user: str, what: str) -> set[str] | None:
+        """Whose accounting a caller may have: an admin anyone's (no user: everyone's); others only their own."""
+        if who.admin:
+            return {user} if user else None
+        if user and user != who.name:
+            raise NotAllowed(f"only root or an admin (the admin_group) may see {user}'s {what}")
+        return {who.name}
+
+    def usage(self, caller: int, user: str, since: float) -> list[dict[str, Any]]:
+        """gpuschedctl stats: per user, GPU-hours reserved and used, jobs, waits, energy (usage.summarize)."""
+        return self.engine.usage_report(self._users(self.access.caller(caller), user, "usage"), since)
+
+    def history(self, caller: int, user: str, name: str, state: str, since: float, limit: int) -> str:
+        """gpuschedctl history: finished jobs with their accounting. Their own (an admin: everyone's, or
+        `user`'s); a user may ask for another's, and gets what `list --all` shows of them (no accounting)."""
+        who = self.access.caller(caller)
+        users = {user} if user else (None if who.admin else {who.name})
+        if state and state not in FINAL_STATES:
+            raise Invalid(f"{state!r} is not a final state ({', '.join(sorted(FINAL_STATES))})")
+        jobs, more = self.engine.finished(users, name, state, since, max(1, min(limit or HISTORY, HISTORY)))
+        parts, size = [], 0
+        for job in reversed(jobs):                         # the newest first, until the reply's byte budget
+            full, public, _ = self.engine.listing.entry(job)
+            text = full if who.sees_private(job) else public
+            if size + len(text) + 2 > PAGE_BYTES:
+                more += 1
+                continue
+            parts.append(text)
+            size += len(text) + 2
+        return '{"ok": {"more": %d, "jobs": [%s]}}' % (more, ",".join(reversed(parts)))
+
 
 class Api:
     """
@@ -140,6 +179,15 @@ class Api:
         <method name="Gpus"><arg type="s" direction="out"/></method>
         <method name="Status"><arg type="s" direction="out"/></method>
         <method name="Stats"><arg type="s" direction="out"/></method>
+        <method name="Usage">
+          <arg type="s" name="user" direction="in"/><arg type="d" name="since" direction="in"/>
+          <arg type="s" direction="out"/>
+        </method>
+        <method name="History">
+          <arg type="s" name="user" direction="in"/><arg type="s" name="name" direction="in"/>
+          <arg type="s" name="state" direction="in"/><arg type="d" name="since" direction="in"/>
+          <arg type="u" name="limit" direction="in"/><arg type="s" direction="out"/>
+        </method>
         <method name="Lookup">
           <arg type="s" name="source" direction="in"/><arg type="t" name="inode" direction="in"/>
           <arg type="s" direction="out"/>
@@ -223,6 +271,15 @@ class Api:
 
     def Stats(self, dbus_context: Any = None) -> str:
         return self._call("Stats", self._m.stats)
+
+    def Usage(self, user: str, since: float, dbus_context: Any = None) -> str:
+        """Per-user accounting (gpuschedctl stats): the caller's own line, or an admin's choice."""
+        return self._call("Usage", lambda: self._m.usage(self._caller(dbus_context), user[:256], since))
+
+    def History(self, user: str, name: str, state: str, since: float, limit: int, dbus_context: Any = None) -> str:
+        """Finished jobs with their accounting (gpuschedctl history): {"ok": {"more": n, "jobs": [...]}}."""
+        return self._answer("History", lambda: self._m.history(self._caller(dbus_context), user[:256], name[:256],
+                                                               state[:64], since, limit))
 
     def Lookup(self, source: str, inode: int, dbus_context: Any = None) -> str:
         return self._call("Lookup", lambda: self._m.lookup(self._caller(dbus_context), source, inode))

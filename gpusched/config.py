@@ -74,6 +74,11 @@ class Config:
     hook_on_finish: str = ""
     hook_user: str = "nobody"
     hook_timeout: float = 60.0
+    # Idle reservations (issue 9, usage.py): a running job whose GPUs all stay at or under idle_threshold
+    # percent utilisation for idle_after seconds is flagged ("flag") or also stopped ("stop"); 0: off
+    idle_after: float = 0.0
+    idle_action: str = "flag"
+    idle_threshold: float = 5.0
 
     def job_limits(self, user: str | None = None, groups: Collection[str] = ()) -> jobfile.Limits:
         """What a job file may ask for on this server (jobfile.parse checks it); user and groups: its owner's,
@@ -104,6 +109,7 @@ _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
         "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class",
         "windows", "foreign", "foreign_grace",
+        "idle_after", "idle_action", "idle_threshold",
         *_INTS, *_DURATIONS, *_SIZES}
 _TOP |= {"hooks"}
 _HOOKS = {"on_finish", "user", "timeout"}
@@ -209,6 +215,7 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
     _windows(doc, kw, err)
     _policy(doc, kw, err)
     _hooks(doc, kw, err)
+    _idle(doc, kw, err)
     return Config(**kw)
 
 
@@ -253,6 +260,8 @@ def _windows(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
             kw["foreign_grace"] = parse_duration(doc["foreign_grace"])
         except ValueError as e:
             raise err("foreign_grace", str(e)) from None
+
+
 def _hooks(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
     """[hooks]: on_finish (a command for bash), user (who runs it; never root unless written), timeout."""
     hooks = doc.get("hooks", {})
@@ -276,6 +285,31 @@ def _hooks(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
             kw["hook_timeout"] = parse_duration(hooks["timeout"])
         except ValueError as e:
             raise err("hooks.timeout", str(e)) from None
+
+
+IDLE_ACTIONS = ("flag", "stop")
+
+
+def _idle(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
+    """idle_after, idle_action, idle_threshold (docs/config.md, usage.py)."""
+    if "idle_after" in doc:
+        try:
+            v = doc["idle_after"]
+            kw["idle_after"] = 0.0 if v == "0" else parse_duration(v)        # parse_duration refuses booleans
+        except ValueError as e:
+            raise err("idle_after", str(e)) from None
+        if 0 < kw["idle_after"] < 1:
+            raise err("idle_after", "must be at least 1s (utilisation is sampled once a second), or 0: off")
+    if "idle_action" in doc:
+        v = doc["idle_action"]
+        if v not in IDLE_ACTIONS:
+            raise err("idle_action", f"expected one of {', '.join(repr(a) for a in IDLE_ACTIONS)}")
+        kw["idle_action"] = v
+    if "idle_threshold" in doc:
+        v = doc["idle_threshold"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 100:
+            raise err("idle_threshold", "expected a utilisation in percent, from 0 to under 100")
+        kw["idle_threshold"] = float(v)
 
 
 def _policy(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:

@@ -17,6 +17,7 @@ import pwd
 import sys
 import time
 import tomllib
+from datetime import datetime
 from typing import Any, NoReturn
 
 from gpusched import config as configmod
@@ -24,7 +25,7 @@ from gpusched import jobfile
 from gpusched.access import Access, group_names
 from gpusched.listing import printable
 from gpusched.model import FINAL, State
-from gpusched.units import format_size
+from gpusched.units import format_duration, format_size, parse_duration
 
 CALL_TIMEOUT = 120.0       # seconds: a daemon that hangs gets an error, not a client that waits for ever
 
@@ -256,6 +257,10 @@ def cmd_show(args: argparse.Namespace) -> int:
             continue
         if key == "retry_gpu_memory":                  # on_gpu_oom: what later attempts reserve
             value = format_size(value)
+        if key == "usage":
+            for k, v in value.items():
+                _field(k, usage_value(k, v))
+            continue
         _field(key, value)
     for key, value in spec.items():
         _field(key, value)
@@ -387,6 +392,95 @@ def _table(rows: list[tuple[str, ...]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+# --- issue 9: accounting (stats, history) ------------------------------------------------------------------
+
+def parse_since(text: str | None, now: float) -> float:
+    """--since: a duration back from now ("7d", "12h", "90m") or a local date or time ("2026-11-01",
+    "2026-11-01 14:00", ISO 8601 with a "T" or a zone); none: 0 (everything still kept)."""
+    if not text:
+        return 0.0
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise CtlError(f"--since {text!r}: expected a duration back from now (\"7d\", \"12h\") or a date "
+                       f"(\"2026-11-01\", \"2026-11-01 14:00\")") from None
+
+
+def usage_value(key: str, value: Any) -> str:
+    """One accounting figure for people."""
+    if value is None:
+        return "-"
+    if key in ("gpu_memory_peak", "memory_peak", "memory_peak_max"):
+        return format_size(int(value))
+    if key == "energy_joules":
+        return _energy(float(value))
+    if key in ("cpu_seconds", "wait_mean", "wait_max"):
+        return format_duration(float(value))
+    if key.startswith("gpu_hours"):
+        return f"{float(value):.3f}"
+    return str(value)
+
+
+def _energy(joules: float, estimated: bool = False) -> str:
+    text = f"{joules / 3.6e6:.2f} kWh" if joules >= 3.6e5 else f"{joules / 1000:.1f} kJ"
+    return ("~" if estimated else "") + text
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    rows = Client().call("Usage", args.user or "", parse_since(args.since, time.time()))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no jobs in that period")
+        return 0
+    cpu = any("cpu_seconds" in r for r in rows)
+    table = [("USER", "JOBS", "RUNNING", "GPU-H RESERVED", "GPU-H USED", "ENERGY", "WAIT MEAN", "WAIT MAX")
+             + (("CPU TIME", "PEAK RAM") if cpu else ())]
+    for r in rows:
+        table.append((r["user"], str(r["jobs"]), str(r["running"]), f"{r['gpu_hours_reserved']:.3f}",
+                      f"{r['gpu_hours_used']:.3f}", _energy(r["energy_joules"], r.get("energy_estimated", False)),
+                      usage_value("wait_mean", r.get("wait_mean")), usage_value("wait_max", r.get("wait_max")))
+                     + ((usage_value("cpu_seconds", r.get("cpu_seconds")),
+                         usage_value("memory_peak", r.get("memory_peak_max"))) if cpu else ()))
+    _table(table)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    reply = Client().call("History", args.user or "", args.name or "", args.state or "",
+                          parse_since(args.since, time.time()), max(1, min(args.limit, 5000)))
+    jobs = reply["jobs"]
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+    elif jobs:
+        table = [("ID", "USER", "NAME", "STATE", "ENDED", "GPUS", "GPU-H RES", "GPU-H USED", "GPU MEM PEAK",
+                  "ENERGY", "CPU TIME", "PEAK RAM")]
+        for j in jobs:
+            u = j.get("usage") or {}
+            ended = j.get("ended")
+            table.append((str(j["id"]), j["user"], j["name"], j["state"],
+                          datetime.fromisoformat(ended).astimezone().strftime("%m-%d %H:%M:%S") if ended else "-",
+                          ",".join(str(g["index"]) for g in j.get("gpus") or ()) or "-",
+                          usage_value("gpu_hours_reserved", u.get("gpu_hours_reserved")),
+                          usage_value("gpu_hours_used", u.get("gpu_hours_used")),
+                          usage_value("gpu_memory_peak", u.get("gpu_memory_peak")),
+                          _energy(u["energy_joules"], u.get("energy_estimated", False)) if "energy_joules" in u
+                          else "-",
+                          usage_value("cpu_seconds", j.get("cpu_seconds")),
+                          usage_value("memory_peak", j.get("memory_peak"))))
+        _table(table)
+    else:
+        print("no finished jobs match")
+    if reply.get("more") and not args.json:
+        warn(f"{reply['more']} older matching job(s) not shown (--limit, --since)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpuschedctl", description="Submit and manage gpusched jobs.")
     ap.add_argument("--config", default=os.environ.get("GPUSCHED_CONFIG", configmod.DEFAULT_PATH))
@@ -445,6 +539,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         p.add_argument("user")
         p.set_defaults(fn=cmd_switch)
+
+    p = sub.add_parser("stats", help="per user: jobs, GPU-hours reserved and used, energy, waits")
+    p.add_argument("--user", help="only this user (others than yourself: admins only)")
+    p.add_argument("--since", metavar="D", help='jobs ended since: a duration back ("7d") or a date ("2026-11-01")')
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_stats)
+
+    p = sub.add_parser("history", help="finished jobs with their accounting (yours; admins: everyone's)")
+    p.add_argument("--user", help="this user's jobs (another's: what list --all shows, without accounting)")
+    p.add_argument("--name", help="only jobs of this name")
+    p.add_argument("--state", help="only jobs that ended so (succeeded, failed, cancelled, ...)")
+    p.add_argument("--since", metavar="D", help='ended since: a duration back ("7d") or a date ("2026-11-01")')
+    p.add_argument("--limit", type=int, default=1000, help="the newest N (default 1000, at most 5000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_history)
 
     p = sub.add_parser("gpus", help="the GPUs and who holds them")
     p.add_argument("--json", action="store_true")

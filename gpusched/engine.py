@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Callable, Protocol, Sequence
 
-from gpusched import dependencies, hooks, launch, lifecycle, policy, timers, windows
+from gpusched import dependencies, hooks, launch, lifecycle, policy, timers, usage, windows
 from gpusched import config as configmod
 from gpusched.access import group_names
 from gpusched.clock import Clock
@@ -138,6 +138,12 @@ class Engine:
         # (timers.next_due, kept by _track); finished jobs whose hooks wait for the bus
         self._timers: dict[int, float] = {}
         self._hooks_retry: set[int] = set()
+        # issue 9: accounting and idle reservations (usage.py): the meter of active jobs' GPU use, sampled
+        # at most once a second (and not more often than the GPUs are polled), folded into records now and then
+        self.meter = usage.Meter(cfg.idle_threshold)
+        self._last_sample = float("-inf")
+        self._last_fold = clock.monotonic()
+        self._sample_failed = False
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -359,6 +365,7 @@ class Engine:
 
     def finish(self, job: Job, result: dict[str, Any] | None) -> None:
         """The attempt is over: `result` is what its monitor recorded, None if it recorded nothing."""
+        tally = self.meter.forget(job.id)
         if result is not None and result.get("not_started") and job.state in (State.STARTING, State.RUNNING):
             self.apply(job, lifecycle.never_started, "requeued: the daemon stopped before the job began",
                        say=f"job {job.id} never started; requeued", GPUSCHED_EVENT="requeue", wake=True)
@@ -368,8 +375,13 @@ class Engine:
             job, result, self.cfg.retry_backoff, self.cfg.retry_backoff_max)
         # a retried GPU out-of-memory asks for a GPU of its own or more memory (on_gpu_oom), recorded with the job
         oom = {} if delay is None else dependencies.gpu_oom_retry(job, result, self.inventory.gpus)
-        self.apply(job, lifecycle.ended, result, now, None if delay is None else now + delay, oom, say=_ended_line,
-                   wake=True)
+        retry_at = None if delay is None else now + delay
+        if job.gpus:                                     # it held GPUs: its accounting, up to its end
+            end = float(result.get("ended", now)) if result else now
+            self.apply(job, lifecycle.ended_accounted, self._folded(job, tally, end), result, now, retry_at, oom,
+                       say=_ended_line, wake=True)
+        else:
+            self.apply(job, lifecycle.ended, result, now, retry_at, oom, say=_ended_line, wake=True)
         if delay is not None:
             self._due = min(self._due or now + delay, now + delay)
 
@@ -911,6 +923,7 @@ class Engine:
         monitor of ours reports on reconciled, failed writes retried, failed starts retried, expiry when due."""
         if self.inventory.due():
             self.probe_gpus()
+        self._sample()
         self._charge(self.clock.time())
         watched = self.runner.watched()
         try:
@@ -953,6 +966,106 @@ class Engine:
         if now - self._last_expire >= self._expire_interval():
             self._last_expire = now
             self.expire()
+
+    # --- issue 9: accounting and idle reservations (usage.py) ----------------------------------------------
+
+    def _sample(self) -> None:
+        """At most once a second (never more often than gpu_poll_interval): the GPUs active jobs hold are
+        sampled into the meter; idle jobs are flagged (and stopped, idle_action = "stop"); every FOLD_EVERY
+        the running jobs' records get their accounting so far. Contained: a failure is said once."""
+        mono = self.clock.monotonic()
+        if mono - self._last_sample < max(usage.SAMPLE_EVERY, self.cfg.gpu_poll_interval):
+            return
+        self._last_sample = mono
+        try:
+            self._sample_now(mono)
+            self._sample_failed = False
+        except Exception:  # noqa: BLE001 - accounting must never stop the tick
+            if not self._sample_failed:
+                self._sample_failed = True
+                self.log(f"internal error while sampling GPU usage: {traceback.format_exc()}", 3, multiline=True)
+
+    def _sample_now(self, mono: float) -> None:
+        holders: dict[int, list[tuple[int, float]]] = {}
+        for job_id in self._charged:                     # the active jobs that hold GPUs (not the whole queue)
+            job = self.jobs[job_id]
+            if job.state in ACTIVE and job.gpus:
+                spec = job.spec
+                weight = float(spec.gpu_memory or 0) if spec is not None and spec.share else 0.0
+                for g in job.gpus:
+                    holders.setdefault(g.index, []).append((job.id, weight))
+                self.meter.tally(job.id, job.usage.get("idle_since"))
+        for job_id in [i for i in self.meter.tallies if (j := self.live.get(i)) is None or j.state not in ACTIVE]:
+            self.meter.forget(job_id)                    # ended through a path that doesn't account (never began)
+        if not holders:
+            self.meter.reset()
+            return
+        now = self.clock.time()
+        self.meter.observe(now, self.inventory.sample(holders), holders)
+        fold = mono - self._last_fold >= usage.FOLD_EVERY
+        if fold:
+            self._last_fold = mono
+        for job_id in list(self.meter.tallies):
+            job = self.live[job_id]
+            self._judge_idle(job, now)
+            if fold and job.state in ACTIVE:
+                self.apply(job, lifecycle.accounted, self._folded(job, self.meter.take(job_id), now))
+
+    def _folded(self, job: Job, tally: usage.Tally, at: float) -> dict[str, Any]:
+        reserved = usage.reserved_seconds(job.history, len(job.gpus), job.started, at)
+        return usage.fold(job.usage, tally, reserved)
+
+    def _judge_idle(self, job: Job, now: float) -> None:
+        """Flag a running job whose GPUs have all been idle for idle_after (one journal line), stop it when
+        idle_action = "stop" (cancelled, never requeued), unflag it when it uses them again."""
+        if job.state != State.RUNNING:
+            return
+        since = self.meter.tally(job.id).idle_since
+        flagged = job.usage.get("idle_since") is not None
+        after = self.cfg.idle_after
+        if after and since is not None and now - since >= after:
+            gpus = ",".join(str(g.index) for g in job.gpus)
+            threshold = f"{self.cfg.idle_threshold:g}%"
+            if not flagged:
+                stop = self.cfg.idle_action == "stop"
+                self.apply(job, lifecycle.idle, since,
+                           f"idle: its GPUs ({gpus}) at or under {threshold} utilisation since "
+                           f"{time.strftime('%H:%M:%S', time.localtime(since))}",
+                           say=f"job {job.id} idle: its GPUs ({gpus}) at or under {threshold} utilisation for "
+                               f"{format_duration(now - since)} (idle_after {format_duration(after)})"
+                               + ("; stopping it (idle_action = \"stop\")" if stop else ""),
+                           priority=5, GPUSCHED_EVENT="idle")
+            if self.cfg.idle_action == "stop":
+                self._stop(job, "cancel", f"stopped: its GPUs were idle for {format_duration(now - since)} "
+                                          f"(idle_after {format_duration(after)}, idle_action = \"stop\")")
+        elif flagged and (since is None or not after):
+            self.apply(job, lifecycle.busy, say=f"job {job.id} is using its GPUs again: no longer idle",
+                       GPUSCHED_EVENT="busy")
+
+    def usage_now(self, job: Job) -> dict[str, Any]:
+        """An active job's accounting up to now (its record has it as of the last fold, up to a minute old)."""
+        if job.state not in ACTIVE or not job.gpus:
+            return dict(job.usage)
+        t = self.meter.tallies.get(job.id) or usage.Tally()
+        return usage.fold(job.usage, t, usage.reserved_seconds(job.history, len(job.gpus), job.started,
+                                                               self.clock.time()))
+
+    def usage_report(self, users: set[str] | None, since: float) -> list[dict[str, Any]]:
+        """`gpuschedctl stats`: per user (all of them, or `users`), usage.summarize over the jobs still kept."""
+        jobs = (j for j in self.jobs.values() if users is None or j.user in users)
+        return usage.summarize(jobs, since, self.clock.time())
+
+    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int) -> tuple[list[Job], int]:
+        """`gpuschedctl history`: the last `limit` finished jobs (in id order) of `users` (None: everyone's),
+        with that name and final state if given, ended at or after `since`; and how many more matched.
+        Rejected entries only when asked for by state."""
+        out = [j for j in self.jobs.values()
+               if j.state in FINAL and (users is None or j.user in users) and (not name or j.name == name)
+               and (str(j.state) == state if state else j.state != State.REJECTED)
+               and (j.ended or j.submitted) >= since]
+        out.sort(key=lambda j: j.id)
+        more = max(0, len(out) - limit)
+        return out[more:], more
 
     # --- expiry ----------------------------------------------------------------------------------------
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 import uuid
 from dataclasses import replace
-from typing import Iterable, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 from gpusched import fds
 from gpusched.cgroups import SLICE
 from gpusched.config import SimulatedGpu
 from gpusched.model import ForeignProcess, Gpu
+from gpusched.units import parse_size
+from gpusched.usage import GpuSample
 
 CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 # Only for simulated inventories (tests, demos): while this file exists, the probe fails as NVML can
@@ -27,6 +30,10 @@ SIMULATED_FAULT = "/run/gpusched/simulate-gpu-failure"
 # Only for simulated inventories: "<gpu index> <pid>" per line puts that process "on" that simulated GPU,
 # where it is classified as a real one would be. Read only when root owns it and only root can write it.
 SIMULATED_PROCS = "/run/gpusched/simulate-gpu-procs"
+# Only for simulated inventories: "<gpu index> <utilisation %> [<memory used, e.g. 20G>] [<power in W>]" per
+# line gives that GPU's utilisation and used memory, and makes its energy counter grow at that power
+# (issue 9's accounting and idle detection, usage.py). Same rule: root's file, only root can write it.
+SIMULATED_USAGE = "/run/gpusched/simulate-gpu-usage"
 _MAX_SIMULATED = 64 * 1024
 MAX_NAME = 64
 MAX_CMDLINE = 256
@@ -41,6 +48,8 @@ class Probe(Protocol):
     simulated: bool
 
     def probe(self, active_units: frozenset[str] = frozenset()) -> list[Gpu]: ...
+
+    # and, where the probe can tell (usage.py): def sample(self, indices) -> dict[int, GpuSample]
 
 
 def tracked_cgroup(proc_cgroup: str) -> str | None:
@@ -146,6 +155,7 @@ class SimulatedGpus:
                 name=g.name, memory_total=g.memory, memory_free=g.memory, minor=i, simulated=True)
             for i, g in enumerate(gpus)
         ]
+        self._energy: dict[int, tuple[float, float, float]] = {}   # index -> (power, when, joules so far)
 
     def probe(self, active_units: frozenset[str] = frozenset()) -> list[Gpu]:
         if os.path.exists(SIMULATED_FAULT):
@@ -161,21 +171,70 @@ class SimulatedGpus:
             out.append(replace(g, foreign=foreign, foreign_pids=pids))
         return out
 
+    def sample(self, indices: Iterable[int]) -> dict[int, GpuSample]:
+        """The usage hook's figures for these GPUs; an energy counter that grows at the hook's power. A GPU
+        the hook doesn't name (or no hook at all) has no sample: its utilisation is unknown, not zero."""
+        if os.path.exists(SIMULATED_FAULT):
+            raise GpuProbeError(f"simulated GPU probe failure ({SIMULATED_FAULT} exists)")
+        now = time.monotonic()
+        hook = read_simulated_usage(SIMULATED_USAGE)
+        out = {}
+        for i in indices:
+            if i not in hook or not 0 <= i < len(self._gpus):
+                continue
+            util, mem, power = hook[i]
+            energy = None
+            if power is not None:
+                last_power, last_t, counter = self._energy.get(i, (power, now, 0.0))
+                counter += last_power * (now - last_t)
+                self._energy[i] = (power, now, counter)
+                energy = counter
+            out[i] = GpuSample(utilization=util, memory_used=mem, energy=energy)
+        return out
+
+
+def _read_root_file(path: str) -> bytes | None:
+    """A simulation hook file's bytes, or None when it is absent or anyone but root could have written it (a
+    user must not be able to fake a busy or an idle GPU)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+            return None
+        return os.read(fd, _MAX_SIMULATED)
+    finally:
+        os.close(fd)
+
+
+def read_simulated_usage(path: str) -> dict[int, tuple[float, int | None, float | None]]:
+    """{gpu index: (utilisation %, memory used or None, power in W or None)} from the usage hook file; {}
+    when absent or not root's. Malformed lines are skipped."""
+    data = _read_root_file(path)
+    out: dict[int, tuple[float, int | None, float | None]] = {}
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        parts = line.split("#", 1)[0].split()
+        if not 2 <= len(parts) <= 4 or not parts[0].isdigit():
+            continue
+        try:
+            util = float(parts[1])
+            mem = parse_size(parts[2]) if len(parts) > 2 else None
+            power = float(parts[3]) if len(parts) > 3 else None
+        except ValueError:
+            continue
+        if 0 <= util <= 100 and (power is None or 0 <= power < 1e5):
+            out[int(parts[0])] = (util, mem, power)
+    return out
+
 
 def read_simulated_procs(path: str) -> dict[int, list[int]]:
     """{gpu index: [pid, ...]} from the simulation file, or {} when it is absent or anyone but root could
     have written it (a user must not be able to fake a busy GPU). Malformed lines are skipped."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    data = _read_root_file(path)
+    if data is None:
         return {}
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-            return {}
-        data = os.read(fd, _MAX_SIMULATED)
-    finally:
-        os.close(fd)
     out: dict[int, list[int]] = {}
     for line in data.decode("utf-8", "replace").splitlines():
         parts = line.split("#", 1)[0].split()
@@ -219,6 +278,33 @@ class NvmlGpus:
             raise GpuProbeError(f"NVML: {e}") from e
         finally:
             fds.cloexec_all()         # NVML opens /dev/nvidia<N> lazily, on whichever call first needs it
+
+    def sample(self, indices: Iterable[int]) -> dict[int, GpuSample]:
+        """Utilisation (the percent of the last sample period a kernel ran), used memory and the energy
+        counter (mJ since the driver loaded; Volta and newer) of these GPUs: three NVML calls per GPU. A
+        figure NVML can't give (not supported, a GPU lost) is None; only a failing NVML as a whole raises."""
+        n = self._nvml
+        out = {}
+        try:
+            for i in indices:
+                try:
+                    h = n.nvmlDeviceGetHandleByIndex(i)
+                except n.NVMLError:
+                    continue
+                out[i] = GpuSample(utilization=_nvml_or_none(lambda: float(n.nvmlDeviceGetUtilizationRates(h).gpu)),
+                                   memory_used=_nvml_or_none(lambda: int(n.nvmlDeviceGetMemoryInfo(h).used)),
+                                   energy=_nvml_or_none(lambda: n.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0))
+            return out
+        finally:
+            fds.cloexec_all()
+
+
+def _nvml_or_none(fn: Any) -> Any:
+    import pynvml
+    try:
+        return fn()
+    except pynvml.NVMLError:
+        return None
 
 
 def _memory(p: object) -> int | None:

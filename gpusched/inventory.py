@@ -14,6 +14,7 @@ from gpusched.clock import Clock
 from gpusched.gpus import GpuProbeError, Probe
 from gpusched.log import Log
 from gpusched.model import Gpu
+from gpusched.usage import GpuSample
 
 
 class Inventory:
@@ -49,6 +50,17 @@ class Inventory:
         changed = self.gpus is None or _key(gpus) != _key(self.gpus)
         self.gpus = gpus
         return changed
+
+    def sample(self, indices: Iterable[int]) -> dict[int, GpuSample]:
+        """Utilisation, used memory and energy of these GPUs (usage.py), where the probe can tell: {} from a
+        probe that can't, or while the probe fails (refresh says so in the journal)."""
+        sample = getattr(self.probe, "sample", None)
+        if sample is None or self.gpus is None:
+            return {}
+        try:
+            return sample(sorted(indices))
+        except GpuProbeError:
+            return {}
 
     def summary(self, held: set[int]) -> str:
         """For the STATUS= line: how many GPUs are free (held by no job, used by no foreign process)."""

@@ -290,3 +290,34 @@ def _apply_oom_retry(job: Job, change: dict[str, Any]) -> str:
 
 def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+# --- issue 9: accounting and idle reservations (usage.py computes; these only record) ------------------------
+
+def accounted(job: Job, usage: dict[str, Any]) -> None:
+    """An active job's accounting brought up to date (usage.fold): no move."""
+    if job.state not in (State.STARTING, State.RUNNING, State.STOPPING):
+        raise TransitionError(f"job {job.id} is {job.state}: only an active job is accounted as it runs")
+    job.usage = dict(usage)
+
+
+def idle(job: Job, since: float, reason: str) -> None:
+    """A running job's GPUs have all been idle since `since` for idle_after: flagged, in its reason."""
+    if job.state != State.RUNNING:
+        raise TransitionError(f"job {job.id} is {job.state}: only a running job is flagged idle")
+    job.usage = dict(job.usage) | {"idle_since": since}
+    job.reason = bounded(reason)
+
+
+def busy(job: Job) -> None:
+    """A job flagged idle uses its GPUs again (or idle detection was turned off): the flag goes."""
+    job.usage = {k: v for k, v in job.usage.items() if k != "idle_since"}
+    if job.state == State.RUNNING:
+        job.reason = ""
+
+
+def ended_accounted(job: Job, usage: dict[str, Any], result: dict[str, Any] | None, now: float,
+                    retry_at: float | None = None, oom_retry: dict[str, Any] | None = None) -> None:
+    """`ended`, with the attempt's accounting (usage.fold, up to the attempt's end) recorded with it."""
+    ended(job, result, now, retry_at, oom_retry)
+    job.usage = {k: v for k, v in usage.items() if k != "idle_since"}

@@ -102,6 +102,9 @@ class Job:
     warned: float | None = None
     stop_due: float | None = None
     hooks: str = ""
+    # issue 9, accounting (usage.py): gpu_hours_reserved, gpu_hours_used, gpu_memory_peak, energy_joules,
+    # energy_estimated, idle_since (while its GPUs are flagged idle); {} for a job that never held a GPU
+    usage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -140,6 +143,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "outcome": job.outcome or None, "retry_exclusive": job.retry_exclusive or None,
         "retry_gpu_memory": job.retry_gpu_memory, "cpu_seconds": job.cpu_seconds, "memory_peak": job.memory_peak,
         "warned": _dt(job.warned), "stop_due": _dt(job.stop_due), "hooks": job.hooks or None,
+        "usage": usage_out(job.usage),
     }
     if job.spec:
         d["priority"] = job.spec.priority
@@ -174,4 +178,18 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
         retry_gpu_memory=d.get("retry_gpu_memory"), cpu_seconds=d.get("cpu_seconds"),
         memory_peak=d.get("memory_peak"),
         warned=_epoch(d.get("warned")), stop_due=_epoch(d.get("stop_due")), hooks=d.get("hooks", ""),
+        usage=_usage_in(d.get("usage")),
     )
+
+
+def usage_out(u: dict[str, Any]) -> dict[str, Any] | None:
+    """A record's usage as written (idle_since as a time); None: nothing to write (TOML has no null)."""
+    if not u:
+        return None
+    return {k: _dt(v) if k == "idle_since" else v for k, v in u.items() if v is not None}
+
+
+def _usage_in(u: Any) -> dict[str, Any]:
+    if not isinstance(u, dict):
+        return {}                                 # an old record: nothing accounted
+    return {k: _epoch(v) if k == "idle_since" else v for k, v in u.items()}

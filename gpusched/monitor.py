@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Callable
 
-from gpusched import acl, fds, gpuoom, jobcgroup, joblog, journal, output, pam, usage
+from gpusched import acl, cgroupusage, fds, gpuoom, jobcgroup, joblog, journal, output, pam
 from gpusched.atomicfile import Reserved, atomic_write
 
 SETUP_FAILED = 127
@@ -193,8 +193,8 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
     if session is None:
         return _refused(spec, fields, out, cgroup, refusal, slot)
     spec = {**spec, "env": pam.merge_env(spec["env"], session.env)}
-    places = usage.locate(spec["unit"], cgroup.directory)
-    oom_before = usage.oom_kills(places)              # the scope's count: a kill during the job raises it
+    places = cgroupusage.locate(spec["unit"], cgroup.directory)
+    oom_before = cgroupusage.oom_kills(places)              # the scope's count: a kill during the job raises it
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -277,14 +277,14 @@ class _Used:
         self.oom_killed = oom_killed
 
 
-def _used(places: usage.Places, oom_before: int | None) -> _Used:
+def _used(places: cgroupusage.Places, oom_before: int | None) -> _Used:
     """Read just before the job's cgroup is removed. Where the cgroup has no count (a box whose controllers
     are not delegated), the job's own rusage stands in: the CPU time and the largest peak RSS of the job's
     processes that were waited for (its leftovers, killed, are not in it)."""
     counts: dict = {}
     try:
-        cpu, peak = usage.cpu_seconds(places), usage.memory_peak(places)
-        oom_after = usage.oom_kills(places)
+        cpu, peak = cgroupusage.cpu_seconds(places), cgroupusage.memory_peak(places)
+        oom_after = cgroupusage.oom_kills(places)
     except Exception:  # noqa: BLE001 - a count is worth less than the job's result
         cpu = peak = oom_after = None
     if cpu is None or peak is None:

@@ -269,6 +269,12 @@ class FixedGpus:
     def probe(self, active_units: frozenset[str] = frozenset()) -> list[Gpu]:
         return list(self.gpus)
 
+    # issue 9's accounting: what `sample` reports per GPU index (usage.GpuSample); a GPU not in it has none
+    usage: dict[int, Any] | None = None
+
+    def sample(self, indices: Iterable[int]) -> dict[int, Any]:
+        return {i: self.usage[i] for i in indices if i in self.usage} if self.usage else {}
+
 
 @dataclass
 class World:

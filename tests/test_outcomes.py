@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from gpusched import config as configmod
-from gpusched import dependencies, gpuoom, jobfile, lifecycle, usage
+from gpusched import cgroupusage, dependencies, gpuoom, jobfile, lifecycle
 from gpusched.jobfile import JobSpec, ResourceLimits
 from gpusched.model import Gpu, Job, State, job_from_dict, job_to_dict
 from gpusched.policy import inputs
@@ -102,22 +102,22 @@ def _v2(tmp_path, **files):
                                                                            .replace("_", ".", 1)).write_text(text)
     own = {"": f"/gpusched.slice/{UNIT}"}
     mounts = [(str(tmp_path / "unified"), "cgroup2", "rw")]
-    return usage.locate(UNIT, str(scope / "job"), own=own, mounts=mounts)
+    return cgroupusage.locate(UNIT, str(scope / "job"), own=own, mounts=mounts)
 
 
 def test_v2_counts_oom_kills_cpu_time_of_the_job_cgroup_and_the_scopes_peak(tmp_path):
     places = _v2(tmp_path, memory_events="low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n",
                  memory_peak="4294967296\n", job_cpu_stat="usage_usec 2500000\nuser_usec 2000000\n",
                  cpu_stat="usage_usec 9999999\n")
-    assert usage.oom_kills(places) == 2
-    assert usage.cpu_seconds(places) == 2.5                     # the job's own cgroup, not the monitor's too
-    assert usage.memory_peak(places) == 4 * G
+    assert cgroupusage.oom_kills(places) == 2
+    assert cgroupusage.cpu_seconds(places) == 2.5                     # the job's own cgroup, not the monitor's too
+    assert cgroupusage.memory_peak(places) == 4 * G
 
 
 def test_v2_without_the_files_reads_nothing_and_the_scopes_cpu_stat_stands_in(tmp_path):
     places = _v2(tmp_path, cpu_stat="usage_usec 1000\n")
-    assert usage.oom_kills(places) is None and usage.memory_peak(places) is None
-    assert usage.cpu_seconds(places) == 0.001
+    assert cgroupusage.oom_kills(places) is None and cgroupusage.memory_peak(places) is None
+    assert cgroupusage.cpu_seconds(places) == 0.001
 
 
 def test_v1_reads_oom_control_cpuacct_and_max_usage(tmp_path):
@@ -131,10 +131,10 @@ def test_v1_reads_oom_control_cpuacct_and_max_usage(tmp_path):
     own = {"memory": f"/gpusched.slice/{UNIT}", "cpu,cpuacct": f"/gpusched.slice/{UNIT}", "name=systemd": "/x"}
     mounts = [(str(tmp_path / "memory"), "cgroup", "rw,memory"),
               (str(tmp_path / "cpu,cpuacct"), "cgroup", "rw,cpu,cpuacct")]
-    places = usage.locate(UNIT, None, own=own, mounts=mounts)
-    assert usage.oom_kills(places) == 1
-    assert usage.cpu_seconds(places) == 3.0
-    assert usage.memory_peak(places) == 123456789
+    places = cgroupusage.locate(UNIT, None, own=own, mounts=mounts)
+    assert cgroupusage.oom_kills(places) == 1
+    assert cgroupusage.cpu_seconds(places) == 3.0
+    assert cgroupusage.memory_peak(places) == 123456789
 
 
 def test_a_cgroup_that_is_not_the_jobs_scope_is_never_read(tmp_path):
@@ -142,15 +142,15 @@ def test_a_cgroup_that_is_not_the_jobs_scope_is_never_read(tmp_path):
     (tmp_path / "cpuacct.usage").write_text("5\n")
     own = {"memory": "/", "cpuacct": "/", "": "/init.scope"}   # the box: controllers not delegated
     mounts = [(str(tmp_path), "cgroup", "rw,memory"), (str(tmp_path), "cgroup", "rw,cpuacct")]
-    places = usage.locate(UNIT, None, own=own, mounts=mounts)
-    assert places == usage.Places()
-    assert usage.oom_kills(places) is None and usage.cpu_seconds(places) is None
+    places = cgroupusage.locate(UNIT, None, own=own, mounts=mounts)
+    assert places == cgroupusage.Places()
+    assert cgroupusage.oom_kills(places) is None and cgroupusage.cpu_seconds(places) is None
 
 
 def test_garbage_in_a_cgroup_file_reads_as_unknown(tmp_path):
     places = _v2(tmp_path, memory_events="oom_kill many\n", memory_peak="max\n", job_cpu_stat="usage_usec\n")
-    assert usage.oom_kills(places) is None and usage.memory_peak(places) is None
-    assert usage.cpu_seconds(places) is None
+    assert cgroupusage.oom_kills(places) is None and cgroupusage.memory_peak(places) is None
+    assert cgroupusage.cpu_seconds(places) is None
 
 
 # --- on_gpu_oom in a job file -------------------------------------------------------------------------------
@@ -367,12 +367,12 @@ def test_a_gpu_oom_with_on_gpu_oom_fail_is_not_retried_but_says_why():
 
 DRIVER = r"""
 import json, sys
-from gpusched import journal, monitor, usage
+from gpusched import cgroupusage, journal, monitor
 spec = json.loads(sys.argv[1])
 journal.send = lambda message, priority=6, **fields: True
 counts = json.loads(sys.argv[2])
 if counts is not None:           # the scope's memory.events as the kernel would move it: before, after the job
-    usage.oom_kills = lambda places, _c=iter(counts): next(_c)
+    cgroupusage.oom_kills = lambda places, _c=iter(counts): next(_c)
 print(json.dumps(monitor.run(spec)))
 """
 
