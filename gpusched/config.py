@@ -53,6 +53,7 @@ class Config:
     max_running_per_user: int = 0        # jobs running at once; 0: no cap
     max_cpu_jobs_per_user: int = -1      # CPU-only (gpus = 0) jobs running at once; -1: the number of CPUs; 0: no cap
     max_queued_per_user: int = 10000     # jobs waiting at once (over it: rejected); 0: no cap; root is exempt
+    max_array_size: int = 1000           # jobs one job file's [sweep] may make (1 to jobfile.MAX_ARRAY_SIZE)
     simulated_gpus: tuple[SimulatedGpu, ...] = field(default_factory=tuple)
     # Scheduling policy (docs/policy.md)
     backfill: bool = True                # EASY backfill; false: strict order (nothing passes a job that waits)
@@ -72,7 +73,8 @@ class Config:
         return jobfile.Limits(min_priority=floor, max_grace=self.max_grace, max_time_limit=self.max_time_limit,
                               classes={c.name: c.max_time_limit for c in self.classes} if classes else None,
                               default_class=self.default_class if classes else None,
-                              allowed_classes=allowed(classes, user or "", groups) if classes else frozenset())
+                              allowed_classes=allowed(classes, user or "", groups) if classes else frozenset(),
+                              max_array_size=self.max_array_size)
 
     def class_map(self) -> dict[str, JobClass]:
         return {c.name: c for c in self.classes}
@@ -86,7 +88,7 @@ _INTS = ("max_running", "preempt_margin", "max_running_per_user", "max_queued_pe
 _DURATIONS = ("max_grace", "max_time_limit", "keep_finished", "keep_rejected", "retry_backoff", "retry_backoff_max")
 _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
-        "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class",
+        "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class", "max_array_size",
         *_INTS, *_DURATIONS, *_SIZES}
 _FAIR_SHARE = {"half_life", "default_share", "users", "groups"}
 _CLASS_KEYS = {"priority", "users", "groups", "max_gpus_per_user", "max_time_limit", "default_time_limit",
@@ -130,6 +132,11 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
         if not isinstance(v, int) or isinstance(v, bool) or not -1 <= v < 1 << 31:
             raise err("max_cpu_jobs_per_user", "expected an integer ≥ -1 (-1: the number of CPUs, 0: no cap)")
         kw["max_cpu_jobs_per_user"] = v
+    if "max_array_size" in doc:
+        v = doc["max_array_size"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= jobfile.MAX_ARRAY_SIZE:
+            raise err("max_array_size", f"expected an integer from 1 to {jobfile.MAX_ARRAY_SIZE}")
+        kw["max_array_size"] = v
     for key in _DURATIONS:
         if key in doc:
             try:

@@ -30,7 +30,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from gpusched import dependencies, launch, lifecycle, policy
+from gpusched import dependencies, launch, lifecycle, listing, policy, sweep
 from gpusched import config as configmod
 from gpusched.access import group_names
 from gpusched.clock import Clock
@@ -116,6 +116,9 @@ class Engine:
         self.paused: dict[str, str] = dict(control.get("paused", {}))  # user -> who paused them
         self._due: float | None = None
         self._singles: dict[tuple[int, str], int] | None = None
+        # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
+        self._arrays: dict[int, dict[int, int]] = {}
+        self._array_slots: dict[int, int] | None = None
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -160,6 +163,8 @@ class Engine:
             self.live.pop(job.id, None)
         else:
             self.live[job.id] = job
+        if job.array_id:
+            self._arrays.setdefault(job.array_id, {})[job.array_index] = job.id
         for by_uid, state in ((self._queued_by_uid, State.QUEUED), (self._rejected_by_uid, State.REJECTED)):
             ids = by_uid.setdefault(job.uid, set())
             if job.state == state:
@@ -177,6 +182,10 @@ class Engine:
         if job is not None:
             self._queued_by_uid.get(job.uid, set()).discard(job_id)
             self._rejected_by_uid.get(job.uid, set()).discard(job_id)
+            if job.array_id and (elements := self._arrays.get(job.array_id)) is not None:
+                elements.pop(job.array_index, None)
+                if not elements:
+                    del self._arrays[job.array_id]
 
     # --- new jobs --------------------------------------------------------------------------------------
 
@@ -199,6 +208,81 @@ class Engine:
                  job=job, GPUSCHED_EVENT="accept")
         self.wake()
         return job
+
+    def accept_array(self, job_ids: Sequence[int], spec: JobSpec, user: str, uid: int, gid: int, source: str, *,
+                     data: bytes = b"", key: tuple[int, str, int] | None = None,
+                     settle: Callable[[], Any] | None = None) -> list[Job]:
+        """Record a [sweep] file's jobs, one per element (sweep.py), all or none: `job_ids` (one per element,
+        the first is the array's id) are recorded with the job file written once (recorder.create_array),
+        then `settle`; an OSError from either leaves nothing of them. One journal line for the array."""
+        array_id = job_ids[0]
+        if len(job_ids) != sweep.size(spec.sweep):
+            raise ValueError(f"{len(job_ids)} ids for an array of {sweep.size(spec.sweep)}")
+        now = self.clock.time()
+        after = dependencies.resolve(spec, uid, job=self.jobs.get, anyone=uid == 0,
+                                     latest=lambda u, name: self._latest.get((u, name)))
+        jobs = []
+        for index, job_id in enumerate(job_ids):
+            job = lifecycle.accepted(job_id, sweep.element(spec, index, array_id), user, uid, gid, source, now)
+            job.array_id, job.array_index, job.after = array_id, index, after
+            job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)
+            if spec.hold:
+                job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
+            jobs.append(job)
+        if key is not None:
+            self.submissions[key] = array_id
+            while len(self.submissions) > MAX_SUBMISSIONS:
+                self.submissions.popitem(last=False)
+        try:
+            self.recorder.create_array(jobs, data)       # raises when the disk is full: nothing accepted yet
+            for job in jobs:
+                self._track(job)
+            if settle:
+                settle()
+        except OSError:
+            for job in jobs:
+                self._untrack(job.id)
+            self.recorder.discard(job_ids)
+            if key is not None:
+                self.submissions.pop(key, None)
+            raise
+        gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
+        throttle = f", at most {spec.max_parallel} at once" if spec.max_parallel else ""
+        self.log(f"accepted array {array_id} {spec.name!r} from {user}: {len(jobs)} jobs "
+                 f"{spec.name}[0-{len(jobs) - 1}] (ids {', '.join(map(str, job_ids[:3]))}"
+                 f"{', ...' if len(job_ids) > 3 else ''}), {gpus} each{throttle}, priority {spec.priority}",
+                 job=jobs[0], GPUSCHED_EVENT="accept", GPUSCHED_ARRAY_ID=array_id)
+        self.wake()
+        return jobs
+
+    def array(self, job: Job) -> list[Job] | None:
+        """The elements of the array whose id is job's (job is its first element), in index order; None when
+        job is not an array's first element (it is then a job alone, or one element)."""
+        if not job.array_id or job.array_id != job.id:
+            return None
+        elements = self._arrays.get(job.id, {})
+        return [self.jobs[elements[i]] for i in sorted(elements)]
+
+    def element(self, array_id: int, index: int) -> Job:
+        """Element `index` of array `array_id` (`gpuschedctl cancel 12[3]`)."""
+        job_id = self._arrays.get(array_id, {}).get(index)
+        if job_id is None:
+            if array_id in self._arrays:
+                raise NoSuchJob(f"array {array_id} has no element {index}")
+            raise NoSuchJob(f"no array {array_id}")
+        return self.jobs[job_id]
+
+    def discard_array(self, array_id: int) -> int:
+        """An array whose intake didn't finish (its first element has no record: the daemon died meanwhile):
+        the elements recorded are removed, so that the entry, taken again, makes the whole array once."""
+        ids = [i for i in self._arrays.get(array_id, {}).values() if i != array_id]
+        self.recorder.discard(ids)
+        for job_id in ids:
+            self._untrack(job_id)
+        if ids:
+            self.log(f"removed {len(ids)} job(s) of array {array_id}, whose intake the daemon did not finish; "
+                     f"its file is taken again", 4)
+        return len(ids)
 
     def reject(self, job_id: int, owner: str, uid: int, source: str, problem: str, *,
                key: tuple[int, str, int] | None = None, settle: Callable[[], Any] | None = None,
@@ -401,11 +485,30 @@ class Engine:
         return self.submissions.get((caller, name, ino), 0)
 
     def page(self, all: bool, after: int, viewer: Viewer, table: bool, max_bytes: int,
-             max_count: int) -> tuple[str, int | None]:
-        """A page of the listing: jobs with ids above `after` (all: finished ones too); see Listing.page."""
+             max_count: int, fold: bool = False) -> tuple[str, int | None]:
+        """A page of the listing: jobs with ids above `after` (all: finished ones too); see Listing.page.
+        fold (table only): an array's jobs as one row."""
         jobs = self.jobs if all else self.live
         ids = sorted(i for i in jobs if i > after)
-        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count)
+        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count,
+                                 self._folder(jobs) if fold else None)
+
+    def _folder(self, jobs: dict[int, Job]) -> Callable[[Job], str | None]:
+        """For a folded listing of `jobs`: an array's row at the first of its elements listed (the one with the
+        lowest id), "" at the others; None for a job alone."""
+        first: dict[int, int] = {}
+
+        def fold(job: Job) -> str | None:
+            if not job.array_id or job.array_id not in self._arrays:
+                return None
+            elements = self._arrays[job.array_id]
+            if job.array_id not in first:
+                first[job.array_id] = min(i for i in elements.values() if i in jobs)
+            if first[job.array_id] != job.id:
+                return ""
+            # counted over every element kept, finished ones too: "2 running, 3 queued, 1 succeeded"
+            return listing.fold_row(job.array_id, [self.jobs[elements[i]] for i in sorted(elements)])
+        return fold
 
     def _holders(self) -> dict[int, int]:
         return {g.index: j.id for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
@@ -445,6 +548,7 @@ class Engine:
         users: dict[str, int] = {}
         doomed: list[tuple[Job, str]] = []
         self._singles = None                             # built by _gate for the first singleton job seen
+        self._array_slots = None                         # and for the first throttled array's job
         for job in self.live.values():
             # contained per job: one job whose inputs can't be built (a bug) must not stop everyone's pass
             if job.state == State.QUEUED:
@@ -515,6 +619,17 @@ class Engine:
             other = self._singles.setdefault((job.uid, spec.name), job.id)
             if other != job.id:
                 return "wait", f"singleton: job {other} of the same name goes first"
+        if spec is not None and spec.max_parallel and job.array_id:
+            if self._array_slots is None:                # array id -> elements active or offered this pass
+                self._array_slots = {}
+                for j in self.live.values():
+                    if j.array_id and j.state in ACTIVE:
+                        self._array_slots[j.array_id] = self._array_slots.get(j.array_id, 0) + 1
+            n = self._array_slots.get(job.array_id, 0)
+            if n >= spec.max_parallel:
+                return "wait", (f"max_parallel: array {job.array_id} may have {spec.max_parallel} job(s) running "
+                                f"at once, and that many are running or about to start")
+            self._array_slots[job.array_id] = n + 1
         return None
 
     def _dependency_failed(self, job: Job, why: str) -> None:
@@ -758,7 +873,8 @@ class Engine:
         cutoff = {State.REJECTED: now - keep_rejected if keep_rejected else 0.0}
         default = now - keep_finished if keep_finished else 0.0
         self._expiring = [j.id for j in self.jobs.values()
-                          if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)]
+                          if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)
+                          and not self._array_lives(j)]
         if keep_rejected and self.expire_rejected is not None:
             try:
                 freed = self.expire_rejected(cutoff[State.REJECTED])
@@ -770,6 +886,12 @@ class Engine:
             self.log(f"removing {len(self._expiring)} finished job(s) older than keep_finished / keep_rejected",
                      GPUSCHED_EVENT="expire")
             self.soon(self.expire_batch)
+
+    def _array_lives(self, job: Job) -> bool:
+        """An array's first element is kept while another element is not final: its id names the array."""
+        if job.array_id != job.id or not job.array_id:
+            return False
+        return any(i in self.live for i in self._arrays.get(job.id, {}).values())
 
     def expire_batch(self) -> bool:
         """Remove up to EXPIRE_BATCH of the sweep's jobs. True while some are left."""

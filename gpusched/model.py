@@ -86,6 +86,10 @@ class Job:
     held: str = ""                        # on hold: by whom (a user name); "" when not held
     retried: int = 0                      # failed attempts that were retried
     not_before: float | None = None       # a retry waits until then (backoff)
+    # job arrays (a [sweep] file, sweep.py): the array's id (its first element's job id; 0: not in an array)
+    # and this element's index in it; the spec is the element's (values substituted)
+    array_id: int = 0
+    array_index: int = 0
 
     @property
     def name(self) -> str:
@@ -122,6 +126,10 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "after": [list(d) for d in job.after], "held": job.held or None, "retried": job.retried or None,
         "not_before": _dt(job.not_before),
     }
+    if job.array_id:
+        d["array_id"], d["array_index"] = job.array_id, job.array_index
+        if job.spec is not None and job.spec.max_parallel:
+            d["max_parallel"] = job.spec.max_parallel
     if job.spec:
         d["priority"] = job.spec.priority
         d["gpus_requested"] = job.spec.gpus
@@ -151,4 +159,5 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
                  for h in d.get("history", [])],
         job_class=d.get("class", ""), after=_deps(d.get("after")), held=d.get("held", ""),
         retried=d.get("retried", 0), not_before=_epoch(d.get("not_before")),
+        array_id=int(d.get("array_id", 0)), array_index=int(d.get("array_index", 0)),
     )

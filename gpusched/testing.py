@@ -96,6 +96,17 @@ class MemoryRecorder(Retrying):
         if source is not None and self.keep:
             self.sources[job.id] = source
 
+    def create_array(self, jobs: list[Job], source: bytes) -> None:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        for job in jobs[1:] + jobs[:1]:               # the first element last, as the store does
+            self.create(job, source)
+
+    def discard(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:
+            self.records.pop(job_id, None)
+            self.sources.pop(job_id, None)
+
     def refresh_stale(self, jobs: Mapping[int, Job]) -> None:
         pass
 
