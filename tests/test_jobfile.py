@@ -95,6 +95,9 @@ EXPECTED: dict[str, dict] = {
     "singleton.toml": {"name": "nightly-eval", "singleton": True},
     "hold.toml": {"name": "later", "hold": True},
     "retries.toml": {"name": "flaky-download", "retries": 3, "retry_on": (75,), "gpus": 0},
+    "sweep.toml": {"name": "sweep", "gpus": 0, "sweep": (("lr", ("1e-3", "3e-4")), ("seed", (1, 2, 3)))},
+    "max-parallel.toml": {"name": "throttled", "max_parallel": 2, "gpus": 0,
+                          "sweep": (("dataset", ("mnist", "cifar10", "cifar100", "svhn")),)},
 }
 
 
