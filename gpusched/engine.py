@@ -49,6 +49,7 @@ from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
 EXPIRE_EVERY = 3600.0      # seconds between sweeps of finished jobs older than keep_finished
 EXPIRE_BATCH = 500         # finished jobs removed per main-loop turn
 MAX_SUBMISSIONS = 10000    # spool names remembered for Lookup
+ARRAY_STEP = 0.02          # seconds of a main-loop turn spent recording an array's jobs
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class Engine:
         # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
         self._arrays: dict[int, dict[int, int]] = {}
         self._array_slots: dict[int, int] | None = None
+        self._incoming: dict[int, int] = {}              # uid -> jobs of arrays being recorded (accept_array)
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -211,10 +213,15 @@ class Engine:
 
     def accept_array(self, job_ids: Sequence[int], spec: JobSpec, user: str, uid: int, gid: int, source: str, *,
                      data: bytes = b"", key: tuple[int, str, int] | None = None,
-                     settle: Callable[[], Any] | None = None) -> list[Job]:
+                     settle: Callable[[], Any] | None = None,
+                     failed: Callable[[Exception], None] | None = None) -> list[Job]:
         """Record a [sweep] file's jobs, one per element (sweep.py), all or none: `job_ids` (one per element,
-        the first is the array's id) are recorded with the job file written once (recorder.create_array),
-        then `settle`; an OSError from either leaves nothing of them. One journal line for the array."""
+        the first is the array's id) are recorded with the job file written once (recorder.create_array), a
+        few per main-loop turn (`soon`, ARRAY_STEP of each turn: 1,000 records take about 0.7 s here), then
+        `settle`, then they join the table at once. If the records or settle fail, nothing of them is kept and
+        `failed(error)` is called (the intake puts the entry back), or, without `failed`, the OSError is raised
+        (with the engine's default `soon`, which runs everything at once: tests and the simulator). Returns
+        the jobs, which are in the table once the last step ran. One journal line for the array."""
         array_id = job_ids[0]
         if len(job_ids) != sweep.size(spec.sweep):
             raise ValueError(f"{len(job_ids)} ids for an array of {sweep.size(spec.sweep)}")
@@ -229,30 +236,53 @@ class Engine:
             if spec.hold:
                 job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
             jobs.append(job)
-        if key is not None:
-            self.submissions[key] = array_id
-            while len(self.submissions) > MAX_SUBMISSIONS:
-                self.submissions.popitem(last=False)
-        try:
-            self.recorder.create_array(jobs, data)       # raises when the disk is full: nothing accepted yet
-            for job in jobs:
-                self._track(job)
-            if settle:
-                settle()
-        except OSError:
-            for job in jobs:
-                self._untrack(job.id)
-            self.recorder.discard(job_ids)
-            if key is not None:
-                self.submissions.pop(key, None)
-            raise
-        gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
-        throttle = f", at most {spec.max_parallel} at once" if spec.max_parallel else ""
-        self.log(f"accepted array {array_id} {spec.name!r} from {user}: {len(jobs)} jobs "
-                 f"{spec.name}[0-{len(jobs) - 1}] (ids {', '.join(map(str, job_ids[:3]))}"
-                 f"{', ...' if len(job_ids) > 3 else ''}), {gpus} each{throttle}, priority {spec.priority}",
-                 job=jobs[0], GPUSCHED_EVENT="accept", GPUSCHED_ARRAY_ID=array_id)
-        self.wake()
+        steps = self.recorder.create_array(jobs, data)
+        self._incoming[uid] = self._incoming.get(uid, 0) + len(jobs)    # counted as queued meanwhile
+
+        def done() -> None:
+            self._incoming[uid] -= len(jobs)
+            if not self._incoming[uid]:
+                del self._incoming[uid]
+
+        def step() -> bool:
+            deadline = self.clock.monotonic() + ARRAY_STEP
+            try:
+                for _ in steps:
+                    if self.clock.monotonic() > deadline:
+                        return True                      # the rest on a later turn
+                for job in jobs:
+                    self._track(job)
+                if key is not None:
+                    self.submissions[key] = array_id
+                    while len(self.submissions) > MAX_SUBMISSIONS:
+                        self.submissions.popitem(last=False)
+                if settle:
+                    settle()
+            except Exception as e:  # noqa: BLE001 - nothing of the array may stay behind, whatever failed
+                for job in jobs:
+                    self._untrack(job.id)
+                self.recorder.discard(job_ids)
+                if key is not None:
+                    self.submissions.pop(key, None)
+                done()
+                if not isinstance(e, OSError):
+                    self.log(f"internal error while recording array {array_id}: {traceback.format_exc()}", 3,
+                             multiline=True)
+                if failed is None:
+                    raise
+                failed(e)
+                return False
+            done()
+            gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
+            throttle = f", at most {spec.max_parallel} at once" if spec.max_parallel else ""
+            self.log(f"accepted array {array_id} {spec.name!r} from {user}: {len(jobs)} jobs "
+                     f"{spec.name}[0-{len(jobs) - 1}] (ids {', '.join(map(str, job_ids[:3]))}"
+                     f"{', ...' if len(job_ids) > 3 else ''}), {gpus} each{throttle}, priority {spec.priority}",
+                     job=jobs[0], GPUSCHED_EVENT="accept", GPUSCHED_ARRAY_ID=array_id)
+            self.wake()
+            return False
+
+        self.soon(step)
         return jobs
 
     def array(self, job: Job) -> list[Job] | None:
@@ -329,7 +359,7 @@ class Engine:
             raise
 
     def queued_of(self, uid: int) -> int:
-        return len(self._queued_by_uid.get(uid, ()))
+        return len(self._queued_by_uid.get(uid, ())) + self._incoming.get(uid, 0)
 
     def rejected_of(self, uid: int) -> int:
         return len(self._rejected_by_uid.get(uid, ()))

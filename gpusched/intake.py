@@ -245,20 +245,26 @@ class Intake:
                                    settle=lambda: self.spool.finish_rejected(job_id, taken.name), say=say)
             elif spec.sweep:
                 ids = [job_id] + self.store.allocate_ids(count - 1)
+                # recorded over a few main-loop turns; if that fails, the entry goes back as below
                 self.engine.accept_array(ids, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name,
                                          data=taken.data or b"", key=key,
-                                         settle=lambda: self.spool.finish_accepted(job_id, taken.name))
+                                         settle=lambda: self.spool.finish_accepted(job_id, taken.name),
+                                         failed=lambda e: self._put_back(job_id, taken, owner, e))
             else:
                 self.engine.accept(job_id, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name,
                                    data=taken.data or b"", key=key,
                                    settle=lambda: self.spool.finish_accepted(job_id, taken.name))
         except OSError as e:
-            # the state directory can't take it (full?): the entry goes back to the spool, untouched, and
-            # the periodic rescan offers it again
-            where = self.spool.put_back(job_id, taken.name)
-            self._defer(os.path.basename(where))
-            self.log(f"can't accept {taken.name} from {owner} now: {e.strerror} in {self.store.root}; "
-                     f"left in the spool as {where}, to be retried", 3, GPUSCHED_EVENT="defer")
+            self._put_back(job_id, taken, owner, e)
+
+    def _put_back(self, job_id: int, taken: Taken, owner: str, e: Exception) -> None:
+        """The state directory can't take it (full?): the entry goes back to the spool, untouched, and the
+        periodic rescan offers it again."""
+        where = self.spool.put_back(job_id, taken.name)
+        self._defer(os.path.basename(where))
+        why = e.strerror if isinstance(e, OSError) else "an internal error"
+        self.log(f"can't accept {taken.name} from {owner} now: {why} in {self.store.root}; "
+                 f"left in the spool as {where}, to be retried", 3, GPUSCHED_EVENT="defer")
 
     def _reject_unrecorded(self, job_id: int, taken: Taken, uid: int, owner: str, problem: str) -> None:
         """Over max_rejected_per_user with old records that can't be removed now: the entry is kept byte for

@@ -134,19 +134,21 @@ class Store:
         self.lines.saved(job, snapshot.key_of(os.lstat(path)))
         self._save_copy(job.id, job.uid, data)
 
-    def create_array(self, jobs: list[Job], data: bytes) -> None:
-        """An array's records, all or none (raises OSError, having removed what it wrote). The job file is
-        written once, as the first element's, and hard-linked for the others (each element's record reads its
-        own name). The others' records are written without an fsync each (7 ms apiece here: 1,000 of them
-        would stall the daemon for seconds), then one syncfs makes them durable, and the first element's record
-        goes last, durably: it is the array's commit point. A crash before it leaves an entry in the spool's
-        .work/ with no record of its id, and the intake then discards the other elements (discard_array)."""
+    def create_array(self, jobs: list[Job], data: bytes) -> Iterator[None]:
+        """An array's records, all or none, as a generator: each step writes one more (the caller spreads them
+        over main-loop turns); it raises OSError having removed what it wrote. The job file is written once, as
+        the first element's, and hard-linked for the others (each element's record reads its own name). The
+        others' records are written without an fsync each (7 ms apiece here: 1,000 of them would stall the
+        daemon for seconds), then one syncfs makes them durable, and the first element's record goes last,
+        durably: it is the array's commit point. A crash before it leaves an entry in the spool's .work/ with no
+        record of its id, and the intake then discards the other elements (engine.discard_array)."""
         head, rest = jobs[0], jobs[1:]
         try:
             self.save_source(head.id, data, head.uid)
             for job in rest:
                 os.link(self.source_path(head.id), self.source_path(job.id))
                 self.save_status(job, durable=False)
+                yield
             if rest:
                 _syncfs(self.jobs_dir)
             self.save_status(head)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import signal as signals
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from gpusched import config as configmod
 from gpusched.engine import Engine
@@ -96,11 +96,14 @@ class MemoryRecorder(Retrying):
         if source is not None and self.keep:
             self.sources[job.id] = source
 
-    def create_array(self, jobs: list[Job], source: bytes) -> None:
-        if self.full:
-            raise OSError(28, "No space left on device")
-        for job in jobs[1:] + jobs[:1]:               # the first element last, as the store does
-            self.create(job, source)
+    def create_array(self, jobs: list[Job], source: bytes) -> Iterator[None]:
+        try:
+            for job in jobs[1:] + jobs[:1]:           # the first element last, as the store does
+                self.create(job, source)
+                yield
+        except OSError:
+            self.discard(j.id for j in jobs)
+            raise
 
     def discard(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:

@@ -24,7 +24,6 @@ from gpusched.testing import EPOCH, MemoryRecorder, World
 from tests import test_daemon
 
 make = test_daemon.make             # the fixture: the daemon wired as app.build wires it, with fakes
-drop = test_daemon.drop
 
 SWEEP = """name = "train"
 command = "python train.py --lr {lr} --seed {seed} --out run-{index}"
@@ -185,6 +184,34 @@ def test_an_array_that_cant_be_recorded_leaves_nothing():
     assert not w.engine.jobs and not w.recorder.records and w.engine.queued_of(1000) == 0
 
 
+def test_an_array_is_recorded_over_several_turns_and_counted_as_queued_meanwhile():
+    w = World(gpus=4)
+    turns = []
+    w.engine.soon = turns.append                              # the main loop's idle calls, run by hand below
+    w.clock.monotonic = iter(range(0, 10**6)).__next__        # each look at the clock: 1 s later
+    spec = parse(SWEEP.encode(), "sweep.toml", owner_is_root=False)
+    settled, failures = [], []
+    jobs = w.engine.accept_array(list(range(1, 7)), spec, "u", 1000, 1000, "s.toml", data=b"x",
+                                 settle=lambda: settled.append(1), failed=failures.append)
+    assert not w.engine.jobs and w.engine.queued_of(1000) == 6 and len(turns) == 1
+    n = 0
+    while turns[0]():
+        n += 1
+        assert not w.engine.jobs and not settled
+    assert n >= 5 and settled == [1] and not failures          # one record per turn with this clock
+    assert [w.engine.jobs[j.id] for j in jobs] == jobs and w.engine.queued_of(1000) == 6
+    # a failure halfway: nothing stays, the count goes back, `failed` is told
+    turns.clear()
+    w.engine.accept_array(list(range(7, 13)), spec, "u", 1000, 1000, "s.toml", data=b"x", failed=failures.append)
+    assert turns[0]() is True
+    w.recorder.full = True
+    while turns[0]():
+        pass
+    assert len(failures) == 1 and isinstance(failures[0], OSError)
+    assert not any(i in w.engine.jobs or i in w.recorder.records for i in range(7, 13))
+    assert w.engine.queued_of(1000) == 6
+
+
 def test_a_settle_that_fails_leaves_nothing_either():
     w = World(gpus=4)
     spec = parse(SWEEP.encode(), "sweep.toml", owner_is_root=False)
@@ -322,7 +349,7 @@ def stored_array(tmp_path, n_text=SWEEP):
 
 def test_the_store_writes_the_file_once_and_reads_each_element_back(tmp_path):
     store, jobs = stored_array(tmp_path)
-    store.create_array(jobs, SWEEP.encode())
+    list(store.create_array(jobs, SWEEP.encode()))              # every step
     assert os.stat(store.source_path(jobs[3].id)).st_nlink == 6            # one file, six names
     again = {j.id: j for j in Store(str(tmp_path)).load_jobs_safely(lambda n, e: pytest.fail(f"{n}: {e}"))}
     for job in jobs:
@@ -341,7 +368,7 @@ def test_the_store_leaves_nothing_when_an_array_cant_be_written(tmp_path, monkey
         return real(a, b)
     monkeypatch.setattr(os, "link", link)
     with pytest.raises(OSError):
-        store.create_array(jobs, SWEEP.encode())
+        list(store.create_array(jobs, SWEEP.encode()))
     assert os.listdir(store.jobs_dir) == [] and os.listdir(store.status_dir) == []
 
 
@@ -350,16 +377,32 @@ def test_the_store_leaves_nothing_when_an_array_cant_be_written(tmp_path, monkey
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the spool must be root-owned: needs root")
 
 
+def dropped(d, name: str, text: str, uid: int = 0) -> int:
+    """tests/test_daemon.py's drop, then the main loop's turns until it is idle: an array is recorded over a
+    few of them. Returns the newest job id."""
+    from gi.repository import GLib
+    path = os.path.join(d.intake.spool.root, name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chown(path, uid, uid)
+    d.intake.ingest(name)
+    while GLib.MainContext.default().iteration(False):
+        pass
+    return max(d.engine.jobs)
+
+
 @needs_root
 def test_an_array_counts_as_its_jobs_against_max_queued_per_user(make):
     d = make(max_queued_per_user=8, max_array_size=6)
     nobody = pwd.getpwnam("nobody").pw_uid
-    first = drop(d, "a.toml", SWEEP, uid=nobody)
-    assert d.engine.jobs[first].state == State.QUEUED and d.engine.queued_of(nobody) == 6
-    second = drop(d, "b.toml", SWEEP, uid=nobody)                       # 6 + 6 > 8: rejected
+    first = dropped(d, "a.toml", SWEEP, uid=nobody)
+    head = d.engine.jobs[first - 5]
+    assert head.array_id == head.id and len(d.engine.array(head)) == 6
+    assert d.engine.queued_of(nobody) + sum(j.state in ACTIVE for j in d.engine.array(head)) == 6
+    second = dropped(d, "b.toml", SWEEP, uid=nobody)                       # 6 + 6 > 8: rejected
     job = d.engine.jobs[second]
     assert job.state == State.REJECTED and "makes 6 jobs" in job.reason and "max_queued_per_user = 8" in job.reason
-    big = drop(d, "c.toml", SWEEP.replace("seed = [1, 2, 3]", "seed = [1, 2, 3, 4]"), uid=nobody)
+    big = dropped(d, "c.toml", SWEEP.replace("seed = [1, 2, 3]", "seed = [1, 2, 3, 4]"), uid=nobody)
     assert "expands into 8 jobs; at most 6 (max_array_size)" in d.engine.jobs[big].reason
     assert os.path.exists(os.path.join(d.intake.spool.root, ".rejected")) and any(
         n.endswith("c.toml") for n in os.listdir(os.path.join(d.intake.spool.root, ".rejected")))
@@ -368,13 +411,16 @@ def test_an_array_counts_as_its_jobs_against_max_queued_per_user(make):
 @needs_root
 def test_an_array_whose_intake_was_cut_short_is_made_again_whole(make):
     d = make()
-    first = drop(d, "a.toml", SWEEP) - 5                     # drop gives the newest id: the last element's
+    first = dropped(d, "a.toml", SWEEP) - 5                     # drop gives the newest id: the last element's
     ids = [j.id for j in d.engine.array(d.engine.jobs[first])]
     # as if the daemon died before the first element's record landed: no record of its id, its entry in .work/
     os.unlink(d.engine.recorder.store.record_path(first))
     with open(d.intake.spool._work_path(first, "a.toml"), "w") as f:
         f.write(SWEEP)
     d2 = make()
+    from gi.repository import GLib
+    while GLib.MainContext.default().iteration(False):   # the array is recorded over main-loop turns
+        pass
     again = d2.engine.jobs[first]
     assert [j.array_index for j in d2.engine.array(again)] == list(range(6))
     assert not any(i in d2.engine.jobs for i in ids[1:]), "the half-made elements are gone"
