@@ -120,6 +120,7 @@ class Engine:
         # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
         self._arrays: dict[int, dict[int, int]] = {}
         self._array_slots: dict[int, int] | None = None
+        self._array_states: dict[int, State] | None = None   # array id -> its state as dependencies see it
         self._incoming: dict[int, int] = {}              # uid -> jobs of arrays being recorded (accept_array)
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
@@ -161,6 +162,10 @@ class Engine:
             key = (job.uid, job.spec.name)
             if self._latest.get(key, 0) < job.id:
                 self._latest[key] = job.id
+            if job.array_id:                             # an array's name (without [i]) names the whole array
+                key = (job.uid, sweep.base_name(job.spec.name, job.array_index))
+                if self._latest.get(key, 0) < job.array_id:
+                    self._latest[key] = job.array_id
         if job.state in FINAL:
             self.live.pop(job.id, None)
         else:
@@ -579,6 +584,7 @@ class Engine:
         doomed: list[tuple[Job, str]] = []
         self._singles = None                             # built by _gate for the first singleton job seen
         self._array_slots = None                         # and for the first throttled array's job
+        self._array_states = None                        # and for the first dependency on an array
         for job in self.live.values():
             # contained per job: one job whose inputs can't be built (a bug) must not stop everyone's pass
             if job.state == State.QUEUED:
@@ -630,7 +636,7 @@ class Engine:
         can't be met any more (it then ends); ("wait", why) for the rest, in this order: dependencies, hold,
         a paused user, drain, a retry's backoff, singleton. Cheap for a job with none of them."""
         if job.after:
-            verdict, why = dependencies.check(job.after, lambda i: j.state if (j := self.jobs.get(i)) else None)
+            verdict, why = dependencies.check(job.after, self._dependency_state)
             if verdict != "ready":
                 return verdict, why
         if job.held:
@@ -661,6 +667,18 @@ class Engine:
                                 f"at once, and that many are running or about to start")
             self._array_slots[job.array_id] = n + 1
         return None
+
+    def _dependency_state(self, job_id: int) -> State | None:
+        """What a dependency on job_id sees: the job's state, or for an array's id the whole array's
+        (dependencies.array_state), worked out once per pass."""
+        job = self.jobs.get(job_id)
+        if job is None or job.array_id != job.id or len(elements := self._arrays.get(job_id, {})) < 2:
+            return job.state if job is not None else None
+        if self._array_states is None:
+            self._array_states = {}
+        if job_id not in self._array_states:
+            self._array_states[job_id] = dependencies.array_state(self.jobs[i].state for i in elements.values())
+        return self._array_states[job_id]
 
     def _dependency_failed(self, job: Job, why: str) -> None:
         self.apply(job, lifecycle.dependency_failed, why, self.clock.time(), wake=True,

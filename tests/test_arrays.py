@@ -257,6 +257,31 @@ def _all(fn):
         pass
 
 
+def test_a_dependency_on_an_arrays_id_or_name_waits_for_all_its_jobs():
+    w = World(gpus=4, duration=lambda job: 10 + 10 * job.array_index,
+              exit_code=lambda job: 1 if job.spec.name == "train[4]" else 0)
+    jobs = submit_array(w, SWEEP.replace("max_parallel = 2", "max_parallel = 6"))
+    by_id = w.submit(jobfile.JobSpec(command="x", name="eval", gpus=0, after_ok=(jobs[0].id,)))
+    by_name = w.submit(jobfile.JobSpec(command="x", name="report", gpus=0, after=("train",)))
+    assert by_name.after == (("after", jobs[0].id, "train"),)       # the array's name means the array
+    w.run_until(EPOCH + 30)
+    assert jobs[0].state == State.SUCCEEDED and by_id.state == by_name.state == State.QUEUED
+    assert f"waiting for job {jobs[0].id} to succeed" in by_id.reason
+    w.run_until(EPOCH + 200)
+    assert jobs[4].state == State.FAILED
+    assert by_id.state == State.DEPENDENCY_FAILED and f"job {jobs[0].id} failed" in by_id.reason
+    assert by_name.state == State.SUCCEEDED and by_name.started >= max(j.ended for j in jobs)
+
+
+def test_array_state():
+    from gpusched.dependencies import array_state
+    S = State
+    assert array_state([S.SUCCEEDED, S.RUNNING]) == S.QUEUED
+    assert array_state([S.SUCCEEDED, S.SUCCEEDED]) == S.SUCCEEDED
+    assert array_state([S.SUCCEEDED, S.CANCELLED, S.FAILED]) == S.FAILED
+    assert array_state([S.CANCELLED, S.SUCCEEDED]) == S.CANCELLED
+
+
 # --- the verbs: an array's id, one element, ownership -------------------------------------------------------
 
 def manager_with_array(gpus=4):

@@ -35,7 +35,11 @@ def test_a_sweep_becomes_its_jobs_with_their_values_and_never_more_than_max_para
     assert len(lines) == 1 and lines[0].startswith(f"{array}[0-5] ") and "sweep " in lines[0], folded
     assert "sweep[3]" not in folded
     assert "sweep[3]" in gs.sh("gpuschedctl list --expand", user="alice").stdout
+    # a job after the array by its name waits for all six
+    after = gs.submit("alice", 'command = "true"\ngpus = 0\nafter_ok = ["sweep"]\n')
     done = wait_all(gs, [j["id"] for j in jobs], "succeeded")
+    st = gs.wait(after, "succeeded", timeout=30)
+    assert st["after"] == [["after_ok", array, "sweep"]] and st["started"] >= max(d["ended"] for d in done), st
     # each got its own values: in its command (substituted) and its environment
     expected = [(lr, seed) for lr in ("0.001", "3e-4") for seed in (1, 2, 3)]
     for i, (lr, seed) in enumerate(expected):
