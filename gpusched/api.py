@@ -25,7 +25,8 @@ from typing import Any, Callable
 from gpusched.access import Access, Caller
 from gpusched.engine import Engine
 from gpusched.errors import Invalid, NotAllowed, Refused
-from gpusched.listing import to_json
+from gpusched.listing import fold_counts, to_json
+from gpusched.model import ACTIVE, State
 from gpusched.log import log
 from gpusched.model import FINAL, usage_out
 
@@ -46,8 +47,8 @@ class Manager:
         self.engine = engine
         self.access = access
 
-    def page(self, caller: int, all: bool, after: int, table: bool) -> str:
-        text, last = self.engine.page(all, after, self.access.caller(caller), table, PAGE_BYTES, PAGE)
+    def page(self, caller: int, all: bool, after: int, table: bool, fold: bool = False) -> str:
+        text, last = self.engine.page(all, after, self.access.caller(caller), table, PAGE_BYTES, PAGE, fold=fold)
         return '{"last": %d, "ok": %s}' % (last or 0, text)
 
     def show(self, caller: int, job_id: int) -> str:
@@ -66,21 +67,60 @@ class Manager:
         return text
 
     def cancel(self, job_id: int, caller: int, now: bool = False) -> str:
-        job = self.engine.get(job_id)
-        who = self.access.caller(caller)
-        who.require_act(job)
-        return self.engine.cancel(job, who, now)
+        return self.act("cancel-now" if now else "cancel", job_id, caller)
 
     def act(self, verb: str, job_id: int, caller: int) -> str:
-        """hold, release, requeue or requeue-hold a job: its owner, root or an admin (access.py)."""
+        """cancel, hold, release, requeue or requeue-hold a job: its owner, root or an admin (access.py). An
+        array's id (its first element's job id) acts on every element the verb applies to (array_act)."""
         job = self.engine.get(job_id)
         who = self.access.caller(caller)
-        who.require_act(job, verb)
+        elements = self.engine.array(job)
+        if elements is not None:
+            return self.array_act(verb, job.id, elements, who)
+        return self._one(verb, job, who)
+
+    def element_act(self, verb: str, array_id: int, index: int, caller: int) -> str:
+        """The verb on one element of an array (`gpuschedctl cancel 12[3]`), as on a job alone."""
+        return self._one(verb, self.engine.element(array_id, index), self.access.caller(caller))
+
+    def element(self, array_id: int, index: int) -> int:
+        """Element `index` of an array: its job id (the listing shows every job to everyone, so this does)."""
+        return self.engine.element(array_id, index).id
+
+    def _one(self, verb: str, job: Any, who: Caller) -> str:
+        who.require_act(job, verb.removesuffix("-now"))
+        if verb in ("cancel", "cancel-now"):
+            return self.engine.cancel(job, who, verb == "cancel-now")
         if verb == "hold":
             return self.engine.hold(job, who)
         if verb == "release":
             return self.engine.release(job, who, who.admin)
         return self.engine.requeue(job, who, hold=verb == "requeue-hold")
+
+    def array_act(self, verb: str, array_id: int, elements: list[Any], who: Caller) -> str:
+        """The verb on each element it applies to (cancel: queued or running; hold: queued; release: held;
+        requeue: running); the others are counted as skipped. Refused as a whole when the caller may not act
+        on the array, or when it applies to none."""
+        for job in elements:
+            who.require_act(job, verb.removesuffix("-now"))
+        done: dict[str, int] = {}
+        skipped, refusal = 0, ""
+        for job in elements:
+            if not _applies(verb, job):
+                skipped += 1
+                continue
+            try:
+                outcome = self._one(verb, job, who)
+            except Refused as e:                         # an admin's hold the owner can't release, say
+                skipped += 1
+                refusal = refusal or str(e)
+                continue
+            done[outcome] = done.get(outcome, 0) + 1
+        if not done:
+            raise Invalid(f"array {array_id}: {refusal or f'no job of it can be {_PAST.get(verb, verb)} now'} "
+                          f"({len(elements)} job(s): {', '.join(f'{n} {s}' for s, n in fold_counts(elements).items())})")
+        text = ", ".join(f"{n} {outcome}" for outcome, n in done.items())
+        return f"array {array_id}: {text}" + (f" ({skipped} left as they were)" if skipped else "")
 
     def drain(self, caller: int, on: bool) -> str:
         return self.engine.drain(self._admin(caller, "drain or resume the server"), on)
@@ -171,6 +211,18 @@ class Api:
         <method name="Release"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Requeue"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
         <method name="RequeueHeld"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="ElementAct">
+          <arg type="s" name="verb" direction="in"/><arg type="t" name="id" direction="in"/>
+          <arg type="u" name="index" direction="in"/><arg type="s" direction="out"/>
+        </method>
+        <method name="Element">
+          <arg type="t" name="id" direction="in"/><arg type="u" name="index" direction="in"/>
+          <arg type="s" direction="out"/>
+        </method>
+        <method name="ListFolded">
+          <arg type="b" name="all" direction="in"/><arg type="t" name="after" direction="in"/>
+          <arg type="s" direction="out"/>
+        </method>
         <method name="Drain"><arg type="b" name="on" direction="in"/><arg type="s" direction="out"/></method>
         <method name="Pause">
           <arg type="s" name="user" direction="in"/><arg type="b" name="on" direction="in"/>
@@ -257,6 +309,21 @@ class Api:
         """Requeue, then hold it in the queue until released."""
         return self._call("RequeueHeld", lambda: self._m.act("requeue-hold", id, self._caller(dbus_context)))
 
+    def ElementAct(self, verb: str, id: int, index: int, dbus_context: Any = None) -> str:
+        """cancel, cancel-now, hold, release or requeue one element of an array (`12[3]`)."""
+        if verb not in _PAST:
+            return to_json({"error": f"no such verb {verb[:32]!r}"})
+        return self._call("ElementAct", lambda: self._m.element_act(verb, id, index, self._caller(dbus_context)))
+
+    def Element(self, id: int, index: int, dbus_context: Any = None) -> str:
+        """The job id of element `index` of array `id`."""
+        return self._call("Element", lambda: self._m.element(id, index))
+
+    def ListFolded(self, all: bool, after: int, dbus_context: Any = None) -> str:
+        """ListPage's table, with each array as one row (gpuschedctl list without --expand)."""
+        return self._answer("ListFolded", lambda: self._m.page(self._caller(dbus_context), all, after, True,
+                                                                fold=True))
+
     def Drain(self, on: bool, dbus_context: Any = None) -> str:
         return self._call("Drain", lambda: self._m.drain(self._caller(dbus_context), on))
 
@@ -283,6 +350,21 @@ class Api:
 
     def Lookup(self, source: str, inode: int, dbus_context: Any = None) -> str:
         return self._call("Lookup", lambda: self._m.lookup(self._caller(dbus_context), source, inode))
+
+
+_PAST = {"cancel": "cancelled", "cancel-now": "cancelled", "hold": "held", "release": "released",
+         "requeue": "requeued"}
+
+
+def _applies(verb: str, job: Any) -> bool:
+    """Whether an array-wide verb is for this element (the others are left as they are, not refused)."""
+    if verb in ("cancel", "cancel-now"):
+        return job.state == State.QUEUED or job.state in ACTIVE
+    if verb == "hold":
+        return job.state == State.QUEUED and not job.held
+    if verb == "release":
+        return job.state == State.QUEUED and bool(job.held)
+    return job.state in (State.STARTING, State.RUNNING)
 
 
 def _refusal(e: Exception) -> bool:

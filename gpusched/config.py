@@ -54,6 +54,7 @@ class Config:
     max_running_per_user: int = 0        # jobs running at once; 0: no cap
     max_cpu_jobs_per_user: int = -1      # CPU-only (gpus = 0) jobs running at once; -1: the number of CPUs; 0: no cap
     max_queued_per_user: int = 10000     # jobs waiting at once (over it: rejected); 0: no cap; root is exempt
+    max_array_size: int = 1000           # jobs one job file's [sweep] may make (1 to jobfile.MAX_ARRAY_SIZE)
     simulated_gpus: tuple[SimulatedGpu, ...] = field(default_factory=tuple)
     # Scheduling policy (docs/policy.md)
     backfill: bool = True                # EASY backfill; false: strict order (nothing passes a job that waits)
@@ -89,7 +90,8 @@ class Config:
                               classes={c.name: c.max_time_limit for c in self.classes} if classes else None,
                               default_class=self.default_class if classes else None,
                               allowed_classes=allowed(classes, user or "", groups) if classes else frozenset(),
-                              windows=frozenset(w.name for w in self.windows))
+                              windows=frozenset(w.name for w in self.windows),
+                              max_array_size=self.max_array_size)
 
     def class_map(self) -> dict[str, JobClass]:
         return {c.name: c for c in self.classes}
@@ -109,7 +111,7 @@ _SIZES = ("max_log_size",)
 _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "min_user_priority", "log_min_free",
         "max_cpu_jobs_per_user", "backfill", "aging", "fair_share", "classes", "default_class",
         "windows", "foreign", "foreign_grace",
-        "idle_after", "idle_action", "idle_threshold",
+        "idle_after", "idle_action", "idle_threshold", "max_array_size",
         *_INTS, *_DURATIONS, *_SIZES}
 _TOP |= {"hooks"}
 _HOOKS = {"on_finish", "user", "timeout"}
@@ -157,6 +159,11 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
         if not isinstance(v, int) or isinstance(v, bool) or not -1 <= v < 1 << 31:
             raise err("max_cpu_jobs_per_user", "expected an integer ≥ -1 (-1: the number of CPUs, 0: no cap)")
         kw["max_cpu_jobs_per_user"] = v
+    if "max_array_size" in doc:
+        v = doc["max_array_size"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= jobfile.MAX_ARRAY_SIZE:
+            raise err("max_array_size", f"expected an integer from 1 to {jobfile.MAX_ARRAY_SIZE}")
+        kw["max_array_size"] = v
     for key in _DURATIONS:
         if key in doc:
             try:

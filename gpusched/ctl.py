@@ -14,6 +14,7 @@ import codecs
 import json
 import os
 import pwd
+import re
 import sys
 import time
 import tomllib
@@ -220,7 +221,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     out = sys.stdout
     after, first = 0, True
     while True:                                        # page by page: a bus message has a size limit
-        raw = client.raw("ListPage", args.all, after, not args.json)
+        if args.json or args.expand:
+            raw = client.raw("ListPage", args.all, after, not args.json)
+        else:
+            raw = client.raw("ListFolded", args.all, after)   # an array's jobs as one line
         if args.json:
             # printed as the daemon sent it: re-encoding 100,000 jobs here would cost more than the listing
             head, _, body = raw.partition(', "ok": [')
@@ -242,7 +246,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    job = Client().call("Show", args.id)
+    client = Client()
+    job = client.call("Show", _resolve(client, args.id))
     if args.json:
         print(json.dumps(job, indent=2))
         return 0
@@ -276,6 +281,7 @@ def _field(key: str, value: Any) -> None:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     client = Client()
+    args.id = _resolve(client, args.id)
     job = client.call("Show", args.id)
     while args.follow and job["state"] == "queued" and not job.get("log"):
         time.sleep(0.25)                               # wait for it to start
@@ -332,13 +338,44 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return cmd_act(args)
 
 
+_VERBS = {"Cancel": "cancel", "CancelNow": "cancel-now", "Hold": "hold", "Release": "release",
+          "Requeue": "requeue"}
+_TARGET = re.compile(r"([0-9]+)(?:\[([0-9]+)\]|_([0-9]+))?")
+
+
+def job_target(text: str) -> tuple[int, int | None]:
+    """A job id (`12`; an array's id is its first element's and stands for the whole array), or one element of
+    an array (`12[3]`, or Slurm's `12_3`, which needs no quoting in a shell): (id, index or None)."""
+    m = _TARGET.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (12), nor an array's element (12[3] or 12_3)")
+    index = m.group(2) or m.group(3)
+    return int(m.group(1)), None if index is None else int(index)
+
+
+def _resolve(client: Client, target: tuple[int, int | None]) -> int:
+    """The job id of a target (an element's own id for `12[3]`)."""
+    job_id, index = target
+    return job_id if index is None else int(client.call("Element", job_id, index))
+
+
+def _shown(target: tuple[int, int | None]) -> str:
+    return str(target[0]) if target[1] is None else f"{target[0]}[{target[1]}]"
+
+
 def cmd_act(args: argparse.Namespace) -> int:
-    """cancel, hold, release, requeue: each id in turn; non-zero if any was refused."""
+    """cancel, hold, release, requeue: each id in turn (an array's id: each of its jobs the verb applies to;
+    ID[i]: that element alone); non-zero if any was refused."""
     client = Client()
     failed = 0
-    for job_id in args.ids:
+    for target in args.ids:
+        job_id, index = target
         try:
-            print(f"job {job_id}: {printable(client.call(args.method, job_id))}")
+            if index is None:
+                answer = client.call(args.method, job_id)
+            else:
+                answer = client.call("ElementAct", _VERBS[args.method], job_id, index)
+            print(f"job {_shown(target)}: {printable(answer)}")
         except CtlError as e:
             warn(str(e))
             failed += 1
@@ -498,26 +535,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", action="store_true", help="queue it on hold (`gpuschedctl release` lets it start)")
     p.set_defaults(fn=cmd_submit)
 
-    p = sub.add_parser("list", help="jobs in the queue and running (--all: with finished ones)")
+    p = sub.add_parser("list", help="jobs in the queue and running (--all: with finished ones); an array "
+                                    "as one line (--expand: each of its jobs)")
     p.add_argument("-a", "--all", action="store_true")
+    p.add_argument("-e", "--expand", action="store_true", help="list each job of an array on its own line")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_list)
 
-    p = sub.add_parser("show", help="everything about one job")
-    p.add_argument("id", type=int)
+    p = sub.add_parser("show", help="everything about one job (ID, or ID[i]: element i of array ID)")
+    p.add_argument("id", type=job_target)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show)
 
-    p = sub.add_parser("logs", help="a job's output")
-    p.add_argument("id", type=int)
+    p = sub.add_parser("logs", help="a job's output (ID, or ID[i]: element i of array ID)")
+    p.add_argument("id", type=job_target)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p.add_argument("--raw", action="store_true",
                    help="copy the output byte for byte even to a terminal (by default control characters "
                         "are escaped there)")
     p.set_defaults(fn=cmd_logs)
 
-    p = sub.add_parser("cancel", help="cancel queued or running jobs (running ones get their grace)")
-    p.add_argument("ids", type=int, nargs="+")
+    p = sub.add_parser("cancel", help="cancel queued or running jobs (running ones get their grace); an "
+                                      "array's id: all its jobs; ID[i] or ID_i: element i of array ID")
+    p.add_argument("ids", type=job_target, nargs="+")
     p.add_argument("--now", action="store_true",
                    help="kill running jobs at once (SIGKILL to all their processes), whatever their grace")
     p.set_defaults(fn=cmd_cancel)
@@ -525,8 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, method, text in (("hold", "Hold", "keep queued jobs from starting until released"),
                                ("release", "Release", "let held jobs start"),
                                ("requeue", "Requeue", "stop running jobs (with their grace) and queue them again")):
-        p = sub.add_parser(verb, help=text)
-        p.add_argument("ids", type=int, nargs="+")
+        p = sub.add_parser(verb, help=text + " (an array's id: all its jobs; ID[i]: element i)")
+        p.add_argument("ids", type=job_target, nargs="+")
         p.set_defaults(fn=cmd_act, method=method)
         if verb == "requeue":
             p.add_argument("--hold", action="store_true", help="hold them in the queue until released")

@@ -59,6 +59,19 @@ def check(deps: Iterable[Dep], state_of: Callable[[int], State | None]) -> tuple
     return "ready", ""
 
 
+def array_state(states: Iterable[State]) -> State:
+    """The state a dependency on a whole job array sees (its id is its first job's): queued while any of its
+    jobs has not ended (so `after` waits for them all); once all have, succeeded if all did, else failed if one
+    did, else cancelled if one was, else dependency_failed."""
+    seen = set(states)
+    if seen - FINAL:
+        return State.QUEUED
+    for st in (State.FAILED, State.CANCELLED, State.DEPENDENCY_FAILED, State.REJECTED):
+        if st in seen:
+            return st
+    return State.SUCCEEDED
+
+
 def retry_delay(job: Job, result: dict | None, base: float, cap: float) -> float | None:
     """Seconds until a failed attempt is tried again, or None: no retries left, the attempt didn't fail,
     it failed before the job began (a setup error, which a retry won't fix), or its exit code is not one of

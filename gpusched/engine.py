@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Callable, Protocol, Sequence
 
-from gpusched import dependencies, hooks, launch, lifecycle, policy, timers, usage, windows
+from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
 from gpusched.access import group_names
 from gpusched.clock import Clock
@@ -53,6 +53,7 @@ from gpusched.units import format_duration
 EXPIRE_EVERY = 3600.0      # seconds between sweeps of finished jobs older than keep_finished
 EXPIRE_BATCH = 500         # finished jobs removed per main-loop turn
 MAX_SUBMISSIONS = 10000    # spool names remembered for Lookup
+ARRAY_STEP = 0.02          # seconds of a main-loop turn spent recording an array's jobs
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,11 @@ class Engine:
         self._last_sample = float("-inf")
         self._last_fold = clock.monotonic()
         self._sample_failed = False
+        # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
+        self._arrays: dict[int, dict[int, int]] = {}
+        self._array_slots: dict[int, int] | None = None
+        self._array_states: dict[int, State] | None = None   # array id -> its state as dependencies see it
+        self._incoming: dict[int, int] = {}              # uid -> jobs of arrays being recorded (accept_array)
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
 
@@ -190,6 +196,10 @@ class Engine:
             key = (job.uid, job.spec.name)
             if self._latest.get(key, 0) < job.id:
                 self._latest[key] = job.id
+            if job.array_id:                             # an array's name (without [i]) names the whole array
+                key = (job.uid, sweep.base_name(job.spec.name, job.array_index))
+                if self._latest.get(key, 0) < job.array_id:
+                    self._latest[key] = job.array_id
         if job.state in FINAL:
             self.live.pop(job.id, None)
         else:
@@ -204,6 +214,11 @@ class Engine:
             self._timers.pop(job.id, None)
         else:
             self._timers[job.id] = due
+        if job.array_id:
+            self._arrays.setdefault(job.array_id, {})[job.array_index] = job.id
+        if job.state in FINAL and job.array_id and job.array_id != job.id:
+            for waiting in self._dependents.get(job.array_id, ()):
+                self._verdicts.pop(waiting, None)       # a dependency on the array sees the whole array
         for by_uid, state in ((self._queued_by_uid, State.QUEUED), (self._rejected_by_uid, State.REJECTED)):
             ids = by_uid.setdefault(job.uid, set())
             if job.state == state:
@@ -239,6 +254,10 @@ class Engine:
         if job is not None:
             self._queued_by_uid.get(job.uid, set()).discard(job_id)
             self._rejected_by_uid.get(job.uid, set()).discard(job_id)
+            if job.array_id and (elements := self._arrays.get(job.array_id)) is not None:
+                elements.pop(job.array_index, None)
+                if not elements:
+                    del self._arrays[job.array_id]
 
     # --- new jobs --------------------------------------------------------------------------------------
 
@@ -261,6 +280,109 @@ class Engine:
                  job=job, GPUSCHED_EVENT="accept")
         self.wake()
         return job
+
+    def accept_array(self, job_ids: Sequence[int], spec: JobSpec, user: str, uid: int, gid: int, source: str, *,
+                     data: bytes = b"", key: tuple[int, str, int] | None = None,
+                     settle: Callable[[], Any] | None = None,
+                     failed: Callable[[Exception], None] | None = None) -> list[Job]:
+        """Record a [sweep] file's jobs, one per element (sweep.py), all or none: `job_ids` (one per element,
+        the first is the array's id) are recorded with the job file written once (recorder.create_array), a
+        few per main-loop turn (`soon`, ARRAY_STEP of each turn: 1,000 records take about 0.7 s here), then
+        `settle`, then they join the table at once. If the records or settle fail, nothing of them is kept and
+        `failed(error)` is called (the intake puts the entry back), or, without `failed`, the OSError is raised
+        (with the engine's default `soon`, which runs everything at once: tests and the simulator). Returns
+        the jobs, which are in the table once the last step ran. One journal line for the array."""
+        array_id = job_ids[0]
+        if len(job_ids) != sweep.size(spec.sweep):
+            raise ValueError(f"{len(job_ids)} ids for an array of {sweep.size(spec.sweep)}")
+        now = self.clock.time()
+        after = dependencies.resolve(spec, uid, job=self.jobs.get, anyone=uid == 0,
+                                     latest=lambda u, name: self._latest.get((u, name)))
+        jobs = []
+        for index, job_id in enumerate(job_ids):
+            job = lifecycle.accepted(job_id, sweep.element(spec, index, array_id), user, uid, gid, source, now)
+            job.array_id, job.array_index, job.after = array_id, index, after
+            job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)
+            if spec.hold:
+                job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
+            jobs.append(job)
+        steps = self.recorder.create_array(jobs, data)
+        self._incoming[uid] = self._incoming.get(uid, 0) + len(jobs)    # counted as queued meanwhile
+
+        def done() -> None:
+            self._incoming[uid] -= len(jobs)
+            if not self._incoming[uid]:
+                del self._incoming[uid]
+
+        def step() -> bool:
+            deadline = self.clock.monotonic() + ARRAY_STEP
+            try:
+                for _ in steps:
+                    if self.clock.monotonic() > deadline:
+                        return True                      # the rest on a later turn
+                for job in jobs:
+                    self._track(job)
+                if key is not None:
+                    self.submissions[key] = array_id
+                    while len(self.submissions) > MAX_SUBMISSIONS:
+                        self.submissions.popitem(last=False)
+                if settle:
+                    settle()
+            except Exception as e:  # noqa: BLE001 - nothing of the array may stay behind, whatever failed
+                for job in jobs:
+                    self._untrack(job.id)
+                self.recorder.discard(job_ids)
+                if key is not None:
+                    self.submissions.pop(key, None)
+                done()
+                if not isinstance(e, OSError):
+                    self.log(f"internal error while recording array {array_id}: {traceback.format_exc()}", 3,
+                             multiline=True)
+                if failed is None:
+                    raise
+                failed(e)
+                return False
+            done()
+            gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
+            throttle = f", at most {spec.max_parallel} at once" if spec.max_parallel else ""
+            self.log(f"accepted array {array_id} {spec.name!r} from {user}: {len(jobs)} jobs "
+                     f"{spec.name}[0-{len(jobs) - 1}] (ids {', '.join(map(str, job_ids[:3]))}"
+                     f"{', ...' if len(job_ids) > 3 else ''}), {gpus} each{throttle}, priority {spec.priority}",
+                     job=jobs[0], GPUSCHED_EVENT="accept", GPUSCHED_ARRAY_ID=array_id)
+            self.wake()
+            return False
+
+        self.soon(step)
+        return jobs
+
+    def array(self, job: Job) -> list[Job] | None:
+        """The elements of the array whose id is job's (job is its first element), in index order; None when
+        job is not an array's first element (it is then a job alone, or one element)."""
+        if not job.array_id or job.array_id != job.id:
+            return None
+        elements = self._arrays.get(job.id, {})
+        return [self.jobs[elements[i]] for i in sorted(elements)]
+
+    def element(self, array_id: int, index: int) -> Job:
+        """Element `index` of array `array_id` (`gpuschedctl cancel 12[3]`)."""
+        job_id = self._arrays.get(array_id, {}).get(index)
+        if job_id is None:
+            if array_id in self._arrays:
+                raise NoSuchJob(f"array {array_id} has no element {index}")
+            raise NoSuchJob(f"no array {array_id}")
+        return self.jobs[job_id]
+
+    def discard_array(self, array_id: int) -> int:
+        """An array whose intake didn't finish (its first element has no record: the daemon died meanwhile):
+        the elements recorded are removed, so that the entry, taken again, makes the whole array once."""
+        ids = [i for i in self._arrays.get(array_id, {}).values() if i != array_id]
+        self.recorder.discard(ids)
+        for job_id in ids:
+            self._untrack(job_id)
+        if ids:
+            self.log(f"removed {len(ids)} job(s) of array {array_id}, whose intake the daemon did not finish; "
+                     f"its file is taken again", 4)
+        return len(ids)
 
     def reject(self, job_id: int, owner: str, uid: int, source: str, problem: str, *,
                key: tuple[int, str, int] | None = None, settle: Callable[[], Any] | None = None,
@@ -307,7 +429,7 @@ class Engine:
             raise
 
     def queued_of(self, uid: int) -> int:
-        return len(self._queued_by_uid.get(uid, ()))
+        return len(self._queued_by_uid.get(uid, ())) + self._incoming.get(uid, 0)
 
     def rejected_of(self, uid: int) -> int:
         return len(self._rejected_by_uid.get(uid, ()))
@@ -479,11 +601,30 @@ class Engine:
         return self.submissions.get((caller, name, ino), 0)
 
     def page(self, all: bool, after: int, viewer: Viewer, table: bool, max_bytes: int,
-             max_count: int) -> tuple[str, int | None]:
-        """A page of the listing: jobs with ids above `after` (all: finished ones too); see Listing.page."""
+             max_count: int, fold: bool = False) -> tuple[str, int | None]:
+        """A page of the listing: jobs with ids above `after` (all: finished ones too); see Listing.page.
+        fold (table only): an array's jobs as one row."""
         jobs = self.jobs if all else self.live
         ids = sorted(i for i in jobs if i > after)
-        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count)
+        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count,
+                                 self._folder(jobs) if fold else None)
+
+    def _folder(self, jobs: dict[int, Job]) -> Callable[[Job], str | None]:
+        """For a folded listing of `jobs`: an array's row at the first of its elements listed (the one with the
+        lowest id), "" at the others; None for a job alone."""
+        first: dict[int, int] = {}
+
+        def fold(job: Job) -> str | None:
+            if not job.array_id or job.array_id not in self._arrays:
+                return None
+            elements = self._arrays[job.array_id]
+            if job.array_id not in first:
+                first[job.array_id] = min(i for i in elements.values() if i in jobs)
+            if first[job.array_id] != job.id:
+                return ""
+            # counted over every element kept, finished ones too: "2 running, 3 queued, 1 succeeded"
+            return listing.fold_row(job.array_id, [self.jobs[elements[i]] for i in sorted(elements)])
+        return fold
 
     def _holders(self) -> dict[int, int]:
         return {g.index: j.id for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
@@ -571,6 +712,8 @@ class Engine:
         doomed: list[tuple[Job, str]] = []
         self._singles = None                             # built by _gate for the first singleton job seen
         self._window_waits = {}
+        self._array_slots = None                         # and for the first throttled array's job
+        self._array_states = None                        # and for the first dependency on an array
         for job in self.live.values():
             # contained per job: one job whose inputs can't be built (a bug) must not stop everyone's pass
             if job.state == State.QUEUED:
@@ -625,7 +768,7 @@ class Engine:
             verdict = self._verdicts.get(job.id)
             if verdict is None:
                 verdict = self._verdicts[job.id] = dependencies.check(
-                    job.after, lambda i: j.state if (j := self.jobs.get(i)) else None)
+                    job.after, self._dependency_state)
             if verdict[0] != "ready":
                 return verdict
         if job.held:
@@ -646,6 +789,17 @@ class Engine:
             other = self._singles.setdefault((job.uid, spec.name), job.id)
             if other != job.id:
                 return "wait", f"singleton: job {other} of the same name goes first"
+        if spec is not None and spec.max_parallel and job.array_id:
+            if self._array_slots is None:                # array id -> elements active or offered this pass
+                self._array_slots = {}
+                for j in self.live.values():
+                    if j.array_id and j.state in ACTIVE:
+                        self._array_slots[j.array_id] = self._array_slots.get(j.array_id, 0) + 1
+            n = self._array_slots.get(job.array_id, 0)
+            if n >= spec.max_parallel:
+                return "wait", (f"max_parallel: array {job.array_id} may have {spec.max_parallel} job(s) running "
+                                f"at once, and that many are running or about to start")
+            self._array_slots[job.array_id] = n + 1
         return None
 
     def _settings(self, now: float) -> dict[str, Any]:
@@ -664,6 +818,18 @@ class Engine:
         if at is not None:
             self._due = min(self._due or at, at)
         return reason
+
+    def _dependency_state(self, job_id: int) -> State | None:
+        """What a dependency on job_id sees: the job's state, or for an array's id the whole array's
+        (dependencies.array_state), worked out once per pass."""
+        job = self.jobs.get(job_id)
+        if job is None or job.array_id != job.id or len(elements := self._arrays.get(job_id, {})) < 2:
+            return job.state if job is not None else None
+        if self._array_states is None:
+            self._array_states = {}
+        if job_id not in self._array_states:
+            self._array_states[job_id] = dependencies.array_state(self.jobs[i].state for i in elements.values())
+        return self._array_states[job_id]
 
     def _dependency_failed(self, job: Job, why: str) -> None:
         self.apply(job, lifecycle.dependency_failed, why, self.clock.time(), wake=True,
@@ -1092,7 +1258,7 @@ class Engine:
         # a job that a queued job still depends on is kept until that one has started or ended
         self._expiring = [j.id for j in self.jobs.values()
                           if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)
-                          and j.id not in self._dependents]
+                          and j.id not in self._dependents and not self._array_lives(j)]
         if keep_rejected and self.expire_rejected is not None:
             try:
                 freed = self.expire_rejected(cutoff[State.REJECTED])
@@ -1104,6 +1270,12 @@ class Engine:
             self.log(f"removing {len(self._expiring)} finished job(s) older than keep_finished / keep_rejected",
                      GPUSCHED_EVENT="expire")
             self.soon(self.expire_batch)
+
+    def _array_lives(self, job: Job) -> bool:
+        """An array's first element is kept while another element is not final: its id names the array."""
+        if job.array_id != job.id or not job.array_id:
+            return False
+        return any(i in self.live for i in self._arrays.get(job.id, {}).values())
 
     def expire_batch(self) -> bool:
         """Remove up to EXPIRE_BATCH of the sweep's jobs. True while some are left."""

@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any, Callable
 
 from gpusched import config as configmod
+from gpusched import sweep
 from gpusched.access import Access, group_names
 from gpusched.clock import Clock
 from gpusched.engine import Engine
@@ -68,6 +69,7 @@ class Intake:
         for job_id, name in self.spool.work_entries():
             job = self.engine.job(job_id)
             if job is None:
+                self.engine.discard_array(job_id)      # an array's elements recorded before the daemon died
                 taken = self.spool.read_taken(job_id, name)
                 if taken:
                     self._process(job_id, taken)
@@ -216,9 +218,14 @@ class Intake:
                 problem = f"{taken.name}: " + (f"user: no such user {spec.user!r}" if spec.user
                                                else f"the file's owner (uid {uid}) has no account")
         cap = self.cfg.max_queued_per_user
+        count = sweep.size(spec.sweep) if spec is not None else 1      # an array counts as its jobs
         if account is not None and problem is None and cap and uid != 0:
             waiting = self.engine.queued_of(account.pw_uid)
-            if waiting >= cap:
+            if waiting + count > cap and count > 1:
+                problem = (f"{taken.name}: its [sweep] makes {count} jobs and {account.pw_name} already has "
+                           f"{waiting} waiting: more than this server allows (max_queued_per_user = {cap}); "
+                           f"submit it again when some have started, or sweep over fewer values")
+            elif waiting >= cap:
                 problem = (f"{taken.name}: {account.pw_name} already has {waiting} jobs waiting, the most this "
                            f"server allows (max_queued_per_user = {cap}); submit it again when some have started")
         key = (uid, taken.name, taken.st.st_ino)
@@ -236,17 +243,28 @@ class Intake:
                     if over else None
                 self.engine.reject(job_id, owner, uid, taken.name, problem or "rejected", key=key,
                                    settle=lambda: self.spool.finish_rejected(job_id, taken.name), say=say)
+            elif spec.sweep:
+                ids = [job_id] + self.store.allocate_ids(count - 1)
+                # recorded over a few main-loop turns; if that fails, the entry goes back as below
+                self.engine.accept_array(ids, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name,
+                                         data=taken.data or b"", key=key,
+                                         settle=lambda: self.spool.finish_accepted(job_id, taken.name),
+                                         failed=lambda e: self._put_back(job_id, taken, owner, e))
             else:
                 self.engine.accept(job_id, spec, account.pw_name, account.pw_uid, account.pw_gid, taken.name,
                                    data=taken.data or b"", key=key,
                                    settle=lambda: self.spool.finish_accepted(job_id, taken.name))
         except OSError as e:
-            # the state directory can't take it (full?): the entry goes back to the spool, untouched, and
-            # the periodic rescan offers it again
-            where = self.spool.put_back(job_id, taken.name)
-            self._defer(os.path.basename(where))
-            self.log(f"can't accept {taken.name} from {owner} now: {e.strerror} in {self.store.root}; "
-                     f"left in the spool as {where}, to be retried", 3, GPUSCHED_EVENT="defer")
+            self._put_back(job_id, taken, owner, e)
+
+    def _put_back(self, job_id: int, taken: Taken, owner: str, e: Exception) -> None:
+        """The state directory can't take it (full?): the entry goes back to the spool, untouched, and the
+        periodic rescan offers it again."""
+        where = self.spool.put_back(job_id, taken.name)
+        self._defer(os.path.basename(where))
+        why = e.strerror if isinstance(e, OSError) else "an internal error"
+        self.log(f"can't accept {taken.name} from {owner} now: {why} in {self.store.root}; "
+                 f"left in the spool as {where}, to be retried", 3, GPUSCHED_EVENT="defer")
 
     def _reject_unrecorded(self, job_id: int, taken: Taken, uid: int, owner: str, problem: str) -> None:
         """Over max_rejected_per_user with old records that can't be removed now: the entry is kept byte for

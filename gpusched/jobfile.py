@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterator, Mapping
 
+from gpusched import sweep
 from gpusched.units import parse_duration, parse_signal, parse_size
 
 MAX_BYTES = 1 << 20
@@ -70,6 +71,7 @@ class Limits:
     default_class: str | None = None       # the class of a file that names none
     allowed_classes: frozenset[str] = frozenset()   # the classes this file's owner may ask for
     windows: frozenset[str] = frozenset()  # the time windows the config defines ([windows.NAME])
+    max_array_size: int = 1000             # jobs one [sweep] may expand into (max_array_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,15 +111,20 @@ class JobSpec:
     warn_before: float | None = None      # seconds; set (default 60) whenever warn_signal is
     on_finish: str | None = None          # run by bash as the job's user after its final end
     notify: str | None = None             # "mail": the outcome by the system's sendmail
+    # issue 9, job arrays (sweep.py): the [sweep] table, (key, values) in file order; () for one job and for
+    # an array's element (its values are then in its command and env); max_parallel: elements active at once
+    sweep: tuple[tuple[str, tuple[str | int | float | bool, ...]], ...] = ()
+    max_parallel: int = 0                 # 0: no limit
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["class"] = d.pop("job_class")
-        for key in ("resumable", "share", "singleton", "hold", "retries"):   # shown only when asked for
+        for key in ("resumable", "share", "singleton", "hold", "retries", "max_parallel"):   # shown only when asked for
             if not d[key]:
                 del d[key]
         for key in ("after", "after_ok", "after_notok", "retry_on"):
             d[key] = list(d[key])
+        d["sweep"] = {k: list(v) for k, v in self.sweep}
         d["command"] = self.command if isinstance(self.command, str) else list(self.command)
         d["tags"] = list(self.tags)
         d["gpu_ids"] = list(self.gpu_ids)
@@ -355,6 +362,99 @@ def _on_gpu_oom(v: Any) -> str:
     return v
 
 
+# --- job arrays ([sweep]; sweep.py expands them) ---
+MAX_SWEEP_KEYS = 16
+MAX_SWEEP_KEY = 64             # characters of a key
+MAX_SWEEP_VALUE = 1024         # characters of a string value
+MAX_ARRAY_SIZE = 100000        # the ceiling of the config's max_array_size (and of a file read back)
+_SWEEP_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _sweep(c: _Checker, table: Any, kw: dict[str, Any], limits: Limits | None) -> None:
+    """[sweep]: lists of scalar values (their product is the array), and max_parallel. Bounded: at most
+    max_array_size jobs, MAX_SWEEP_KEYS lists, values of at most MAX_SWEEP_VALUE characters."""
+    if not isinstance(table, dict):
+        c.fail("sweep", f"expected a table ([sweep]) of lists of values, got {_typename(table)}")
+        return
+    cap = min(limits.max_array_size, MAX_ARRAY_SIZE) if limits is not None else MAX_ARRAY_SIZE
+    out: list[tuple[str, tuple[Any, ...]]] = []
+    upper: dict[str, str] = {}
+    total, broken = 1, False
+    for key, vals in table.items():
+        where = f"sweep.{key}"
+        if key == "max_parallel":
+            n = c.take(where, vals, _positive_int)
+            if n is not None:
+                kw["max_parallel"] = n
+            continue
+        broken = True                                    # until this list is kept
+        if not _SWEEP_KEY.fullmatch(key) or len(key) > MAX_SWEEP_KEY:
+            c.fail(where, f"not a sweep key: letters, digits and '_', not starting with a digit, at most "
+                          f"{MAX_SWEEP_KEY} characters (it becomes {{key}} in command and {sweep.ENV_PREFIX}KEY)")
+        elif key == sweep.INDEX:
+            c.fail(where, "{index} is the element's index, set by gpusched: choose another name")
+        elif key.upper() in upper:
+            c.fail(where, f"names the same variable as {upper[key.upper()]!r} ({sweep.env_name(key)}): "
+                          f"keys must differ in more than case")
+        elif not isinstance(vals, list):
+            c.fail(where, f"expected a list of values to sweep over, got {_typename(vals)}")
+        elif not vals:
+            c.fail(where, "the list is empty: the array would have no job")
+        elif len(vals) > cap:
+            c.fail(where, f"{len(vals)} values: more than the {cap} jobs an array may have (max_array_size)")
+        elif (odd := next((v for v in vals if not isinstance(v, (str, int, float, bool))), None)) is not None:
+            c.fail(where, f"values must be strings, integers, floats or booleans, got {_typename(odd)}")
+        elif any(isinstance(v, str) and (len(v) > MAX_SWEEP_VALUE or "\0" in v) for v in vals):
+            c.fail(where, f"a string value is longer than {MAX_SWEEP_VALUE} characters or has a NUL character")
+        else:
+            broken = False
+            upper[key.upper()] = key
+            total *= len(vals)
+            out.append((key, tuple(vals)))
+    if len(out) > MAX_SWEEP_KEYS:
+        c.fail("sweep", f"sweeps over {len(out)} keys; at most {MAX_SWEEP_KEYS}")
+    elif not out and not broken:
+        c.fail("sweep", "has no list of values to sweep over (lr = [1e-3, 3e-4], ...)")
+    elif total > cap:
+        c.fail("sweep", f"expands into {total} jobs; at most {cap} (max_array_size)")
+    elif out and not broken:
+        kw["sweep"] = tuple(out)
+        if "command" in kw:
+            _placeholders(c, kw["command"], kw["sweep"])
+        if kw.get("singleton"):
+            c.fail("singleton", "can't be set with [sweep] (each job of an array has its own name): "
+                                "max_parallel = 1 in [sweep] runs them one at a time")
+
+
+def _placeholders(c: _Checker, command: str | tuple[str, ...], swept: Any) -> None:
+    """Every {key} of the command names a sweep key (or {index}); no lone brace; no element's command over
+    MAX_BYTES; an argv's program never empty."""
+    longest = {k: max(len(sweep.text(v)) for v in vals) + 2 + 3 * max(sweep.text(v).count("'") for v in vals)
+               for k, vals in swept}
+    longest[sweep.INDEX] = 6
+    known = ", ".join(k for k, _ in swept)
+    size = 0
+    for n, arg in enumerate([command] if isinstance(command, str) else command):
+        names, problem = sweep.placeholders(arg)
+        if problem:
+            c.fail("command", problem)
+            return
+        for name in names:
+            if name not in longest:
+                c.fail("command", f"{{{name}}}: no such key in [sweep] (it has {known}, and {{index}}); "
+                                  f"write {{{{ and }}}} for literal braces")
+                return
+            size += longest[name]
+        size += len(arg)
+        if n == 0 and not isinstance(command, str) and names:
+            literal = "".join(p or "" for kind, p in sweep.tokens(arg) if kind == "text")
+            empty = [k for k, vals in swept if k in names and "" in vals]
+            if not literal and empty:
+                c.fail("command", f"the program (the command's first element) is empty for {{{empty[0]}}} = \"\"")
+    if size > MAX_BYTES:
+        c.fail("command", f"with the longest [sweep] values the command is over {MAX_BYTES} bytes")
+
+
 def _exit_codes(v: Any) -> tuple[int, ...]:
     items = _expect(list, "an array of exit codes (1 to 255)")(v)
     if len(items) > 255:
@@ -428,7 +528,7 @@ def _bounded_size(v: Any) -> int:
 TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids",
             "priority", "limits", "time_limit", "grace", "stop_signal", "preemptible", "user", "class", "resumable",
             "share", "after", "after_ok", "after_notok", "singleton", "hold", "retries", "retry_on",
-            "window", "on_gpu_oom", "warn_signal", "warn_before", "on_finish", "notify"}
+            "window", "on_gpu_oom", "warn_signal", "warn_before", "on_finish", "notify", "sweep"}
 LIMIT_KEYS = {"memory", "cpus", "tasks"}
 
 
@@ -464,7 +564,7 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
         raise bad("invalid TOML: nested too deeply") from None
 
     c = _Checker(text)
-    _unknown(c, doc, TOP_KEYS, "")
+    _unknown(c, doc, TOP_KEYS | {"max_parallel"}, "")   # a top-level max_parallel gets its own message
     if "command" not in doc:
         c.fail("command", "required key is missing", locate=False)
 
@@ -512,6 +612,10 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
             kw["job_class"] = value
     opt("window", _window_name)
 
+    if "sweep" in doc:
+        _sweep(c, doc["sweep"], kw, limits)
+    if "max_parallel" in doc:
+        c.fail("max_parallel", "belongs in the [sweep] table (it throttles an array's jobs)")
     if "tags" in doc:
         opt("tags", _tags)
     if "gpu_ids" in doc:

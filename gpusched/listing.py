@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from gpusched.model import Job, job_to_dict
 
@@ -102,6 +102,48 @@ def row(job: Job) -> str:
     return out + _info(job)
 
 
+# a folded array's INFO: how many of its jobs are in each state, in this order
+_FOLD_ORDER = ("running", "queued", "held", "succeeded", "failed", "cancelled", "dependency_failed")
+
+
+def fold_counts(elements: list[Job]) -> dict[str, int]:
+    """How many of an array's jobs are in each state: starting and stopping ones count as running, held
+    queued ones as held."""
+    counts: dict[str, int] = {}
+    for job in elements:
+        state = str(job.state)
+        if state in ("starting", "stopping"):
+            state = "running"
+        elif state == "queued" and job.held:
+            state = "held"
+        counts[state] = counts.get(state, 0) + 1
+    return {k: counts[k] for k in _FOLD_ORDER if k in counts} | {k: v for k, v in counts.items() if k not in _FOLD_ORDER}
+
+
+def fold_row(array_id: int, elements: list[Job]) -> str:
+    """One table row for a whole array (`gpuschedctl list` folds arrays; --expand shows every job):
+    `12[0-5]  array  alice  sweep  (1)  100  ...  2 running, 3 queued, 1 succeeded`. Its ID is the array's
+    id and the range of its indices, and is never cut."""
+    first = elements[0]
+    name = first.name.removesuffix(f"[{first.array_index}]")
+    indices = [j.array_index for j in elements]
+    span = f"{array_id}[{min(indices)}-{max(indices)}]" if len(indices) > 1 else f"{array_id}[{indices[0]}]"
+    submitted = datetime.fromtimestamp(first.submitted).strftime(TIME_FORMAT)
+    cells = ("array", first.user, name, _gpus_requested(first), str(first.spec.priority) if first.spec else "-",
+             submitted)
+    out = span.ljust(COLUMNS[0][1] - 1) + " "
+    for (_, width), cell in zip(COLUMNS[1:], cells):
+        cell = printable(cell[:4 * width])
+        out += (cell[:width - 2] + "… " if len(cell) > width - 1 else cell.ljust(width))
+    info = ", ".join(f"{n} {state}" for state, n in fold_counts(elements).items())
+    return out + printable(info)[:INFO_WIDTH]
+
+
+def _gpus_requested(job: Job) -> str:
+    n = job.spec.gpus if job.spec else 0
+    return f"({n})" if n else "-"
+
+
 class Viewer(Protocol):
     """Who asks (access.Caller): whether they see a job's private fields."""
     def sees_private(self, job: Job) -> bool: ...
@@ -123,17 +165,26 @@ class Listing:
         return e
 
     def page(self, jobs: Any, viewer: Viewer, table: bool, header: bool, max_bytes: int,
-             max_count: int) -> tuple[str, int | None]:
+             max_count: int, fold: Callable[[Job], str | None] | None = None) -> tuple[str, int | None]:
         """The next page of `jobs` (an iterator, in id order) as part of a JSON reply: a JSON array of
         entries (each in full where `viewer` may see it so, else its public part: access.py's rule), or a
         JSON string of table rows. At most max_count jobs and max_bytes of text (but always one job: an entry
-        is at most MAX_ENTRY). Returns (text, id of the last job given if more are left, else None)."""
+        is at most MAX_ENTRY). Returns (text, id of the last job given if more are left, else None).
+        fold (table only): a job's row in place of its own (an array's, folded), "" to leave it out (an array
+        already shown), or None for its own row."""
         parts: list[str] = [json.dumps(HEADER)[1:-1]] if table and header else []
         size = 2 + sum(len(p) + 2 for p in parts)
         last, count = None, 0
         for job in jobs:
-            e = self.entry(job)
-            text = e[2] if table else e[0 if viewer.sees_private(job) else 1]
+            text = fold(job) if fold is not None and table else None
+            if text == "":
+                last = job.id
+                continue
+            if text is None:
+                e = self.entry(job)
+                text = e[2] if table else e[0 if viewer.sees_private(job) else 1]
+            else:
+                text = json.dumps(text)[1:-1]
             if last is not None and (size + len(text) + 2 > max_bytes or count >= max_count):
                 return self._join(parts, table), last
             parts.append(text)

@@ -105,6 +105,10 @@ class Job:
     # issue 9, accounting (usage.py): gpu_hours_reserved, gpu_hours_used, gpu_memory_peak, energy_joules,
     # energy_estimated, idle_since (while its GPUs are flagged idle); {} for a job that never held a GPU
     usage: dict[str, Any] = field(default_factory=dict)
+    # job arrays (a [sweep] file, sweep.py): the array's id (its first element's job id; 0: not in an array)
+    # and this element's index in it; the spec is the element's (values substituted)
+    array_id: int = 0
+    array_index: int = 0
 
     @property
     def name(self) -> str:
@@ -145,6 +149,10 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "warned": _dt(job.warned), "stop_due": _dt(job.stop_due), "hooks": job.hooks or None,
         "usage": usage_out(job.usage),
     }
+    if job.array_id:
+        d["array_id"], d["array_index"] = job.array_id, job.array_index
+        if job.spec is not None and job.spec.max_parallel:
+            d["max_parallel"] = job.spec.max_parallel
     if job.spec:
         d["priority"] = job.spec.priority
         d["gpus_requested"] = job.spec.gpus
@@ -179,6 +187,7 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
         memory_peak=d.get("memory_peak"),
         warned=_epoch(d.get("warned")), stop_due=_epoch(d.get("stop_due")), hooks=d.get("hooks", ""),
         usage=_usage_in(d.get("usage")),
+        array_id=int(d.get("array_id", 0)), array_index=int(d.get("array_index", 0)),
     )
 
 

@@ -32,6 +32,8 @@ class Recorder(Protocol):
 
     def load(self, on_error: Callable[[str, Exception], None]) -> Iterable[Job]: ...
     def create(self, job: Job, source: bytes | None = None) -> None: ...
+    def create_array(self, jobs: list[Job], source: bytes) -> Iterator[None]: ...
+    def discard(self, job_ids: Iterable[int]) -> None: ...
     def save(self, job: Job) -> bool: ...
     def retry(self, jobs: Mapping[int, Job]) -> None: ...
     def refresh_stale(self, jobs: Mapping[int, Job]) -> None: ...
@@ -94,6 +96,15 @@ class StoreRecorder(Retrying):
         if source is not None:
             self.store.save_source(job.id, source, job.uid)
         self.store.save_status(job)
+
+    def create_array(self, jobs: list[Job], source: bytes) -> Iterator[None]:
+        """An array's records (jobs[0], its first element, last), a step per record: all or none; raises
+        OSError (store.py)."""
+        return self.store.create_array(jobs, source)
+
+    def discard(self, job_ids: Iterable[int]) -> None:
+        """Remove what an array's intake left when it didn't finish (never accepted: no state check)."""
+        self.store.discard(job_ids)
 
     def _write(self, job: Job) -> None:
         self.store.save_status(job)

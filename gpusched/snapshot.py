@@ -62,7 +62,7 @@ def encode(job: Job) -> list[Any]:
 
 
 _STATE, _GPUS, _SPEC, _AFTER = (_JOB_FIELDS.index(n) for n in ("state", "gpus", "spec", "after"))
-_SPEC_TUPLES = [_SPEC_FIELDS.index(n) for n in ("after", "after_ok", "after_notok", "retry_on")]
+_SPEC_TUPLES = [_SPEC_FIELDS.index(n) for n in ("after", "after_ok", "after_notok", "retry_on", "sweep")]
 _LIMITS, _TAGS, _GPU_IDS, _COMMAND = (_SPEC_FIELDS.index(n) for n in ("limits", "tags", "gpu_ids", "command"))
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import signal as signals
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from gpusched import config as configmod
 from gpusched.engine import Engine
@@ -95,6 +95,20 @@ class MemoryRecorder(Retrying):
         self._write(job)
         if source is not None and self.keep:
             self.sources[job.id] = source
+
+    def create_array(self, jobs: list[Job], source: bytes) -> Iterator[None]:
+        try:
+            for job in jobs[1:] + jobs[:1]:           # the first element last, as the store does
+                self.create(job, source)
+                yield
+        except OSError:
+            self.discard(j.id for j in jobs)
+            raise
+
+    def discard(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:
+            self.records.pop(job_id, None)
+            self.sources.pop(job_id, None)
 
     def refresh_stale(self, jobs: Mapping[int, Job]) -> None:
         pass

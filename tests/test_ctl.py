@@ -54,6 +54,7 @@ def test_show_escapes_every_field_and_keeps_command_lines(client, capsys):
 
 def test_list_escapes_rows_again_and_json_is_passed_through(client, capsys):
     client.replies["ListPage"] = json.dumps({"last": 0, "ok": f"ID  NAME\n1   {EVIL}"})
+    client.replies["ListFolded"] = client.replies["ListPage"]     # the table, arrays folded (the default)
     assert ctl.main(["list"]) == 0
     out = capsys.readouterr().out
     assert no_raw_controls(out) and out.count("\n") == 2

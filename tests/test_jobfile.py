@@ -97,6 +97,9 @@ EXPECTED: dict[str, dict] = {
     "hold.toml": {"name": "later", "hold": True},
     "retries.toml": {"name": "flaky-download", "retries": 3, "retry_on": (75,), "gpus": 0},
     "window.toml": {"name": "overnight-sweep", "window": "night", "time_limit": 8 * 3600.0},
+    "sweep.toml": {"name": "sweep", "gpus": 0, "sweep": (("lr", ("1e-3", "3e-4")), ("seed", (1, 2, 3)))},
+    "max-parallel.toml": {"name": "throttled", "max_parallel": 2, "gpus": 0,
+                          "sweep": (("dataset", ("mnist", "cifar10", "cifar100", "svhn")),)},
 }
 EXPECTED["on-gpu-oom.toml"] = {"name": "finetune", "retries": 2, "on_gpu_oom": "retry-more-memory",
                                "gpu_memory": 16 << 30, "share": True}
