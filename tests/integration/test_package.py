@@ -9,6 +9,7 @@ gpusched installed by scripts/install): it boots beside it, in `$GPUSCHED_BOX_DI
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -122,6 +123,9 @@ def test_apt_remove_stops_the_daemon_and_keeps_the_jobs_records(pkg):
     gs = pkg
     ended = [j["id"] for j in gs.list(all=True)]
     assert ended, "needs the jobs of the tests before"
+    go = f"/home/alice/go-{uuid.uuid4().hex[:8]}"
+    running = gs.submit("alice", f'gpus = 0\ncommand = "while [ ! -e {go} ]; do sleep 0.1; done; exit 5"\n')
+    scope = gs.wait(running, "running")["unit"]
     gs.sh(f"{APT} remove gpusched", timeout=300)
     assert _installed(gs).startswith("deinstall ok config-files")
     assert gs.sh("systemctl is-active gpusched", check=False).stdout.strip() == "inactive"
@@ -131,6 +135,28 @@ def test_apt_remove_stops_the_daemon_and_keeps_the_jobs_records(pkg):
     for job in ended:
         gs.sh(f"test -f {STATE}/status/{job}.toml")
     gs.sh(f"test -d {SPOOL} && test -f /etc/gpusched/gpusched.toml && test -f /etc/pam.d/gpusched")
+    # a job still running is left to finish; its monitor writes how it ended into its result file, which the
+    # daemon of the next install turns into the job's record
+    assert gs.sh(f"systemctl is-active {scope}").stdout.strip() == "active"
+    st = gs.status(running)
+    gs.sh(f"touch {go}", user="alice")
+    result = f"{STATE}/results/{running}.{st['attempt']}.{st['start_token']}.json"
+    gs.sh(f"for i in $(seq 300); do test -s {result} && break; sleep 0.1; done; test -s {result}")
+    assert json.loads(gs.sh(f"cat {result}").stdout)["exit_code"] == 5
+    assert gs.status(running)["state"] == "running"       # no daemon to read it
+
+
+def test_installing_again_after_remove_carries_on_from_the_kept_records(pkg, debs):
+    gs = pkg
+    assert _installed(gs).startswith("deinstall ok config-files"), "needs the removed package of the test before"
+    gs.sh(f"{APT} install {debs[UPGRADE]}", timeout=300)
+    assert gs.active()
+    jobs = {j["id"]: j for j in gs.list(all=True)}
+    ran = max(jobs)                                           # the job that ended while nothing was installed
+    st = gs.wait(ran, {"failed"}, timeout=10)
+    assert (st["exit_code"], st["attempt"]) == (5, 1), st
+    assert gs.submit("alice", 'gpus = 0\ncommand = "true"\n') > ran      # ids go on, never reused
+    gs.sh(f"{APT} remove gpusched", timeout=300)
 
 
 def test_apt_purge_removes_state_spool_and_config(pkg):
