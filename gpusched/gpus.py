@@ -247,7 +247,10 @@ class NvmlGpus:
     simulated = False
 
     def __init__(self) -> None:
-        import pynvml
+        try:
+            import pynvml
+        except ImportError:           # the Debian package's own copy of nvidia-ml-py (packaging/vendor/)
+            from gpusched._vendor import pynvml
         self._nvml = pynvml
         try:
             pynvml.nvmlInit()
