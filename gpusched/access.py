@@ -75,7 +75,8 @@ class Caller:
 
     def require_act(self, job: Job, verb: str = "cancel") -> None:
         if not self.may_act(job):
-            raise NotAllowed(f"job {job.id} belongs to {job.user}; only its owner or root may {verb} it")
+            what = verb.removesuffix("-now").removesuffix("-hold")
+            raise NotAllowed(f"job {job.id} belongs to {job.user}; only its owner, root or an admin may {what} it")
 
     def view(self, job: Job) -> dict[str, Any]:
         """The job as this caller may see it (gpuschedctl show)."""

@@ -92,7 +92,7 @@ class Manager:
         if verb in ("cancel", "cancel-now"):
             return self.engine.cancel(job, who, verb == "cancel-now")
         if verb == "hold":
-            return self.engine.hold(job, who)
+            return self.engine.hold(job, who, who.admin)
         if verb == "release":
             return self.engine.release(job, who, who.admin)
         return self.engine.requeue(job, who, hold=verb == "requeue-hold")
@@ -353,7 +353,7 @@ class Api:
 
 
 _PAST = {"cancel": "cancelled", "cancel-now": "cancelled", "hold": "held", "release": "released",
-         "requeue": "requeued"}
+         "requeue": "requeued", "requeue-hold": "requeued and held"}
 
 
 def _applies(verb: str, job: Any) -> bool:

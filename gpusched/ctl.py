@@ -350,7 +350,10 @@ def job_target(text: str) -> tuple[int, int | None]:
     if m is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a job id (12), nor an array's element (12[3] or 12_3)")
     index = m.group(2) or m.group(3)
-    return int(m.group(1)), None if index is None else int(index)
+    job_id, index = int(m.group(1)), None if index is None else int(index)
+    if job_id >= 1 << 63 or (index is not None and index >= 1 << 31):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: no job has an id (or an array an index) that large")
+    return job_id, index
 
 
 def _resolve(client: Client, target: tuple[int, int | None]) -> int:

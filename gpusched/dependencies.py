@@ -130,3 +130,11 @@ def _may_use(spec: JobSpec, gpu: Gpu) -> bool:
     if spec.gpu_ids and gpu.index not in spec.gpu_ids and gpu.uuid not in spec.gpu_ids:
         return False
     return not spec.gpu_type or spec.gpu_type.lower() in gpu.name.lower()
+
+
+def requeue_delay(job: Job, base: float, cap: float) -> float | None:
+    """Seconds a job requeued by a person waits before it may start again: none the first time, then the
+    retries' backoff (base, 2 base, ... at most cap) for each requeue before it, so a job that requeues itself
+    in a loop can't spin the server."""
+    before = sum(1 for h in job.history if h.get("requeued"))
+    return None if before == 0 else float(min(cap, base * (2 ** (before - 1))))

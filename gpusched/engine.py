@@ -117,8 +117,7 @@ class Engine:
         # admin sets (drain, paused users), kept by the recorder across restarts; the next retry due
         self._latest: dict[tuple[int, str], int] = {}
         control = recorder.load_control()
-        self.draining: str = str(control.get("draining", ""))         # who drained it; "" when not
-        self.paused: dict[str, str] = dict(control.get("paused", {}))  # user -> who paused them
+        self.draining, self.paused = _control(control, log)       # who drained it ("": not); user -> who paused
         self._due: float | None = None
         # dependencies: which queued jobs still wait on each job (so it isn't expired under them, and their
         # verdict is looked at again only when it ends), and each such job's verdict until then: a pass costs
@@ -452,7 +451,10 @@ class Engine:
         self._charged = {j.id: (now, len(j.gpus)) for j in self.live.values() if j.state in ACTIVE and j.gpus}
         self.probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
-            self.reconcile(job, recovering=True)
+            try:
+                self._reconcile_contained(job, recovering=True)
+            except SystemdUnavailable:
+                pass                                     # the tick reconciles it once the bus is back
         n_active = sum(1 for j in self.live.values() if j.state in ACTIVE)
         for job in [j for j in self.jobs.values() if j.hooks and j.state in FINAL]:
             self._contained(self._start_hooks, job)      # the daemon stopped between a job's end and its hooks
@@ -479,24 +481,48 @@ class Engine:
                 self.finish(job, None)
         # Leftovers: processes remain in the scope; the runner kills them, the job keeps its GPUs meanwhile
 
+    def _reconcile_contained(self, job: Job, recovering: bool = False) -> None:
+        """reconcile, with a bug or an odd record of one job contained (said once per job): it must not stop
+        the tick (every other job's reconciliation, retries, expiry) nor a restart. The bus being away is
+        not contained: the caller stops and tries again."""
+        try:
+            self.reconcile(job, recovering)
+        except SystemdUnavailable:
+            raise
+        except Exception:  # noqa: BLE001
+            if job.id not in self._input_errors:
+                self._input_errors.add(job.id)
+                self.log(f"internal error reconciling job {job.id} (tried again every tick): "
+                         f"{traceback.format_exc()}", 3, job=job, multiline=True)
+
     def monitor_exited(self, job_id: int) -> None:
         job = self.live.get(job_id)
         if job is None or job.state not in ACTIVE:
             return
-        self.reconcile(job)
+        try:
+            self._reconcile_contained(job)
+        except SystemdUnavailable:
+            pass                                         # not watched any more: the tick reconciles it
 
     def finish(self, job: Job, result: dict[str, Any] | None) -> None:
         """The attempt is over: `result` is what its monitor recorded, None if it recorded nothing."""
         tally = self.meter.forget(job.id)
-        if result is not None and result.get("not_started") and job.state in (State.STARTING, State.RUNNING):
-            self.apply(job, lifecycle.never_started, "requeued: the daemon stopped before the job began",
-                       say=f"job {job.id} never started; requeued", GPUSCHED_EVENT="requeue", wake=True)
+        if result is not None and result.get("not_started"):
+            if job.state in (State.STARTING, State.RUNNING):
+                self.apply(job, lifecycle.never_started, "requeued: the daemon stopped before the job began",
+                           say=f"job {job.id} never started; requeued", GPUSCHED_EVENT="requeue", wake=True)
+            else:                                        # stopped (cancel, preemption, requeue) before it began
+                self.apply(job, lifecycle.stopped_before_start, self.clock.time(), say=_ended_line, wake=True)
             return
         now = self.clock.time()
-        delay = None if job.state == State.STOPPING else dependencies.retry_delay(
-            job, result, self.cfg.retry_backoff, self.cfg.retry_backoff_max)
+        if job.state == State.STOPPING:
+            delay = dependencies.requeue_delay(job, self.cfg.retry_backoff, self.cfg.retry_backoff_max) \
+                if job.stop_intent == "requeue" else None
+        else:
+            delay = dependencies.retry_delay(job, result, self.cfg.retry_backoff, self.cfg.retry_backoff_max)
         # a retried GPU out-of-memory asks for a GPU of its own or more memory (on_gpu_oom), recorded with the job
-        oom = {} if delay is None else dependencies.gpu_oom_retry(job, result, self.inventory.gpus)
+        oom = {} if delay is None or job.state == State.STOPPING else \
+            dependencies.gpu_oom_retry(job, result, self.inventory.gpus)
         retry_at = None if delay is None else now + delay
         if job.gpus:                                     # it held GPUs: its accounting, up to its end
             end = float(result.get("ended", now)) if result else now
@@ -542,14 +568,16 @@ class Engine:
             return "killed"
         return "stopping"
 
-    def hold(self, job: Job, by: Who) -> str:
-        """Hold a queued job (the caller's right to act on it is the API's check)."""
+    def hold(self, job: Job, by: Who, admin: bool = False) -> str:
+        """Hold a queued job (the caller's right to act on it is the API's check). An admin's hold replaces
+        its owner's (so that only an admin can release it); any other hold stays as it is."""
         if job.state != State.QUEUED:
             raise Invalid(f"job {job.id} is {job.state}: only a queued job can be held"
                           + (f" (`gpuschedctl requeue {job.id}` puts a running one back)" if job.state in ACTIVE
                              else ""))
-        if not job.held:
-            self.apply(job, lifecycle.hold, by.name, say=f"job {job.id} held by {by.name}", GPUSCHED_EVENT="hold")
+        if job.held and not (admin and job.held == job.user and by.name != job.user):
+            return "held" if job.held == by.name else f"held already (by {job.held})"
+        self.apply(job, lifecycle.hold, by.name, say=f"job {job.id} held by {by.name}", GPUSCHED_EVENT="hold")
         return "held"
 
     def release(self, job: Job, by: Who, admin: bool) -> str:
@@ -765,10 +793,7 @@ class Engine:
         can't be met any more (it then ends); ("wait", why) for the rest, in this order: dependencies, hold,
         a paused user, drain, a retry's backoff, a time window, singleton. Cheap for a job with none of them."""
         if job.after and not job.deps_met:
-            verdict = self._verdicts.get(job.id)
-            if verdict is None:
-                verdict = self._verdicts[job.id] = dependencies.check(
-                    job.after, self._dependency_state)
+            verdict = self._dependency_verdict(job)
             if verdict[0] != "ready":
                 return verdict
         if job.held:
@@ -779,7 +804,10 @@ class Engine:
             return "wait", f"the server is draining (by {self.draining}): no job starts until `gpuschedctl resume`"
         if job.not_before is not None and job.not_before > now:
             self._due = min(self._due or job.not_before, job.not_before)
-            return "wait", job.reason if "retry" in job.reason else "waiting to retry"
+            if "retry" in job.reason:
+                return "wait", job.reason
+            return "wait", (f"waiting until {time.strftime('%H:%M:%S', time.localtime(job.not_before))}: a backoff "
+                            f"after being requeued {sum(1 for h in job.history if h.get('requeued'))} times")
         spec = job.spec
         if spec is not None and spec.window and (why := self._window_wait(spec.window, now)):
             return "wait", why
@@ -831,9 +859,33 @@ class Engine:
             self._array_states[job_id] = dependencies.array_state(self.jobs[i].state for i in elements.values())
         return self._array_states[job_id]
 
+    def _dependency_verdict(self, job: Job) -> tuple[str, str]:
+        """("ready" | "wait" | "never", why) for a queued job's dependencies, kept until one of them ends."""
+        verdict = self._verdicts.get(job.id)
+        if verdict is None:
+            verdict = self._verdicts[job.id] = dependencies.check(job.after, self._dependency_state)
+        return verdict
+
     def _dependency_failed(self, job: Job, why: str) -> None:
-        self.apply(job, lifecycle.dependency_failed, why, self.clock.time(), wake=True,
-                   say=f"job {job.id} can never start: {why}", priority=4, GPUSCHED_EVENT="end")
+        """End a job whose dependency can't be met, and at once every job that waits on it for that reason,
+        down the chain (not one link per pass: a chain of 10,000 would take 10,000 passes)."""
+        work = [(job, why)]
+        while work:
+            job, why = work.pop()
+            if job.state != State.QUEUED:
+                continue
+            self.apply(job, lifecycle.dependency_failed, why, self.clock.time(), wake=True,
+                       say=f"job {job.id} can never start: {why}", priority=4, GPUSCHED_EVENT="end")
+            waiting = set(self._dependents.get(job.id, ()))
+            if job.array_id:
+                waiting |= self._dependents.get(job.array_id, set())
+            self._array_states = None                   # the array's state as dependencies see it has changed
+            for other in sorted(waiting, reverse=True):
+                dep = self.jobs.get(other)
+                if dep is not None and dep.state == State.QUEUED and not dep.deps_met:
+                    verdict, reason = self._dependency_verdict(dep)
+                    if verdict == "never":
+                        work.append((dep, reason))
 
     def _input_error(self, job: Job) -> None:
         """A job the policy can't be told about: said once per job (every pass would repeat it)."""
@@ -1100,7 +1152,7 @@ class Engine:
                 else:
                     self._send_stop(job)
             for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in watched]:
-                self.reconcile(job)
+                self._reconcile_contained(job)
         except SystemdUnavailable:
             pass                                        # bus.py is reconnecting; tried again next tick
         if self._timers:
@@ -1307,6 +1359,19 @@ def _foreign_text(g: Gpu) -> str:
 
 def _seconds(t: float) -> str:
     return f"{t:g}s"
+
+
+def _control(control: dict[str, Any], log: Log) -> tuple[str, dict[str, str]]:
+    """The drain and pause switches from the recorder's control file; anything of the wrong shape is said and
+    left out (the daemon must start whatever the file holds)."""
+    draining, paused = control.get("draining", ""), control.get("paused", {})
+    if not isinstance(draining, str):
+        log(f"control file: 'draining' is not a user name ({type(draining).__name__}); not draining", 3)
+        draining = ""
+    if not isinstance(paused, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in paused.items()):
+        log("control file: 'paused' is not a table of user names; no user is paused", 3)
+        paused = {}
+    return draining[:256], dict(paused)
 
 
 def _when(t: float) -> str:

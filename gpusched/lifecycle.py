@@ -90,6 +90,22 @@ def never_started(job: Job, why: str) -> None:
     _move(job, State.QUEUED)
     job.attempt -= 1
     job.gpus, job.started, job.unit, job.reason = (), None, "", why
+    job.stop_intent = job.stop_requested = job.stop_due = None
+
+
+def stopped_before_start(job: Job, now: float) -> None:
+    """A job being stopped (cancel, preemption, requeue) whose monitor never let it begin: a cancel ends it
+    (nothing ran); the others put it back in the queue, the attempt not counted."""
+    if job.state != State.STOPPING:
+        raise TransitionError(f"job {job.id}: {job.state} is not stopping")
+    if job.stop_intent == "cancel":
+        _move(job, State.CANCELLED)
+        job.attempt -= 1
+        job.ended, job.gpus, job.unit, job.held = now, (), "", ""
+        job.reason = f"{job.reason}; it never began"
+        job.stop_due = None
+        return
+    never_started(job, f"{job.reason}; it never began; requeued")
 
 
 def start_failed(job: Job, why: str, now: float) -> None:
@@ -173,7 +189,7 @@ def describe(result: dict[str, Any] | None, killed_after_grace: bool) -> str:
     if "signal" in result:
         text = f"killed by {result['signal']}"
     else:
-        text = f"exited with code {result['exit_code']}"
+        text = f"exited with code {result.get('exit_code')}"
     if result.get("outcome") == "oom":
         return "killed by the kernel: out of memory" + ("" if result.get("signal") == "SIGKILL" else f" ({text})")
     if result.get("outcome") == "gpu_oom":
@@ -239,6 +255,8 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
         else:
             job.history.append(attempt | {"requeued": True})
             job.reason = f"{job.reason}; {text}; requeued"
+            job.queued_since = end                # a requeue goes to the back of the line (its age restarts)
+            job.not_before = retry_at             # requeued again and again: a backoff (dependencies.requeue_delay)
         job.gpus, job.unit, job.started = (), "", None
         job.stop_intent = job.stop_requested = job.stop_due = None
         return

@@ -87,6 +87,7 @@ class Job:
     retried: int = 0                      # failed attempts that were retried
     not_before: float | None = None       # a retry waits until then (backoff)
     deps_met: bool = False                # its dependencies were met when it first started: not checked again
+    queued_since: float | None = None     # requeued by a person: its age in the queue counts from then
     # issue 9, out-of-memory recovery (docs/jobfile.md, on_gpu_oom): the last attempt's outcome beyond its exit
     # ("oom": killed by the kernel for memory; "gpu_oom": its output says the GPU ran out; "" neither); what
     # later attempts ask for after a GPU out-of-memory (a GPU of their own; a larger gpu_memory, bytes)
@@ -144,6 +145,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "class": job.job_class or None,
         "after": [list(d) for d in job.after], "held": job.held or None, "retried": job.retried or None,
         "not_before": _dt(job.not_before), "deps_met": job.deps_met or None,
+        "queued_since": _dt(job.queued_since),
         "outcome": job.outcome or None, "retry_exclusive": job.retry_exclusive or None,
         "retry_gpu_memory": job.retry_gpu_memory, "cpu_seconds": job.cpu_seconds, "memory_peak": job.memory_peak,
         "warned": _dt(job.warned), "stop_due": _dt(job.stop_due), "hooks": job.hooks or None,
@@ -182,6 +184,7 @@ def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
                  for h in d.get("history", [])],
         job_class=d.get("class", ""), after=_deps(d.get("after")), held=d.get("held", ""),
         retried=d.get("retried", 0), not_before=_epoch(d.get("not_before")), deps_met=bool(d.get("deps_met")),
+        queued_since=_epoch(d.get("queued_since")),
         outcome=d.get("outcome", ""), retry_exclusive=bool(d.get("retry_exclusive", False)),
         retry_gpu_memory=d.get("retry_gpu_memory"), cpu_seconds=d.get("cpu_seconds"),
         memory_peak=d.get("memory_peak"),

@@ -91,7 +91,7 @@ def test_cancel_now_calls_cancel_now_and_reports_each_failure(client, capsys):
     assert ctl.main(["cancel", "--now", "5", "6"]) == 0
     assert client.calls == [("CancelNow", 5), ("CancelNow", 6)]
     assert capsys.readouterr().out == "job 5: killed\njob 6: killed\n"
-    client.replies["Cancel"] = ctl.CtlError("job 7 belongs to alice; only its owner or root may cancel it")
+    client.replies["Cancel"] = ctl.CtlError("job 7 belongs to alice; only its owner, root or an admin may cancel it")
     assert ctl.main(["cancel", "7"]) == 1
     assert "belongs to alice" in capsys.readouterr().err
 

@@ -221,3 +221,93 @@ def test_requeue_with_hold_comes_back_held_by_the_caller_and_a_cancel_meanwhile_
     w.engine.cancel(job, OWNER)                       # changed their mind: cancelled, not held
     w.run_until(w.clock.time())
     assert job.state == State.CANCELLED and job.held == ""
+
+
+# --- what a red-team of these verbs found (2026-11-24) ---------------------------------------------------
+
+ADMIN = Caller(0, True)
+
+
+@pytest.mark.parametrize("verb", ["cancel", "requeue", "requeue-hold"])
+def test_a_job_stopped_before_it_began_is_cancelled_or_requeued_without_an_attempt(verb):
+    w = World(gpus=1, duration=lambda job: 1000)
+    job = w.submit(spec(), user=OWNER.name)
+    w.settle()
+    if verb == "cancel":
+        w.engine.cancel(job, OWNER)
+    else:
+        w.engine.requeue(job, OWNER, hold=verb == "requeue-hold")
+    w.engine.finish(job, {"not_started": True})     # its monitor never let it begin (the scope was stopped first)
+    assert job.attempt == 0 and job.gpus == () and "never began" in job.reason
+    if verb == "cancel":
+        assert job.state == State.CANCELLED and job.ended is not None
+    else:
+        assert job.state == State.QUEUED and bool(job.held) == (verb == "requeue-hold")
+
+
+def test_a_job_whose_reconciliation_fails_does_not_stop_the_tick_for_the_others():
+    w = World(gpus=2, duration=lambda job: 10)
+    bad, good = w.submit(spec("bad")), w.submit(spec("good"))
+    w.settle()
+    real = w.runner.observe
+    w.runner.observe = lambda job: (_ for _ in ()).throw(KeyError("odd")) if job.id == bad.id else real(job)
+    w.runner.watched = lambda: set()                 # as after a restart: the tick reconciles every active job
+    w.clock.set(EPOCH + 11)
+    w.runner.fire()
+    w.engine.tick()
+    assert good.state == State.SUCCEEDED and bad.state == State.RUNNING
+    w.engine.tick()
+    assert sum("internal error reconciling job" in t for t in w.log.texts()) == 1   # said once, not every tick
+
+
+def test_a_requeued_job_goes_to_the_back_of_the_line_and_requeues_in_a_loop_back_off():
+    cfg = configmod.Config(retry_backoff=10.0, retry_backoff_max=25.0)
+    w = World(gpus=1, cfg=cfg, duration=lambda job: 1000)
+    job = w.submit(spec(), user=OWNER.name)
+    w.settle()
+    waits = []
+    for _ in range(4):
+        w.engine.requeue(job, OWNER)
+        t = w.clock.time()
+        w.run_until(t)
+        waits.append(job.not_before - t if job.state == State.QUEUED else 0.0)
+        if job.state == State.QUEUED:
+            assert job.queued_since == t and w.engine._request(job).submitted == t   # its age restarts
+            assert job.reason.startswith("waiting") and job.not_before > w.clock.time()
+            w.clock.set(job.not_before)
+            w.engine.tick()                          # the backoff is over: a pass
+            w.settle()
+        assert job.state == State.RUNNING
+    assert waits == [0.0, 10.0, 20.0, 25.0]          # none the first time, then the retries' backoff, capped
+
+
+def test_an_admins_hold_replaces_the_owners_so_the_owner_cannot_release_it():
+    w = World(gpus=1)
+    job = w.submit(spec(hold=True), user=OWNER.name)
+    assert w.engine.hold(job, OWNER) == "held"
+    assert w.engine.hold(job, ADMIN, admin=True) == "held" and job.held == ADMIN.name
+    with pytest.raises(NotAllowed):
+        w.engine.release(job, OWNER, admin=False)
+    assert w.engine.hold(job, OWNER).startswith("held already")   # the owner can't take it back either
+    assert job.held == ADMIN.name
+
+
+def test_a_failure_cascades_down_a_long_chain_in_one_pass():
+    w = World(gpus=1, duration=lambda job: 5, exit_code=lambda job: 1)
+    first = w.submit(spec("c0"))
+    chain = [first]
+    for i in range(1, 200):
+        chain.append(w.submit(spec(f"c{i}", after_ok=(f"c{i - 1}",))))
+    w.run_until(EPOCH + 6)
+    assert first.state == State.FAILED
+    passes = w.engine.stats["passes"]
+    assert all(j.state == State.DEPENDENCY_FAILED for j in chain[1:])
+    assert passes <= 4                               # not one pass per link
+
+
+def test_a_control_file_of_the_wrong_shape_is_said_and_ignored():
+    rec = MemoryRecorder()
+    rec.control = {"draining": 0, "paused": ["abc"]}
+    w = World(recorder=rec)
+    assert w.engine.draining == "" and w.engine.paused == {}
+    assert any("control file" in t for t in w.log.texts())

@@ -68,7 +68,8 @@ def request(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_
     name = job_class(job, classes, default_class)
     limit, estimated = time_limit(job, (classes or {}).get(name), history_estimate)
     return Request(job.id, spec.priority, spec.gpus, gpu_memory(job), spec.gpu_type, spec.gpu_ids, uid=job.uid,
-                   job_class=name, submitted=job.submitted, time_limit=limit, limit_estimated=estimated,
+                   job_class=name, submitted=job.queued_since or job.submitted, time_limit=limit,
+                   limit_estimated=estimated,
                    resumable=spec.resumable, share=spec.share and not job.retry_exclusive, grace=spec.grace)
 
 
@@ -80,7 +81,8 @@ def holder(job: Job, *, classes: Mapping[str, JobClass] | None = None, default_c
     limit, estimated = time_limit(job, (classes or {}).get(name), history_estimate)
     return Holder(job.id, spec.priority, tuple(g.index for g in job.gpus), spec.preemptible,
                   job.state == State.STOPPING, uid=job.uid, cpu_only=spec.gpus == 0, job_class=name,
-                  submitted=job.submitted, started=job.started, time_limit=limit, limit_estimated=estimated,
+                  submitted=job.queued_since or job.submitted, started=job.started, time_limit=limit,
+                  limit_estimated=estimated,
                   resumable=spec.resumable, share=spec.share and not job.retry_exclusive, gpu_memory=gpu_memory(job),
                   grace=spec.grace)
 
