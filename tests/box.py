@@ -27,6 +27,36 @@ def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True)
 
 
+def _hierarchies() -> list[str]:
+    """The cgroup hierarchies systemd-nspawn places a box in (the named v1 one and the unified one of a hybrid
+    layout, or v2's)."""
+    if os.path.isdir("/sys/fs/cgroup/systemd"):
+        return ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"]
+    return ["/sys/fs/cgroup"]
+
+
+def _enter_cgroup(name: str) -> None:
+    """In the forked child, before exec: move into /<name> of every hierarchy. systemd-nspawn (--keep-unit, no
+    registration) puts the box in `payload` beside the cgroup it was started from: two boxes started from the
+    same one would share it, and each one's systemd would see and manage the other's units (gpusched.slice,
+    the job scopes of the same ids). A failure leaves it where it was (the box still boots)."""
+    for mount in _hierarchies():
+        try:
+            with open(f"{mount}/{name}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+        except OSError:
+            pass
+
+
+def _remove_cgroup(name: str) -> None:
+    for mount in _hierarchies():
+        for d, _, _ in sorted(os.walk(f"{mount}/{name}"), key=lambda w: -w[0].count("/")):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
 def _mounted(path: str) -> bool:
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == path for line in f)
@@ -41,6 +71,7 @@ class Box:
         self.root = os.path.join(base, "root")
         self.pidfile = base + ".pid"
         self.logfile = base + ".log"
+        self.cgroup = "gpusched-" + self.name        # the box's own cgroup (_enter_cgroup)
         self.sd: int | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -62,10 +93,16 @@ class Box:
                 os.unlink(target)
             os.symlink("/dev/null", target)
         log = open(self.logfile, "wb")
+        for mount in _hierarchies():
+            try:
+                os.makedirs(f"{mount}/{self.cgroup}", exist_ok=True)
+            except OSError:
+                pass
         proc = subprocess.Popen(
             ["systemd-nspawn", "-D", self.root, "--register=no", "--keep-unit", "--link-journal=no",
              "-M", self.name, "-b", f"--bind={self.src}:/src"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: _enter_cgroup(self.cgroup))
         with open(self.pidfile, "w") as f:
             f.write(str(proc.pid))
         deadline = time.monotonic() + timeout
@@ -115,6 +152,7 @@ class Box:
                 else:
                     os.kill(pid, 9)
             os.unlink(self.pidfile)
+        _remove_cgroup(self.cgroup)
         for d in ("root", "rw", "lower"):
             path = os.path.join(self.base, d)
             # not os.path.ismount: a bind mount of / onto a directory of the same filesystem fools it

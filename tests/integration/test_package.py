@@ -9,7 +9,6 @@ gpusched installed by scripts/install): it boots beside it, in `$GPUSCHED_BOX_DI
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -49,51 +48,11 @@ def debs() -> dict[str, str]:
     return {VERSION: _build(), UPGRADE: _build("--version", UPGRADE)}
 
 
-def _hierarchies() -> list[tuple[str, str]]:
-    """(mount point, this process's cgroup in it) of the hierarchies systemd-nspawn places a box in."""
-    here = dict(line.rstrip("\n").split(":", 2)[1:] for line in open("/proc/self/cgroup"))
-    if os.path.isdir("/sys/fs/cgroup/systemd"):                     # hybrid: the named v1 one and the unified one
-        return [("/sys/fs/cgroup/systemd", here["name=systemd"]), ("/sys/fs/cgroup/unified", here[""])]
-    return [("/sys/fs/cgroup", here[""])]
-
-
-@contextlib.contextmanager
-def _own_cgroup(name: str):
-    """Start what is started inside in a cgroup of its own, `/<name>` (on this machine's hybrid hierarchy). systemd-nspawn (--keep-unit, no
-    registration) puts the box in `payload` beside the cgroup it was started from: two boxes started from the
-    same one share it, and each one's systemd then sees and manages the other's units (gpusched.slice, the
-    job scopes of the same ids). This box boots while the session's box is up."""
-    moved = []
-    try:
-        for mount, cgroup in _hierarchies():
-            os.makedirs(f"{mount}/{name}", exist_ok=True)
-            with open(f"{mount}/{name}/cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-            moved.append((mount, cgroup))
-    except OSError as e:
-        print(f"test_package: the box shares its cgroup with other boxes ({e})")
-    try:
-        yield
-    finally:
-        for mount, cgroup in moved:                                  # pytest goes back; nspawn stays
-            with open(f"{mount}{cgroup.rstrip('/')}/cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-
-
-def _remove_cgroup(name: str) -> None:
-    for mount, _ in _hierarchies():
-        for d, _, _ in sorted(os.walk(f"{mount}/{name}"), key=lambda w: -w[0].count("/")):
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
-
-
 @pytest.fixture(scope="module")
 def pkg(debs):
-    b = Box(base=DEFAULT_DIR + "-pkg")
-    cgroup = f"{os.path.basename(b.base)}.{os.getpid()}"        # never a name whose removal may be pending
+    b = Box(base=DEFAULT_DIR + "-pkg")                        # a box, and a cgroup, of its own (tests/box.py)
     try:
-        with _own_cgroup(cgroup):
-            b.up()
+        b.up()
         # the machine under the box is a container image whose /usr/sbin/policy-rc.d forbids maintainer
         # scripts to start services (exit 101, Docker's habit); a fresh Debian 12 has none
         b.run("rm -f /usr/sbin/policy-rc.d")
@@ -101,7 +60,6 @@ def pkg(debs):
         yield Gs(b)
     finally:
         b.down()
-        _remove_cgroup(cgroup)
         left = [d for d in ("root", "rw", "lower") if _mounted(os.path.join(b.base, d))]
         assert not left, f"the box left mounts behind: {left}"
 

@@ -4,7 +4,6 @@ the config's as its own user), a hook's timeout, and notify = "mail" through a s
 
 from __future__ import annotations
 
-import random
 import time
 
 # top-level keys only (configured() puts these lines above the box's own config): inline tables
@@ -42,17 +41,8 @@ def test_the_warning_reaches_the_main_process_before_the_time_limit(gs):
     assert f"sent SIGUSR1 to job {job} (pid " in journal and "its time limit 8s is reached in" in journal, journal
 
 
-def _skip_ids(gs, user: str) -> None:
-    """Spend a random number of job ids (bad files, rejected). The boxes that run on one machine at once share
-    its unified cgroup hierarchy, so two boxes' jobs of the same id share a cgroup there (and systemd then
-    fails to stop one); every box that restarts its daemon starts again at the same ids."""
-    gs.sh(f"for i in $(seq {random.randint(5, 40)}); do echo 'not toml' > /var/spool/gpusched/skip-$i.toml; done",
-          user=user)
-
-
 def test_a_preempted_job_gets_its_warning_before_its_stop(gs):
     with gs.configured(CLASSES):
-        _skip_ids(gs, "alice")
         body = ('command = """\n'
                 '[ "$GPUSCHED_ATTEMPT" -gt 1 ] && exit 0\n'
                 'trap \'date +%s.%N > ~/preempt-warned-$GPUSCHED_JOB_ID\' USR1\n'
