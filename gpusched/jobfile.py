@@ -839,14 +839,6 @@ def _check_window(c: _Checker, kw: dict[str, Any], limits: Limits) -> None:
                          f"it has: {', '.join(sorted(limits.windows))}")
 
 
-def _window_name(v: Any) -> str:
-    v = _expect(str, "a window name (a string)")(v)
-    if not v or len(v) > MAX_CLASS or not CLASS_NAME.fullmatch(v):
-        raise ValueError(f"not a window name: {_clip(v, 80)!r} (letters, digits, '_', '.', '-'; at most "
-                         f"{MAX_CLASS} characters)")
-    return v
-
-
 def _human(seconds: float) -> str:
     """A duration as a file would write it: 600 -> "10m", 3153600000 -> "36500d", 90.5 -> "90.5s"."""
     if seconds != int(seconds) or seconds == 0:
@@ -859,12 +851,18 @@ def _human(seconds: float) -> str:
     return out
 
 
-def _class_name(v: Any) -> str:
-    v = _expect(str, "a class name (a string)")(v)
-    if not v or len(v) > MAX_CLASS or not CLASS_NAME.fullmatch(v):
-        raise ValueError(f"not a class name: {_clip(v, 80)!r} (letters, digits, '_', '.', '-'; at most "
-                         f"{MAX_CLASS} characters)")
-    return v
+def _config_name(kind: str) -> Callable[[Any], str]:
+    """The check of a name the server's config defines (a class, a window): letters, digits, '_', '.', '-'."""
+    def check(v: Any) -> str:
+        v = _expect(str, f"a {kind} name (a string)")(v)
+        if not v or len(v) > MAX_CLASS or not CLASS_NAME.fullmatch(v):
+            raise ValueError(f"not a {kind} name: {_clip(v, 80)!r} (letters, digits, '_', '.', '-'; at most "
+                             f"{MAX_CLASS} characters)")
+        return v
+    return check
+
+
+_class_name, _window_name = _config_name("class"), _config_name("window")
 
 
 def _priority(v: Any) -> int:
