@@ -102,7 +102,7 @@ def gpu_oom_retry(job: Job, result: dict | None, gpus: Sequence[Gpu] | None) -> 
     {"retry_exclusive": True} (later attempts share no GPU), or {"retry_gpu_memory": bytes}: twice the last
     reservation (the file's gpu_memory, or an earlier retry's), or with none, twice the memory of the GPU it
     ran on; at most what the largest GPUs that can hold the job have (so that it can still start here).
-    `gpus`: the server's GPUs as last probed (None: unknown, then only doubled)."""
+    `gpus`: the server's GPUs as last probed (None: unknown, then the last reservation is kept)."""
     spec = job.spec
     if spec is None or not result or result.get("outcome") != "gpu_oom":
         return {}
@@ -123,6 +123,8 @@ def gpu_oom_retry(job: Job, result: dict | None, gpus: Sequence[Gpu] | None) -> 
         want = most
     elif most is not None:
         want = min(want, most)
+    else:
+        want = last                                      # the GPUs are unknown now: kept, never unbounded
     return {"retry_gpu_memory": int(want)} if want else {}
 
 

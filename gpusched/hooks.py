@@ -20,6 +20,9 @@ from gpusched.model import Job, State
 MAX_REASON = 1024          # bytes of GPUSCHED_REASON
 SENDMAIL = "/usr/sbin/sendmail"
 STOP_TIMEOUT = 5.0         # seconds between a timed-out hook's SIGTERM and SIGKILL
+MEMORY_MAX = 1 << 30       # bytes a hook may use (a report or a mail, not a second job)
+TASKS_MAX = 256            # processes and threads a hook may have at once
+PAM_SERVICE = "gpusched"   # the jobs' PAM stack (units/gpusched.pam): the account check and the loginuid
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,26 @@ def plan(job: Job, *, config_hook: str = "", config_user: str = "", python: str 
 
 
 def properties(hook: Hook, job_id: int, workdir: str, timeout: float) -> list[tuple[str, str, Any]]:
-    """The transient service's properties (systemd.Systemd.start_service adds nothing)."""
+    """The transient service's properties (systemd.Systemd.start_service adds nothing). systemd expands
+    `${VAR}` and `$VAR` in ExecStart's arguments from the unit's Environment= before bash sees them: every `$`
+    is doubled, so a command gets its values only from the environment at run time, never pasted into its
+    text (a job name `x"; id; "` in a config hook's `${GPUSCHED_JOB_NAME}` would run `id` as the hook's user).
+    Confined as a job is, but with no GPU: no device but the standard pseudo ones, no new privileges, bounded
+    memory and tasks, and the jobs' PAM stack (an expired account's hook does not run; its loginuid is its
+    user's)."""
     p: list[tuple[str, str, Any]] = [
         ("Description", "s", f"gpusched {hook.what} hook of job {job_id}"),
         ("Slice", "s", SLICE),
         ("Type", "s", "exec"),
-        ("ExecStart", "a(sasb)", [(hook.argv[0], list(hook.argv), False)]),
+        ("ExecStart", "a(sasb)", [(hook.argv[0], [a.replace("$", "$$") for a in hook.argv], False)]),
         ("User", "s", hook.user),
+        ("PAMName", "s", PAM_SERVICE),
+        ("DevicePolicy", "s", "closed"),
+        ("NoNewPrivileges", "b", True),
+        ("MemoryAccounting", "b", True),
+        ("MemoryMax", "t", MEMORY_MAX),
+        ("TasksAccounting", "b", True),
+        ("TasksMax", "t", TASKS_MAX),
         ("WorkingDirectory", "s", workdir),
         ("Environment", "as", [f"{k}={v}" for k, v in hook.env.items()]),
         ("StandardInput", "s", "null"),

@@ -295,6 +295,8 @@ def test_more_memory_doubles_the_reservation_up_to_what_enough_gpus_have():
     bare = _running(spec(retries=3, on_gpu_oom="retry-more-memory"), gpus=(0,))
     assert more(bare, GPU_OOM, gpus_of(24, 24, 80)) == {"retry_gpu_memory": 48 * G}
     assert more(bare, GPU_OOM, None) == {}                             # nothing known to double
+    job.retry_gpu_memory = (1 << 62)                                   # the GPUs unknown: never unbounded
+    assert more(job, GPU_OOM, None) == {"retry_gpu_memory": 1 << 62}
     assert more(bare, {"exit_code": 1}, gpus_of(24)) == {}
     assert more(_running(spec(retries=1, on_gpu_oom="retry-exclusive")), GPU_OOM, None) == {"retry_exclusive": True}
 

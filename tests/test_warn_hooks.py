@@ -355,6 +355,17 @@ def test_the_hook_units_properties_and_a_clean_reason():
     assert props["User"] == "user1000" and props["Slice"] == "gpusched.slice"
     assert props["RuntimeMaxUSec"] == 60_000_000 and props["ExecStart"][0][1] == ["/bin/bash", "-c", "echo hi"]
     assert f"GPUSCHED_JOB_ID={job.id}" in props["Environment"] and props["WorkingDirectory"] == "/home/u"
+    assert props["DevicePolicy"] == "closed" and props["NoNewPrivileges"] is True and props["PAMName"] == "gpusched"
+    assert props["MemoryMax"] == hooks.MEMORY_MAX and props["TasksMax"] == hooks.TASKS_MAX
+
+
+def test_a_hook_command_is_never_expanded_by_systemd():
+    # systemd expands ${VAR} in ExecStart from the unit's Environment: a config hook that names a variable would
+    # get a hostile job name pasted into its bash text. Doubled, every $ reaches bash as written.
+    job_hook = hooks.Hook("u.service", "nobody", ("/bin/bash", "-c", 'logger "${GPUSCHED_JOB_NAME}" $$ $HOME'),
+                          {"GPUSCHED_JOB_NAME": 'x"; id; "'}, "config on_finish")
+    props = dict((name, value) for name, _sig, value in hooks.properties(job_hook, 1, "/", 60))
+    assert props["ExecStart"][0][1] == ["/bin/bash", "-c", 'logger "$${GPUSCHED_JOB_NAME}" $$$$ $$HOME']
 
 
 # --- the main process and the mail --------------------------------------------------------------------------

@@ -90,9 +90,16 @@ def test_on_finish_runs_as_the_user_with_the_outcome_also_for_a_failed_job(gs):
 def test_a_config_hook_runs_as_its_user_and_a_slow_hook_is_stopped_at_hook_timeout(gs):
     gs.sh("id gshooks >/dev/null 2>&1 || useradd -r -M -d /nonexistent gshooks; rm -rf /var/tmp/gshooks; "
           "mkdir -m 1777 /var/tmp/gshooks; rm -f /home/alice/late-*")
-    conf = ('hooks = { on_finish = "id -un > /var/tmp/gshooks/$GPUSCHED_JOB_ID; echo $GPUSCHED_STATE '
-            '>> /var/tmp/gshooks/$GPUSCHED_JOB_ID", user = "gshooks", timeout = "2s" }\n')
+    conf = ("hooks = { on_finish = 'id -un > /var/tmp/gshooks/$GPUSCHED_JOB_ID; echo $GPUSCHED_STATE "
+            ">> /var/tmp/gshooks/$GPUSCHED_JOB_ID; printf \"%s\" \"${GPUSCHED_JOB_NAME}\" > "
+            "/var/tmp/gshooks/name-$GPUSCHED_JOB_ID', user = \"gshooks\", timeout = \"2s\" }\n")
     with gs.configured(conf):
+        # a job name that would be bash code if systemd pasted it into the hook's command (${VAR} in ExecStart)
+        hostile = 'x"; touch /var/tmp/gshooks/pwned; echo "'
+        bad = gs.submit("alice", f"name = '{hostile}'\ncommand = \"true\"\ngpus = 0\n")
+        gs.wait(bad, "succeeded")
+        assert _wait_file(gs, f"/var/tmp/gshooks/name-{bad}") == hostile
+        assert gs.sh("test -e /var/tmp/gshooks/pwned", check=False).returncode != 0
         job = gs.submit("alice", 'command = "true"\ngpus = 0\non_finish = "sleep 30; touch ~/late-$GPUSCHED_JOB_ID"\n')
         gs.wait(job, "succeeded")
         text = _wait_file(gs, f"/var/tmp/gshooks/{job}")
