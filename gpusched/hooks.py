@@ -95,7 +95,7 @@ def properties(hook: Hook, job_id: int, workdir: str, timeout: float) -> list[tu
     p: list[tuple[str, str, Any]] = [
         ("Description", "s", f"gpusched {hook.what} hook of job {job_id}"),
         ("Slice", "s", SLICE),
-        ("Type", "s", "exec"),
+        ("Type", "s", "simple"),              # not "exec": with PAMName its (sd-pam) keeps the exec fd open
         ("ExecStart", "a(sasb)", [(hook.argv[0], [a.replace("$", "$$") for a in hook.argv], False)]),
         ("User", "s", hook.user),
         ("PAMName", "s", PAM_SERVICE),
