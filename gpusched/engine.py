@@ -1275,10 +1275,12 @@ class Engine:
 
     def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int) -> tuple[list[Job], int]:
         """`gpuschedctl history`: the last `limit` finished jobs (in id order) of `users` (None: everyone's),
-        with that name and final state if given, ended at or after `since`; and how many more matched.
+        with that name (an array's jobs: the name its file gave) and final state if given, ended at or after
+        `since`; and how many more matched.
         Rejected entries only when asked for by state."""
         out = [j for j in self.jobs.values()
-               if j.state in FINAL and (users is None or j.user in users) and (not name or j.name == name)
+               if j.state in FINAL and (users is None or j.user in users)
+               and (not name or j.name == name or (j.array_id and sweep.base_name(j.name, j.array_index) == name))
                and (str(j.state) == state if state else j.state != State.REJECTED)
                and (j.ended or j.submitted) >= since]
         out.sort(key=lambda j: j.id)

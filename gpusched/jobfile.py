@@ -15,6 +15,8 @@ from gpusched import sweep
 from gpusched.units import parse_duration, parse_signal, parse_size
 
 MAX_BYTES = 1 << 20
+MAX_ARRAY_BYTES = 16 << 20     # an array's jobs x the larger of its file and an element's command, at most
+MAX_PLACEHOLDERS = 256         # {key} in a command (each is substituted for every element)
 DEFAULT_PRIORITY = 100
 DEFAULT_GRACE = 180.0
 MAX_GPUS = 64
@@ -420,24 +422,30 @@ def _sweep(c: _Checker, table: Any, kw: dict[str, Any], limits: Limits | None) -
     elif out and not broken:
         kw["sweep"] = tuple(out)
         if "command" in kw:
-            _placeholders(c, kw["command"], kw["sweep"])
+            _placeholders(c, kw["command"], kw["sweep"], total)
         if kw.get("singleton"):
             c.fail("singleton", "can't be set with [sweep] (each job of an array has its own name): "
                                 "max_parallel = 1 in [sweep] runs them one at a time")
 
 
-def _placeholders(c: _Checker, command: str | tuple[str, ...], swept: Any) -> None:
-    """Every {key} of the command names a sweep key (or {index}); no lone brace; no element's command over
-    MAX_BYTES; an argv's program never empty."""
-    longest = {k: max(len(sweep.text(v)) for v in vals) + 2 + 3 * max(sweep.text(v).count("'") for v in vals)
+def _placeholders(c: _Checker, command: str | tuple[str, ...], swept: Any, total: int) -> None:
+    """Every {key} of the command names a sweep key (or {index}); no lone brace; at most MAX_PLACEHOLDERS; no
+    element's command over MAX_BYTES, nor all of them together over MAX_ARRAY_BYTES (each element keeps its
+    command: a small file must not make gigabytes); an argv's program never empty."""
+    # shlex.quote: the value in '...', each ' inside it becoming '"'"' (4 more bytes)
+    longest = {k: max(len(sweep.text(v)) for v in vals) + 2 + 4 * max(sweep.text(v).count("'") for v in vals)
                for k, vals in swept}
     longest[sweep.INDEX] = 6
     known = ", ".join(k for k, _ in swept)
-    size = 0
+    size = count = 0
     for n, arg in enumerate([command] if isinstance(command, str) else command):
         names, problem = sweep.placeholders(arg)
         if problem:
             c.fail("command", problem)
+            return
+        count += len(names)
+        if count > MAX_PLACEHOLDERS:
+            c.fail("command", f"more than {MAX_PLACEHOLDERS} {{placeholders}}")
             return
         for name in names:
             if name not in longest:
@@ -453,6 +461,9 @@ def _placeholders(c: _Checker, command: str | tuple[str, ...], swept: Any) -> No
                 c.fail("command", f"the program (the command's first element) is empty for {{{empty[0]}}} = \"\"")
     if size > MAX_BYTES:
         c.fail("command", f"with the longest [sweep] values the command is over {MAX_BYTES} bytes")
+    elif size * total > MAX_ARRAY_BYTES:
+        c.fail("command", f"{total} jobs of a command of up to {size} bytes: over {MAX_ARRAY_BYTES >> 20} MiB in "
+                          f"all; a shorter command (read long values from a file by {{index}}) or fewer jobs")
 
 
 def _exit_codes(v: Any) -> tuple[int, ...]:
@@ -614,6 +625,12 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
 
     if "sweep" in doc:
         _sweep(c, doc["sweep"], kw, limits)
+        elements = 1
+        for _key, vals in kw.get("sweep", ()):
+            elements *= len(vals)
+        if len(data) * elements > MAX_ARRAY_BYTES:
+            c.fail("sweep", f"{elements} jobs of a {len(data)}-byte file: over {MAX_ARRAY_BYTES >> 20} MiB in all "
+                            f"(each job keeps the file's settings); a shorter file or fewer jobs")
     if "max_parallel" in doc:
         c.fail("max_parallel", "belongs in the [sweep] table (it throttles an array's jobs)")
     if "tags" in doc:

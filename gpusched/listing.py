@@ -15,7 +15,8 @@ from typing import Any, Callable, Protocol
 
 from gpusched.model import Job, job_to_dict
 
-PRIVATE_FIELDS = ("log", "source", "history", "stop_intent", "stop_requested", "usage")
+PRIVATE_FIELDS = ("log", "source", "history", "stop_intent", "stop_requested", "usage", "cpu_seconds",
+                  "memory_peak")
 COLUMNS = (("ID", 7), ("STATE", 10), ("USER", 12), ("NAME", 24), ("GPUS", 8), ("PRIO", 5), ("SUBMITTED", 16))
 TIME_FORMAT = "%m-%d %H:%M:%S"                  # fits SUBMITTED's width
 HEADER = "".join(f"{name:<{width}}" for name, width in COLUMNS) + "INFO"

@@ -53,6 +53,7 @@ class Store:
         self._said_no_acl = False
         self.stale_copies: set[int] = set()   # set by load_jobs_safely
         self.lines = snapshot.Lines()         # each job's snapshot line, as of its record's last write
+        self._parsed: tuple[tuple[Any, ...], Any] | None = None   # the last stored file parsed (load_job)
         self.users_own_copies = False         # no ACLs here: a user may have edited their copy (fix_rights)
         self.jobs_dir = os.path.join(root, "jobs")
         self.status_dir = os.path.join(root, "status")
@@ -228,7 +229,13 @@ class Store:
             if d.get("array_id") and name:
                 name = sweep.base_name(name, index)          # the element's spec re-made from its file
             with open(self.source_path(int(d["id"])), "rb") as f:
-                spec = jobfile.parse(f.read(), d.get("source", ""), owner_is_root=True, default_name=name)
+                st = os.fstat(f.fileno())
+                key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, d.get("source", ""), name)
+                if self._parsed is not None and self._parsed[0] == key:
+                    spec = self._parsed[1]                  # an array's elements share one file: parsed once
+                else:
+                    spec = jobfile.parse(f.read(), d.get("source", ""), owner_is_root=True, default_name=name)
+                    self._parsed = (key, spec)
             if d.get("array_id"):
                 spec = sweep.element(spec, index, int(d["array_id"]))
         return job_from_dict(d, spec)

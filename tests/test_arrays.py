@@ -115,9 +115,18 @@ def test_the_array_size_is_bounded_by_the_servers_max_array_size():
     assert any("at most 16" in p for p in problems(many, max_array_size=1 << 20))
 
 
-def test_an_elements_command_is_bounded():
+def test_an_elements_command_and_the_whole_array_are_bounded():
     text = 'command = "' + "{v}" * 2000 + '"\n[sweep]\nv = ["' + "x" * 1000 + '"]\n'
+    assert any("more than 256 {placeholders}" in p for p in problems(text))
+    text = 'command = "' + "y" * 900_000 + "{v}" * 200 + '"\n[sweep]\nv = ["' + "x" * 1000 + '"]\n'
     assert any("over 1048576 bytes" in p for p in problems(text))
+    # a small file must not become gigabytes: jobs x the longest element's command, and jobs x the file's size
+    values = ", ".join(f'"{i:03}"' for i in range(1000))
+    text = 'command = "echo {v} ' + "z" * 20_000 + '"\n[sweep]\nv = [' + values + ']\n'
+    assert any("command: 1000 jobs of a command of up to" in p and "over 16 MiB in all" in p for p in problems(text))
+    text = 'command = "echo {v}"\n' + "# " + "c" * 20_000 + '\n[sweep]\nv = [' + values + ']\n'
+    assert any("sweep: 1000 jobs of a" in p and "over 16 MiB in all" in p for p in problems(text))
+    assert parsed('command = "echo {v}"\n[sweep]\nv = [' + values + ']\n').sweep
 
 
 def test_the_config_key_is_checked():
@@ -372,11 +381,15 @@ def stored_array(tmp_path, n_text=SWEEP):
     return store, jobs
 
 
-def test_the_store_writes_the_file_once_and_reads_each_element_back(tmp_path):
+def test_the_store_writes_the_file_once_and_reads_each_element_back(tmp_path, monkeypatch):
     store, jobs = stored_array(tmp_path)
     list(store.create_array(jobs, SWEEP.encode()))              # every step
     assert os.stat(store.source_path(jobs[3].id)).st_nlink == 6            # one file, six names
+    parses = []
+    real = jobfile.parse
+    monkeypatch.setattr(jobfile, "parse", lambda *a, **k: parses.append(1) or real(*a, **k))
     again = {j.id: j for j in Store(str(tmp_path)).load_jobs_safely(lambda n, e: pytest.fail(f"{n}: {e}"))}
+    assert len(parses) == 1                                      # read back: the file parsed once, not 6 times
     for job in jobs:
         assert again[job.id].spec == job.spec and again[job.id].name == job.name
         assert (again[job.id].array_id, again[job.id].array_index) == (job.array_id, job.array_index)
@@ -452,3 +465,12 @@ def test_an_array_whose_intake_was_cut_short_is_made_again_whole(make):
     assert not any(os.path.exists(d2.engine.recorder.store.record_path(i)) for i in ids[1:])
     assert not os.listdir(d2.intake.spool.work)
 
+
+
+def test_history_by_name_finds_an_arrays_jobs_by_the_name_its_file_gave():
+    w = World(gpus=4, duration=lambda job: 1)
+    jobs = submit_array(w)
+    w.run_until(w.clock.time() + 100)
+    found, more = w.engine.finished(None, "train", "", 0.0, 100)
+    assert [j.id for j in found] == [j.id for j in jobs] and more == 0
+    assert [j.id for j in w.engine.finished(None, "train[2]", "", 0.0, 100)[0]] == [jobs[2].id]
