@@ -122,6 +122,7 @@ class Engine:
         # dependencies: which queued jobs still wait on each job (so it isn't expired under them, and their
         # verdict is looked at again only when it ends), and each such job's verdict until then: a pass costs
         # one lookup per waiting job, not one per dependency (a job may have 192)
+        self._unit_waits: dict[int, tuple[float, int]] = {}   # job id -> (until, tries): its old scope lingers
         self._dependents: dict[int, set[int]] = {}
         self._verdicts: dict[int, tuple[str, str]] = {}
         self._singles: dict[tuple[int, str], int] | None = None
@@ -206,6 +207,7 @@ class Engine:
         if job.after:
             self._index_dependencies(job, job.state == State.QUEUED and not job.deps_met)
         if job.state in FINAL:
+            self._unit_waits.pop(job.id, None)
             for waiting in self._dependents.get(job.id, ()):
                 self._verdicts.pop(waiting, None)       # looked at again at the next pass
         due = timers.next_due(job)
@@ -798,6 +800,8 @@ class Engine:
                 return verdict
         if job.held:
             return "wait", f"held by {job.held}; `gpuschedctl release {job.id}` lets it start"
+        if job.id in self._unit_waits and now < self._unit_waits[job.id][0]:
+            return "wait", job.reason                    # "waiting for the previous ... to go away"
         if job.user in self.paused:
             return "wait", f"{job.user}'s jobs are paused by {self.paused[job.user]} (`gpuschedctl unpause`)"
         if self.draining:
@@ -1028,7 +1032,12 @@ class Engine:
             self.apply(job, lifecycle.never_started, f"waiting for the previous {unit} to go away",
                        say=f"job {job.id} not started: {e}", priority=3)
             self.runner.stop(unit)
-            self._retry = True
+            # kept out of the passes meanwhile (1 s, doubled each time, at most 30 s), so that the GPUs it
+            # would be given stay free for the others rather than go to a start that fails again
+            tries = self._unit_waits.get(job.id, (0.0, 0))[1] + 1
+            until = self.clock.time() + min(30.0, 2.0 ** (tries - 1))
+            self._unit_waits[job.id] = (until, tries)
+            self._due = min(self._due or until, until)   # a pass then
             return
         except SystemdUnavailable as e:
             self.apply(job, lifecycle.never_started, "waiting: the system bus is being reconnected",
@@ -1047,6 +1056,7 @@ class Engine:
             self.runner.stop(unit)
             self._retry = True
             return
+        self._unit_waits.pop(job.id, None)
         where = "GPU " + ",".join(str(g.index) for g in gpus) if gpus else "no GPU"
         self.apply(job, lifecycle.running,
                    say=f"started job {job.id} {spec.name!r} of {job.user} in {unit} on {where} (attempt {job.attempt})",

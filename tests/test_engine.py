@@ -151,8 +151,8 @@ def test_recovery_readopts_finishes_and_requeues():
     assert texts[-1] == "recovered 3 job(s): 1 active, 1 queued"
 
 
-def test_a_start_that_finds_its_unit_is_retried_on_the_next_tick():
-    w = World(gpus=1)
+def test_a_start_that_finds_its_unit_waits_apart_and_is_retried_after_a_backoff():
+    w = World(gpus=1, duration=lambda job: 5 if job.id == 2 else None)
     job = w.submit(spec())
     w.runner.fail[job.id] = UnitExists("StartTransientUnit gpusched-job-1.scope: Unit exists")
     assert w.settle() == 1                              # no pass asks for another: no spin
@@ -160,6 +160,10 @@ def test_a_start_that_finds_its_unit_is_retried_on_the_next_tick():
     assert job.reason == "waiting for the previous gpusched-job-1.scope to go away"
     assert ("job 1 not started: StartTransientUnit gpusched-job-1.scope: Unit exists", 3) in \
         [(m, p) for m, p, _ in w.log.lines]
+    other = w.submit(spec("other"))                     # meanwhile the GPU isn't kept for a start that fails
+    w.settle()
+    assert other.state == State.RUNNING and job.state == State.QUEUED
+    w.run_until(EPOCH + 5)                               # the other ends; job 1's second second has come
     w.engine.tick()
     assert w.settle() == 1 and job.state == State.RUNNING and job.attempt == 1
     assert_recorded(w)
