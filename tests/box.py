@@ -1,26 +1,31 @@
-"""A real, throwaway systemd in a container (see shared/SYSTEMD_BOX.md), for tests and the demo.
+"""A real, throwaway systemd in a container (docs/box.md), for tests and the demo.
 
 The box is an nspawn container over an overlay of this machine's /, writes going to a tmpfs, with the
-checkout bound at /src. `python3 tests/box.py up|down|shell|run CMD...` drives one by hand.
+checkout bound at /src. `sudo python3 tests/box.py [--tests] up|down|shell|run CMD...` drives one by hand: the
+demo's box (scripts/run-service) by default, the test suite's with --tests; $GPUSCHED_BOX_DIR names another.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DIR = os.environ.get("GPUSCHED_BOX_DIR", "/var/tmp/gpusched-box")   # one box per directory
+# One box per directory, each in a cgroup of its own: the test suite's box and the demo's are apart, so a test
+# run never takes down the demo (scripts/run-service) or the other way round. $GPUSCHED_BOX_DIR replaces both.
+DEFAULT_DIR = os.environ.get("GPUSCHED_BOX_DIR", "/var/tmp/gpusched-tests-box")     # the test suite's
+DEMO_DIR = os.environ.get("GPUSCHED_BOX_DIR", "/var/tmp/gpusched-demo-box")         # scripts/run-service's
 MASK = ["postgresql.service", "getty@tty1.service", "e2scrub_reap.service", "systemd-timesyncd.service",
         "console-getty.service", "apt-daily.service", "apt-daily-upgrade.service", "man-db.service"]
 PY = "/usr/bin/python3"
 
 
 class BoxError(Exception):
-    pass
+    """A box that can't be started, found or used; its message is one line a person can act on."""
 
 
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,9 +67,15 @@ def _mounted(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
+def _cli(flag: str) -> str:
+    """How a person calls box.py for this box, from the checkout."""
+    env = f"GPUSCHED_BOX_DIR={shlex.quote(os.environ['GPUSCHED_BOX_DIR'])} " if "GPUSCHED_BOX_DIR" in os.environ else ""
+    return f"sudo {env}python3 tests/box.py{flag}"
+
+
 class Box:
-    def __init__(self, base: str = DEFAULT_DIR, src: str = ROOT, name: str = "gpusched-box"):
-        name = os.path.basename(base) if base != DEFAULT_DIR or "GPUSCHED_BOX_DIR" in os.environ else name
+    def __init__(self, base: str = DEFAULT_DIR, src: str = ROOT, name: str | None = None):
+        name = name or os.path.basename(base.rstrip("/"))
         self.base = base
         self.src = src
         self.name = name
@@ -77,13 +88,34 @@ class Box:
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     def up(self, timeout: float = 60) -> None:
+        """Boot the box; on any failure (or ^C) take down what was set up and raise BoxError."""
+        if os.geteuid() != 0:
+            raise BoxError("booting a box needs root: run it with sudo")
+        if not shutil.which("systemd-nspawn"):
+            raise BoxError("systemd-nspawn is missing: apt install systemd-container (scripts/setup-deps does)")
+        if not os.path.isdir(self.src):
+            raise BoxError(f"the checkout to bind at /src, {self.src}, is not a directory")
         self.down()                                      # a leftover box makes the next boot fail
+        try:
+            self._boot(timeout)
+        except BaseException as e:
+            self.down()
+            if isinstance(e, subprocess.CalledProcessError):
+                why = (e.stderr or "").strip() or f"exit status {e.returncode}"
+                raise BoxError(f"{' '.join(e.cmd)} failed: {why} (the box was taken down)") from e
+            if isinstance(e, BoxError):
+                raise BoxError(f"{e} (the box was taken down; nspawn's output: {self.logfile})") from e
+            if isinstance(e, OSError):
+                raise BoxError(f"{e} (the box was taken down)") from e
+            raise
+
+    def _boot(self, timeout: float) -> None:
         for d in ("lower", "rw", "root"):
             os.makedirs(os.path.join(self.base, d), exist_ok=True)
         _sh("mount", "--bind", "/", os.path.join(self.base, "lower"))
         _sh("mount", "-t", "tmpfs", "tmpfs", os.path.join(self.base, "rw"))
-        os.makedirs(os.path.join(self.base, "rw/upper"))
-        os.makedirs(os.path.join(self.base, "rw/work"))
+        os.makedirs(os.path.join(self.base, "rw/upper"), exist_ok=True)
+        os.makedirs(os.path.join(self.base, "rw/work"), exist_ok=True)
         _sh("mount", "-t", "overlay", "overlay", "-o",
             f"lowerdir={self.base}/lower,upperdir={self.base}/rw/upper,workdir={self.base}/rw/work", self.root)
         timers = os.path.join(self.root, "etc/systemd/system/timers.target.wants")
@@ -92,29 +124,37 @@ class Box:
             if os.path.lexists(target):
                 os.unlink(target)
             os.symlink("/dev/null", target)
-        log = open(self.logfile, "wb")
         for mount in _hierarchies():
             try:
                 os.makedirs(f"{mount}/{self.cgroup}", exist_ok=True)
             except OSError:
                 pass
-        proc = subprocess.Popen(
-            ["systemd-nspawn", "-D", self.root, "--register=no", "--keep-unit", "--link-journal=no",
-             "-M", self.name, "-b", f"--bind={self.src}:/src"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=lambda: _enter_cgroup(self.cgroup))
+        with open(self.logfile, "wb") as log:
+            proc = subprocess.Popen(
+                ["systemd-nspawn", "-D", self.root, "--register=no", "--keep-unit", "--link-journal=no",
+                 "-M", self.name, "-b", f"--bind={self.src}:/src"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: _enter_cgroup(self.cgroup))
         with open(self.pidfile, "w") as f:
             f.write(str(proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise BoxError(f"systemd-nspawn exited: {open(self.logfile, errors='replace').read()[-2000:]}")
+                raise BoxError(f"systemd-nspawn exited with {proc.returncode}: {self._last_log_line()}")
             self.sd = self._find_systemd(proc.pid)
             if self.sd and self.run("systemctl is-system-running --wait", check=False).stdout.strip() in (
                     "running", "degraded"):
                 return
             time.sleep(0.1)
-        raise BoxError("the box did not boot in time")
+        raise BoxError(f"the box did not boot in {timeout:g} s")
+
+    def _last_log_line(self) -> str:
+        try:
+            with open(self.logfile, errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+        except OSError:
+            return "(no output)"
+        return lines[-1] if lines else "(no output)"
 
     @staticmethod
     def _find_systemd(nspawn_pid: int) -> int | None:
@@ -132,14 +172,28 @@ class Box:
 
     def attach(self) -> None:
         """Find a box started earlier (by `up` in another process)."""
-        with open(self.pidfile) as f:
-            self.sd = self._find_systemd(int(f.read()))
+        try:
+            with open(self.pidfile) as f:
+                self.sd = self._find_systemd(int(f.read().strip() or 0))
+        except (OSError, ValueError):
+            self.sd = None
         if not self.sd:
-            raise BoxError("no box is running (python3 tests/box.py up)")
+            demo = self.base == DEMO_DIR != DEFAULT_DIR
+            raise BoxError(f"no box is running in {self.base}: " + (
+                "`sudo scripts/run-service` boots it with gpusched and the demo's jobs" if demo else
+                f"`{_cli(self._flag())} up` starts one"))
+
+    def _flag(self) -> str:
+        return " --tests" if self.base == DEFAULT_DIR and DEFAULT_DIR != DEMO_DIR else ""
+
 
     def down(self) -> None:
         if os.path.exists(self.pidfile):
-            pid = int(open(self.pidfile).read() or 0)
+            try:
+                with open(self.pidfile) as f:
+                    pid = int(f.read().strip() or 0)
+            except ValueError:
+                pid = 0
             if pid and os.path.exists(f"/proc/{pid}"):
                 try:
                     os.kill(pid, 15)
@@ -150,7 +204,10 @@ class Box:
                         break
                     time.sleep(0.05)
                 else:
-                    os.kill(pid, 9)
+                    try:
+                        os.kill(pid, 9)
+                    except ProcessLookupError:
+                        pass
             os.unlink(self.pidfile)
         _remove_cgroup(self.cgroup)
         for d in ("root", "rw", "lower"):
@@ -163,10 +220,11 @@ class Box:
 
     # --- running things inside ---------------------------------------------------------------------------
 
-    def run(self, cmd: str, user: str | None = None, check: bool = True, timeout: float = 120,
+    def run(self, cmd: str, user: str | None = None, check: bool = True, timeout: float | None = 120,
             input: str | None = None) -> subprocess.CompletedProcess:
         """A shell command in the box (all its namespaces), as root or as `user`."""
-        assert self.sd, "box is not up"
+        if not self.sd:
+            raise BoxError(f"no box is up here (Box.up or Box.attach first): {self.base}")
         argv = ["nsenter", "-t", str(self.sd), "-a"]
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
@@ -188,27 +246,52 @@ class Box:
         self.run(f"id {name} >/dev/null 2>&1 || useradd -m -s /bin/bash {shlex.quote(name)}")
 
 
+USAGE = """usage: sudo python3 tests/box.py [--tests] up [--install] | down | shell | run CMD...
+  up         boot the box (--install: install gpusched into it with 4 simulated GPUs and start it)
+  down       stop it and remove it, with everything done in it
+  shell      a root shell in it (`su - demo` there to be the demo's user)
+  run CMD    run CMD in it as root
+  --tests    the test suite's box instead of the demo's (scripts/run-service)"""
+
+
 def main(argv: list[str]) -> int:
-    box = Box()
-    if not argv or argv[0] not in ("up", "down", "shell", "run"):
-        print("usage: box.py up [--install] | down | shell | run CMD...", file=sys.stderr)
-        return 2
-    if argv[0] == "up":
-        box.up()
-        if "--install" in argv:
-            box.install()
-        print(f"box is up: systemd is PID {box.sd} on this machine; `python3 tests/box.py shell` to enter")
-    elif argv[0] == "down":
-        box.down()
-    elif argv[0] == "shell":
-        box.attach()
-        os.execvp("nsenter", ["nsenter", "-t", str(box.sd), "-a", "/bin/bash", "-l"])
-    else:
-        box.attach()
-        p = box.run(" ".join(argv[1:]), check=False)
-        sys.stdout.write(p.stdout)
-        sys.stderr.write(p.stderr)
-        return p.returncode
+    tests = "--tests" in argv[:1]
+    argv = argv[1:] if tests else argv
+    if not argv or argv[0] not in ("up", "down", "shell", "run") or (argv[0] == "run" and len(argv) < 2):
+        print(USAGE, file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    if os.geteuid() != 0:
+        print("box.py: the box is root's: run it with sudo", file=sys.stderr)
+        return 1
+    box = Box(base=DEFAULT_DIR if tests else DEMO_DIR)
+    flag = " --tests" if tests else ""
+    try:
+        if argv[0] == "up":
+            box.up()
+            if "--install" in argv:
+                try:
+                    box.install()
+                except BaseException:
+                    box.down()
+                    raise
+            print(f"box is up in {box.base}: `{_cli(flag)} shell` enters it, `{_cli(flag)} down` removes it "
+                  "with everything done in it")
+        elif argv[0] == "down":
+            box.down()
+        elif argv[0] == "shell":
+            box.attach()
+            os.execvp("nsenter", ["nsenter", "-t", str(box.sd), "-a", "/bin/bash", "-l"])
+        else:
+            box.attach()
+            p = box.run(" ".join(argv[1:]), check=False, timeout=None)
+            sys.stdout.write(p.stdout)
+            sys.stderr.write(p.stderr)
+            return p.returncode
+    except BoxError as e:
+        print(f"box.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
