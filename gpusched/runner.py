@@ -162,13 +162,24 @@ class ScopeRunner:
         """Send `sig` to the job's main process only (the process its monitor forked: Slurm's `B:`), not to
         every process of the scope: a dataloader worker that doesn't trap it would die. Returns its pid; None
         when there is none now."""
-        pid = cgroups.main_process(cgroups.unit_dir(SLICE, job.unit), job.uid)
+        path = cgroups.unit_dir(SLICE, job.unit)
+        pid = cgroups.main_process(path, job.uid)
         if pid is None:
             return None
+        # through a pidfd, checked again once it is open: the pid can't be another process's by the time the
+        # signal goes (the job's main process may end, and its pid be reused, between the look and the kill)
         try:
-            os.kill(pid, sig)
+            fd = os.pidfd_open(pid)
         except ProcessLookupError:
             return None
+        try:
+            if cgroups.main_process(path, job.uid) != pid:
+                return None
+            signal.pidfd_send_signal(fd, sig)
+        except ProcessLookupError:
+            return None
+        finally:
+            os.close(fd)
         return pid
 
     def start_hook(self, hook: hooks.Hook, job_id: int, timeout: float) -> None:
