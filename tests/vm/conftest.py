@@ -1,0 +1,82 @@
+"""The enforcement suite's guest: one cgroup v2 VM per session (tests/vm/vm.py), the .deb from
+scripts/build-deb installed in it with apt, 4 simulated GPUs mapped to device nodes made by mknod, and the
+users alice and bob. Tests drive it as the box's tests drive theirs (tests/integration/conftest.py's Gs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.conftest import Gs
+from tests.vm.vm import ROOT, Vm, VmError, image, why_not
+
+CONFIG = "".join('[[gpus.simulated]]\nname = "Simulated A100 80GB"\nmemory = "80G"\n\n' for _ in range(4))
+# the nodes of a real NVIDIA driver, without the driver: an open the device cgroup allows fails with ENXIO
+NODES = " && ".join([f"mknod -m 666 /dev/nvidia{i} c 195 {i}" for i in range(4)]
+                    + ["mknod -m 666 /dev/nvidiactl c 195 255"])
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = why_not()
+    for item in items:
+        if os.sep + "vm" + os.sep in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _deb() -> str:
+    p = subprocess.run([os.path.join(ROOT, "scripts/build-deb"), "--no-lintian"], capture_output=True, text=True,
+                       timeout=900)
+    if p.returncode == 3:
+        pytest.skip(f"the .deb can't be built here: {p.stderr.strip()}")
+    assert p.returncode == 0, f"scripts/build-deb failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def vm():
+    deb = _deb()
+    t0 = time.monotonic()
+    try:
+        img = image()
+    except VmError as e:   # no mirror, no mmdebstrap: nothing to show here, which is not a failure of gpusched
+        pytest.skip(f"the VM image can't be built here: {e}")
+    built = time.monotonic() - t0
+    v = Vm(img)
+    try:
+        v.up()
+        t1 = time.monotonic()
+        v.run(f"apt-get install -y -q {v.put(deb, 'gpusched.deb')}", timeout=300)   # offline: its Depends are in the image
+        v.run("cat > /etc/gpusched/gpusched.toml", input=CONFIG)
+        v.run(f"{NODES} && "
+              "useradd -m -s /bin/bash alice && useradd -m -s /bin/bash bob && systemctl restart gpusched")
+        print(f"\nvm: image {built:.0f} s, boot {v.boot_s:.0f} s ({v.accel}), install {time.monotonic() - t1:.0f} s",
+              file=sys.stderr)
+        yield v
+    finally:
+        v.down()
+
+
+@pytest.fixture
+def gs(vm, request):
+    g = Gs(vm)
+    if not g.active():
+        g.sh("systemctl reset-failed gpusched; systemctl start gpusched")
+    g.clear()
+    yield g
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print("---- journal of the VM (last 150 lines) ----")
+        print(g.sh("journalctl --no-pager -n 150", check=False).stdout)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
