@@ -28,6 +28,22 @@ class BoxError(Exception):
     """A box that can't be started, found or used; its message is one line a person can act on."""
 
 
+class NoPackage(Exception):
+    """scripts/build-deb can't build here: its tools are missing and can't be installed (its exit status 3)."""
+
+
+def build_deb(*args: str, src: str = ROOT) -> str:
+    """scripts/build-deb --no-lintian ARGS (cached: unchanged inputs are not rebuilt): the .deb's path on this
+    machine. Raises NoPackage where it can't be built for want of its tools, BoxError when the build fails."""
+    p = subprocess.run([os.path.join(src, "scripts/build-deb"), "--no-lintian", *args], capture_output=True,
+                       text=True, timeout=900)
+    if p.returncode == 3:
+        raise NoPackage(p.stderr.strip())
+    if p.returncode != 0:
+        raise BoxError(f"scripts/build-deb {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p.stdout.strip().splitlines()[-1]
+
+
 def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True)
 
@@ -243,18 +259,18 @@ class Box:
         """gpusched's Debian package (scripts/build-deb, built here and cached) installed in the box with apt,
         as an administrator would; from the checkout's files (scripts/install alone) only where the package
         can't be built, saying so."""
-        p = subprocess.run([os.path.join(self.src, "scripts/build-deb"), "--no-lintian"], capture_output=True,
-                           text=True, timeout=900)
-        if p.returncode == 0:
-            deb = p.stdout.strip().splitlines()[-1]
+        try:
+            deb = build_deb(src=self.src)
+        except (NoPackage, BoxError) as e:
+            print(f"box: the package can't be built ({str(e).strip()[-300:]}); installing from the checkout",
+                  file=sys.stderr)
+        else:
             # this machine's image forbids services to start from maintainer scripts (Docker's policy-rc.d,
             # exit 101); a real Debian has none, and the box's copy is its own (an overlay)
             self.run("rm -f /usr/sbin/policy-rc.d")
             self.run(f"/src/scripts/install --deb /src/{os.path.relpath(deb, self.src)} "
                      f"--simulated-gpus {simulated_gpus} --start", timeout=300)
             return
-        print(f"box: the package can't be built ({(p.stderr or p.stdout).strip()[-300:]}); installing from the "
-              f"checkout", file=sys.stderr)
         self.run(f"/src/scripts/install --simulated-gpus {simulated_gpus} --start", timeout=300)
 
     def add_user(self, name: str) -> None:

@@ -154,21 +154,20 @@ def box():
         assert not left, f"the box left mounts behind: {left}"
 
 
-@pytest.fixture
-def gs(box, request):
-    g = Gs(box)
+def serve(machine, request, what: str):
+    """The service on `machine` (the box, or tests/vm's VM) for one test: started again if a test stopped it,
+    its jobs cleared; the machine's journal printed when the test failed (tests/conftest.py keeps the report)."""
+    g = Gs(machine)
     if not g.active():
         g.sh("systemctl reset-failed gpusched; systemctl start gpusched")
     g.clear()
     yield g
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        print("---- journal of the box (last 150 lines) ----")
+        print(f"---- journal of {what} (last 150 lines) ----")
         print(g.sh("journalctl --no-pager -n 150", check=False).stdout)
 
 
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
+@pytest.fixture
+def gs(box, request):
+    yield from serve(box, request, "the box")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 
 import pytest
 
-from tests.box import DEFAULT_DIR, ROOT, Box, _mounted
+from tests.box import DEFAULT_DIR, ROOT, Box, NoPackage, _mounted, build_deb
 from tests.integration.conftest import SPOOL, STATE, Gs
 
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q --no-install-recommends"
@@ -33,12 +32,10 @@ UPGRADE = VERSION + "+boxtest1"     # sorts after VERSION (dpkg --compare-versio
 
 def _build(*args: str) -> str:
     """scripts/build-deb (cached: unchanged inputs are not rebuilt); the .deb's path inside the box."""
-    p = subprocess.run([os.path.join(ROOT, "scripts/build-deb"), "--no-lintian", *args],
-                       capture_output=True, text=True, timeout=900)
-    if p.returncode == 3:
-        pytest.skip(f"the .deb can't be built here: {p.stderr.strip()}")
-    assert p.returncode == 0, f"scripts/build-deb {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    path = p.stdout.strip().splitlines()[-1]
+    try:
+        path = build_deb(*args)
+    except NoPackage as e:
+        pytest.skip(f"the .deb can't be built here: {e}")
     assert path.startswith(ROOT + "/"), path
     return "/src/" + os.path.relpath(path, ROOT)
 

@@ -5,14 +5,14 @@ users alice and bob. Tests drive it as the box's tests drive theirs (tests/integ
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.integration.conftest import Gs
-from tests.vm.vm import ROOT, Vm, VmError, image, why_not
+from tests.box import NoPackage, build_deb
+from tests.integration.conftest import serve
+from tests.vm.vm import Vm, VmError, image, why_not
 
 CONFIG = "".join('[[gpus.simulated]]\nname = "Simulated A100 80GB"\nmemory = "80G"\n\n' for _ in range(4))
 # the nodes of a real NVIDIA driver, without the driver: an open the device cgroup allows fails with ENXIO
@@ -30,12 +30,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _deb() -> str:
-    p = subprocess.run([os.path.join(ROOT, "scripts/build-deb"), "--no-lintian"], capture_output=True, text=True,
-                       timeout=900)
-    if p.returncode == 3:
-        pytest.skip(f"the .deb can't be built here: {p.stderr.strip()}")
-    assert p.returncode == 0, f"scripts/build-deb failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p.stdout.strip().splitlines()[-1]
+    try:
+        return build_deb()
+    except NoPackage as e:
+        pytest.skip(f"the .deb can't be built here: {e}")
 
 
 @pytest.fixture(scope="session")
@@ -64,19 +62,4 @@ def vm():
 
 @pytest.fixture
 def gs(vm, request):
-    g = Gs(vm)
-    if not g.active():
-        g.sh("systemctl reset-failed gpusched; systemctl start gpusched")
-    g.clear()
-    yield g
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        print("---- journal of the VM (last 150 lines) ----")
-        print(g.sh("journalctl --no-pager -n 150", check=False).stdout)
-
-
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
+    yield from serve(vm, request, "the VM")
