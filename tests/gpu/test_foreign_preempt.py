@@ -6,13 +6,11 @@ Needs what the GPU machine has (torch, nvidia-ml-py, pytest): python3 -m pytest 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.gpu.test_nvidia import REASON
+from tests.gpu.test_nvidia import REASON, cuda_process
 
 pytestmark = [pytest.mark.gpu] + ([pytest.mark.skip(reason=REASON)] if REASON else [])
 
@@ -34,11 +32,7 @@ def test_a_cuda_process_outside_gpusched_preempts_the_job_on_its_gpu():
     job = engine.accept(1, JobSpec(command="x", name="train", gpus=1, gpu_ids=(0,)), "alice", 1000, 1000, "t.toml")
     engine.schedule()
     assert job.state == State.RUNNING and job.gpus[0].index == 0
-    proc = subprocess.Popen([sys.executable, "-c",
-                             "import torch, time; x = torch.ones(1 << 20, device='cuda:0'); "
-                             "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ready"
+    with cuda_process() as proc:
         deadline = time.monotonic() + 20
         while job.state == State.RUNNING and time.monotonic() < deadline:
             clock.advance(1)
@@ -47,6 +41,3 @@ def test_a_cuda_process_outside_gpusched_preempts_the_job_on_its_gpu():
         assert job.state in (State.STOPPING, State.QUEUED), job
         assert "GPU 0 is used outside gpusched by" in job.reason and f"pid {proc.pid}" in job.reason, job.reason
         print("preempted:", job.reason)
-    finally:
-        proc.kill()
-        proc.wait()

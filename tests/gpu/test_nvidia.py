@@ -6,11 +6,13 @@ Python 3.12, torch, nvidia-ml-py, pytest (run: python3 -m pytest -m gpu tests/gp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import pytest
 
@@ -56,15 +58,25 @@ def test_nvml_inventory_matches_nvidia_smi():
     print("NVML inventory:", [(g.index, g.uuid, g.name, g.memory_total) for g in gpus])
 
 
-def test_cuda_process_started_outside_gpusched_is_foreign():
-    _torch_or_skip()
-    from gpusched.gpus import NvmlGpus
-    probe = NvmlGpus()
+@contextlib.contextmanager
+def cuda_process() -> Iterator[subprocess.Popen]:
+    """A CUDA process started outside gpusched, holding GPU 0 (torch) until the block ends."""
     proc = subprocess.Popen([sys.executable, "-c",
                              "import torch, time; x = torch.ones(1 << 20, device='cuda:0'); "
                              "print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_cuda_process_started_outside_gpusched_is_foreign():
+    _torch_or_skip()
+    from gpusched.gpus import NvmlGpus
+    probe = NvmlGpus()
+    with cuda_process() as proc:
         deadline = time.monotonic() + 20
         seen = ()
         while time.monotonic() < deadline:
@@ -74,9 +86,6 @@ def test_cuda_process_started_outside_gpusched_is_foreign():
             time.sleep(0.2)
         assert proc.pid in seen, f"pid {proc.pid} not among foreign pids {seen}"
         print(f"foreign CUDA process {proc.pid} seen on GPU 0: {seen}")
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _visible(env_value: str) -> tuple[int, list[str]]:
