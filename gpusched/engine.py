@@ -208,7 +208,7 @@ class Engine:
             self._index_dependencies(job, job.state == State.QUEUED and not job.deps_met)
         if job.state in FINAL:
             self._unit_waits.pop(job.id, None)
-            for waiting in self._dependents.get(job.id, ()):
+            for waiting in self._waiting_on(job):
                 self._verdicts.pop(waiting, None)       # looked at again at the next pass
         due = timers.next_due(job)
         if due is None:
@@ -217,9 +217,6 @@ class Engine:
             self._timers[job.id] = due
         if job.array_id:
             self._arrays.setdefault(job.array_id, {})[job.array_index] = job.id
-        if job.state in FINAL and job.array_id and job.array_id != job.id:
-            for waiting in self._dependents.get(job.array_id, ()):
-                self._verdicts.pop(waiting, None)       # a dependency on the array sees the whole array
         for by_uid, state in ((self._queued_by_uid, State.QUEUED), (self._rejected_by_uid, State.REJECTED)):
             ids = by_uid.setdefault(job.uid, set())
             if job.state == state:
@@ -239,6 +236,14 @@ class Engine:
                     del self._dependents[dep]
         if not pending:
             self._verdicts.pop(job.id, None)
+
+    def _waiting_on(self, job: Job) -> set[int]:
+        """The queued jobs whose dependencies' verdict `job`'s end can change: those that depend on it and, for
+        an array's job, those that depend on the whole array (its id)."""
+        waiting = set(self._dependents.get(job.id, ()))
+        if job.array_id and job.array_id != job.id:
+            waiting |= self._dependents.get(job.array_id, set())
+        return waiting
 
     def _untrack(self, job_id: int) -> None:
         job = self.jobs.pop(job_id, None)
@@ -269,12 +274,7 @@ class Engine:
         intake moves the spool entry out), then the journal line, and wake the scheduler. `key` (uid, spool
         name, inode) lets its submitter look the id up. Raises OSError when the state directory can't take
         it: then nothing of it is kept."""
-        job = lifecycle.accepted(job_id, spec, user, uid, gid, source, self.clock.time())
-        job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)   # "" without classes
-        job.after = dependencies.resolve(spec, uid, job=self.jobs.get, anyone=uid == 0,
-                                         latest=lambda u, name: self._latest.get((u, name)))
-        if spec.hold:
-            job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
+        job = self._new(job_id, spec, user, uid, gid, source, self.clock.time(), self._resolve(spec, uid))
         self._admit(job, data, key, settle)
         gpus = f"{spec.gpus} GPU(s)" if spec.gpus else "no GPU"
         self.log(f"accepted job {job_id} {spec.name!r} from {user}: {gpus}, priority {spec.priority}",
@@ -297,16 +297,9 @@ class Engine:
         if len(job_ids) != sweep.size(spec.sweep):
             raise ValueError(f"{len(job_ids)} ids for an array of {sweep.size(spec.sweep)}")
         now = self.clock.time()
-        after = dependencies.resolve(spec, uid, job=self.jobs.get, anyone=uid == 0,
-                                     latest=lambda u, name: self._latest.get((u, name)))
-        jobs = []
-        for index, job_id in enumerate(job_ids):
-            job = lifecycle.accepted(job_id, sweep.element(spec, index, array_id), user, uid, gid, source, now)
-            job.array_id, job.array_index, job.after = array_id, index, after
-            job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)
-            if spec.hold:
-                job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
-            jobs.append(job)
+        after = self._resolve(spec, uid)
+        jobs = [self._new(job_id, sweep.element(spec, index, array_id), user, uid, gid, source, now, after,
+                          (array_id, index)) for index, job_id in enumerate(job_ids)]
         steps = self.recorder.create_array(jobs, data)
         self._incoming[uid] = self._incoming.get(uid, 0) + len(jobs)    # counted as queued meanwhile
 
@@ -324,9 +317,7 @@ class Engine:
                 for job in jobs:
                     self._track(job)
                 if key is not None:
-                    self.submissions[key] = array_id
-                    while len(self.submissions) > MAX_SUBMISSIONS:
-                        self.submissions.popitem(last=False)
+                    self._remember(key, array_id)
                 if settle:
                     settle()
             except Exception as e:  # noqa: BLE001 - nothing of the array may stay behind, whatever failed
@@ -355,6 +346,29 @@ class Engine:
 
         self.soon(step)
         return jobs
+
+    def _new(self, job_id: int, spec: JobSpec, user: str, uid: int, gid: int, source: str, now: float,
+             after: tuple[dependencies.Dep, ...], array: tuple[int, int] = (0, 0)) -> Job:
+        """A new queued job's record, not yet recorded: its class, its dependencies as resolved, its place in an
+        array (array id, index), and on hold when its file says so."""
+        job = lifecycle.accepted(job_id, spec, user, uid, gid, source, now)
+        job.array_id, job.array_index = array
+        job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)   # "" without classes
+        job.after = after
+        if spec.hold:
+            job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
+        return job
+
+    def _resolve(self, spec: JobSpec, uid: int) -> tuple[dependencies.Dep, ...]:
+        """A new file's dependencies among its owner's jobs (root's: anyone's), resolved once (dependencies.py)."""
+        return dependencies.resolve(spec, uid, job=self.jobs.get, anyone=uid == 0,
+                                    latest=lambda u, name: self._latest.get((u, name)))
+
+    def _remember(self, key: tuple[int, str, int], job_id: int) -> None:
+        """Lookup's answer for a spool entry (uid, name, inode): its job's id (an array's: the array's)."""
+        self.submissions[key] = job_id
+        while len(self.submissions) > MAX_SUBMISSIONS:
+            self.submissions.popitem(last=False)
 
     def array(self, job: Job) -> list[Job] | None:
         """The elements of the array whose id is job's (job is its first element), in index order; None when
@@ -416,9 +430,7 @@ class Engine:
     def _admit(self, job: Job, data: bytes | None, key: tuple[int, str, int] | None,
                settle: Callable[[], Any] | None) -> Any:
         if key is not None:
-            self.submissions[key] = job.id
-            while len(self.submissions) > MAX_SUBMISSIONS:
-                self.submissions.popitem(last=False)
+            self._remember(key, job.id)
         try:
             self.recorder.create(job, data)             # raises when the disk is full: nothing accepted yet
             self._track(job)
@@ -880,11 +892,8 @@ class Engine:
                 continue
             self.apply(job, lifecycle.dependency_failed, why, self.clock.time(), wake=True,
                        say=f"job {job.id} can never start: {why}", priority=4, GPUSCHED_EVENT="end")
-            waiting = set(self._dependents.get(job.id, ()))
-            if job.array_id:
-                waiting |= self._dependents.get(job.array_id, set())
             self._array_states = None                   # the array's state as dependencies see it has changed
-            for other in sorted(waiting, reverse=True):
+            for other in sorted(self._waiting_on(job), reverse=True):
                 dep = self.jobs.get(other)
                 if dep is not None and dep.state == State.QUEUED and not dep.deps_met:
                     verdict, reason = self._dependency_verdict(dep)
