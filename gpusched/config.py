@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Collection
+from typing import Any, Collection, Iterator
 
 from gpusched import jobfile
 from gpusched.jobfile import key_lines
@@ -226,21 +226,31 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
     return Config(**kw)
 
 
+def _named_tables(doc: dict[str, Any], section: str, what: str, keys: Collection[str], err: Any, not_table: str,
+                  unknown: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """[SECTION.NAME] tables (classes, windows): each (name, "SECTION.NAME", table), the name checked as
+    jobfile.CLASS_NAME, the table's keys among `keys`; `not_table`, `unknown`: the errors' texts."""
+    tables = doc.get(section, {})
+    if not isinstance(tables, dict):
+        raise err(section, f"expected tables ([{section}.NAME])")
+    for name, t in tables.items():
+        where = f"{section}.{name}"
+        if not jobfile.CLASS_NAME.fullmatch(name) or len(name) > jobfile.MAX_CLASS:
+            raise err(where, f"a {what} name is letters, digits, '_', '.', '-'")
+        if not isinstance(t, dict):
+            raise err(where, not_table)
+        for key in t:
+            if key not in keys:
+                raise err(f"{where}.{key}", unknown)
+        yield name, where, t
+
+
 def _windows(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
     """[windows.NAME] (start, end, days), foreign and foreign_grace (issue 9; docs/config.md)."""
-    windows = doc.get("windows", {})
-    if not isinstance(windows, dict):
-        raise err("windows", "expected tables ([windows.NAME])")
     built = []
-    for name, t in windows.items():
-        where = f"windows.{name}"
-        if not jobfile.CLASS_NAME.fullmatch(name) or len(name) > jobfile.MAX_CLASS:
-            raise err(where, "a window name is letters, digits, '_', '.', '-'")
-        if not isinstance(t, dict):
-            raise err(where, "expected a table with start and end (\"HH:MM\") and optionally days")
-        for key in t:
-            if key not in _WINDOW_KEYS:
-                raise err(f"{where}.{key}", "unknown key (a window has start, end and days)")
+    for name, where, t in _named_tables(doc, "windows", "window", _WINDOW_KEYS, err,
+                                        "expected a table with start and end (\"HH:MM\") and optionally days",
+                                        "unknown key (a window has start, end and days)"):
         for key in ("start", "end"):
             if key not in t:
                 raise err(where, f"{key} is missing (\"HH:MM\", the server's local time)")
@@ -350,20 +360,9 @@ def _policy(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
             raise err(f"fair_share.{key}", "expected a table of names and shares")
         kw[field_name] = tuple((str(name), _share(v, f"fair_share.{key}.{name}", err)) for name, v in table.items())
     classes = doc.get("classes", {})
-    if not isinstance(classes, dict):
-        raise err("classes", "expected tables ([classes.NAME])")
-    built = []
-    for name, t in classes.items():
-        where = f"classes.{name}"
-        if not jobfile.CLASS_NAME.fullmatch(name) or len(name) > jobfile.MAX_CLASS:
-            raise err(where, "a class name is letters, digits, '_', '.', '-'")
-        if not isinstance(t, dict):
-            raise err(where, "expected a table")
-        for key in t:
-            if key not in _CLASS_KEYS:
-                raise err(f"{where}.{key}", "unknown key")
-        built.append(_job_class(name, t, set(classes), err, kw.get("windows", ())))
-    kw["classes"] = tuple(built)
+    kw["classes"] = tuple(_job_class(name, t, set(classes), err, kw.get("windows", ()))
+                          for name, _where, t in _named_tables(doc, "classes", "class", _CLASS_KEYS, err,
+                                                               "expected a table", "unknown key"))
     if "default_class" in doc:
         v = doc["default_class"]
         if not isinstance(v, str) or not jobfile.CLASS_NAME.fullmatch(v):
