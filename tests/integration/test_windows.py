@@ -121,11 +121,16 @@ def test_foreign_preempt_stops_a_preemptible_job_and_spares_a_non_preemptible_on
             assert "it is not preemptible: it keeps running on a contested GPU" in \
                 gs.journal("-t", "gpusched", f"GPUSCHED_JOB_ID={kept}")
     finally:
-        gs.sh(f"rm -f {SIM_PROCS}", check=False)
-        if unit:
-            gs.sh(f"systemctl stop {unit}", check=False)
-        for j in jobs:
-            gs.sh(f"gpuschedctl cancel {j}", check=False)
+        _clean_up(gs, unit, jobs)
+
+
+def _clean_up(gs, unit: str, jobs: list[int]) -> None:
+    """After a foreign-use test: no simulated process on any GPU, the foreign process stopped, its jobs gone."""
+    gs.sh(f"rm -f {SIM_PROCS}", check=False)
+    if unit:
+        gs.sh(f"systemctl stop {unit}", check=False)
+    for j in jobs:
+        gs.sh(f"gpuschedctl cancel {j}", check=False)
 
 
 def test_foreign_wait_keeps_the_job_running_and_gives_the_gpu_no_new_job(gs):
@@ -154,8 +159,4 @@ def test_foreign_wait_keeps_the_job_running_and_gives_the_gpu_no_new_job(gs):
                 time.sleep(0.2)
             assert _gpus(gs)[g]["state"] == f"job {job}"
     finally:
-        gs.sh(f"rm -f {SIM_PROCS}", check=False)
-        if unit:
-            gs.sh(f"systemctl stop {unit}", check=False)
-        for j in jobs:
-            gs.sh(f"gpuschedctl cancel {j}", check=False)
+        _clean_up(gs, unit, jobs)
