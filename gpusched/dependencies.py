@@ -94,7 +94,12 @@ def retry_delay(job: Job, result: dict | None, base: float, cap: float) -> float
             return None
     elif spec.retry_on:
         return None                                      # nothing recorded: no exit code to match
-    return float(min(cap, base * (2 ** job.retried)))
+    return backoff(job.retried, base, cap)
+
+
+def backoff(n: int, base: float, cap: float) -> float:
+    """The n-th wait (from 0) of an exponential backoff: base, 2 base, 4 base, ... at most cap."""
+    return float(min(cap, base * (2 ** n)))
 
 
 def gpu_oom_retry(job: Job, result: dict | None, gpus: Sequence[Gpu] | None) -> dict:
@@ -139,4 +144,4 @@ def requeue_delay(job: Job, base: float, cap: float) -> float | None:
     retries' backoff (base, 2 base, ... at most cap) for each requeue before it, so a job that requeues itself
     in a loop can't spin the server."""
     before = sum(1 for h in job.history if h.get("requeued"))
-    return None if before == 0 else float(min(cap, base * (2 ** (before - 1))))
+    return None if before == 0 else backoff(before - 1, base, cap)

@@ -1044,7 +1044,7 @@ class Engine:
             # kept out of the passes meanwhile (1 s, doubled each time, at most 30 s), so that the GPUs it
             # would be given stay free for the others rather than go to a start that fails again
             tries = self._unit_waits.get(job.id, (0.0, 0))[1] + 1
-            until = self.clock.time() + min(30.0, 2.0 ** (tries - 1))
+            until = self.clock.time() + dependencies.backoff(tries - 1, 1.0, 30.0)
             self._unit_waits[job.id] = (until, tries)
             self._due = min(self._due or until, until)   # a pass then
             return

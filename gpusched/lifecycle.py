@@ -258,7 +258,7 @@ def ended(job: Job, result: dict[str, Any] | None, now: float, retry_at: float |
             job.queued_since = end                # a requeue goes to the back of the line (its age restarts)
             job.not_before = retry_at             # requeued again and again: a backoff (dependencies.requeue_delay)
         job.gpus, job.unit, job.started = (), "", None
-        job.stop_intent = job.stop_requested = job.stop_due = None
+        job.stop_intent = job.stop_requested = None
         return
     job.exit_code, job.signal, job.ended = exit_code, sig, end
     job.held = ""
