@@ -88,7 +88,7 @@ class Manager:
         return self.engine.element(array_id, index).id
 
     def _one(self, verb: str, job: Any, who: Caller) -> str:
-        who.require_act(job, verb.removesuffix("-now"))
+        who.require_act(job, verb)
         if verb in ("cancel", "cancel-now"):
             return self.engine.cancel(job, who, verb == "cancel-now")
         if verb == "hold":
@@ -102,7 +102,7 @@ class Manager:
         requeue: running); the others are counted as skipped. Refused as a whole when the caller may not act
         on the array, or when it applies to none."""
         for job in elements:
-            who.require_act(job, verb.removesuffix("-now"))
+            who.require_act(job, verb)
         done: dict[str, int] = {}
         skipped, refusal = 0, ""
         for job in elements:

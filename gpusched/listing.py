@@ -13,6 +13,7 @@ import json
 from datetime import datetime
 from typing import Any, Callable, Protocol
 
+from gpusched import sweep
 from gpusched.model import Job, job_to_dict
 
 PRIVATE_FIELDS = ("log", "source", "history", "stop_intent", "stop_requested", "usage", "cpu_seconds",
@@ -126,7 +127,7 @@ def fold_row(array_id: int, elements: list[Job]) -> str:
     `12[0-5]  array  alice  sweep  (1)  100  ...  2 running, 3 queued, 1 succeeded`. Its ID is the array's
     id and the range of its indices, and is never cut."""
     first = elements[0]
-    name = first.name.removesuffix(f"[{first.array_index}]")
+    name = sweep.base_name(first.name, first.array_index)
     indices = [j.array_index for j in elements]
     span = f"{array_id}[{min(indices)}-{max(indices)}]" if len(indices) > 1 else f"{array_id}[{indices[0]}]"
     submitted = datetime.fromtimestamp(first.submitted).strftime(TIME_FORMAT)
