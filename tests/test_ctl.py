@@ -1,10 +1,14 @@
 import io
 import json
+import sys
 
 import pytest
 from gi.repository import Gio, GLib
 
 from gpusched import ctl
+from gpusched.ctl import client as clientmod
+from gpusched.ctl.client import bus_error
+from gpusched.ctl.common import CtlError
 
 EVIL = "x\x1b]0;pwned\x07\x1b[2J\r\u202ey"
 RAW = ("\x1b", "\x07", "\r", "\u202e")
@@ -32,7 +36,7 @@ class FakeClient:
 @pytest.fixture
 def client(monkeypatch):
     FakeClient.calls, FakeClient.replies = [], {}
-    monkeypatch.setattr(ctl, "Client", FakeClient)
+    monkeypatch.setattr(clientmod, "Client", FakeClient)
     return FakeClient
 
 
@@ -71,7 +75,7 @@ def test_list_json_follows_pages(client, capsys):
 
 
 def test_errors_are_escaped_and_exit_non_zero(client, capsys):
-    client.replies["Show"] = ctl.CtlError(f"no job named {EVIL}")
+    client.replies["Show"] = CtlError(f"no job named {EVIL}")
     with pytest.raises(SystemExit) as e:
         ctl.main(["show", "4"])
     assert e.value.code == 1
@@ -91,7 +95,7 @@ def test_cancel_now_calls_cancel_now_and_reports_each_failure(client, capsys):
     assert ctl.main(["cancel", "--now", "5", "6"]) == 0
     assert client.calls == [("CancelNow", 5), ("CancelNow", 6)]
     assert capsys.readouterr().out == "job 5: killed\njob 6: killed\n"
-    client.replies["Cancel"] = ctl.CtlError("job 7 belongs to alice; only its owner, root or an admin may cancel it")
+    client.replies["Cancel"] = CtlError("job 7 belongs to alice; only its owner, root or an admin may cancel it")
     assert ctl.main(["cancel", "7"]) == 1
     assert "belongs to alice" in capsys.readouterr().err
 
@@ -121,7 +125,7 @@ def test_logs_are_escaped_on_a_terminal_and_raw_otherwise(client, monkeypatch, t
     log.write_bytes(data)
     client.replies["Show"] = {"state": "succeeded", "log": str(log), "user": "alice", "source": "a.toml"}
     buf = Tty() if tty else io.BytesIO()
-    monkeypatch.setattr(ctl.sys, "stdout", io.TextIOWrapper(buf))
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(buf))
     assert ctl.main(["logs", "1"] + (["--raw"] if raw else [])) == 0
     out = buf.getvalue()
     if tty and not raw:
@@ -135,11 +139,11 @@ def remote(name, text):
 
 
 def test_bus_errors_are_said_in_words():
-    msg = ctl.bus_error(remote("org.freedesktop.DBus.Error.ServiceUnknown", "The name org.gpusched1 was not "
+    msg = bus_error(remote("org.freedesktop.DBus.Error.ServiceUnknown", "The name org.gpusched1 was not "
                                                                             "provided by any .service files"))
     assert msg.startswith("gpusched is not on the system bus") and "ServiceUnknown" in msg
-    msg = ctl.bus_error(remote("unknown.KeyError", "'x'"))
+    msg = bus_error(remote("unknown.KeyError", "'x'"))
     assert msg.startswith("gpusched failed (KeyError: 'x')") and "journalctl" in msg
-    msg = ctl.bus_error(remote("org.freedesktop.DBus.Error.NoReply", "did not receive a reply"))
+    msg = bus_error(remote("org.freedesktop.DBus.Error.NoReply", "did not receive a reply"))
     assert "no answer in time" in msg
-    assert ctl.bus_error(ValueError("plain")) == "plain"
+    assert bus_error(ValueError("plain")) == "plain"

@@ -14,7 +14,7 @@ from gpusched import gpus as gpusmod
 from gpusched import usage
 from gpusched.access import Access
 from gpusched.api import Manager
-from gpusched.ctl import CtlError, parse_since, usage_value
+from gpusched.ctl.common import CtlError, parse_since, usage_value
 from gpusched.errors import Invalid, NotAllowed
 from gpusched.jobfile import JobSpec
 from gpusched.listing import row
@@ -347,9 +347,10 @@ def test_since_is_a_duration_back_or_a_date():
 
 def test_stats_and_history_print_tables_escaped_and_json_exact(monkeypatch, capsys):
     from gpusched import ctl
+    from gpusched.ctl import client as clientmod
     from tests.test_ctl import EVIL, FakeClient, no_raw_controls
     FakeClient.calls, FakeClient.replies = [], {}
-    monkeypatch.setattr(ctl, "Client", FakeClient)
+    monkeypatch.setattr(clientmod, "Client", FakeClient)
     FakeClient.replies["Usage"] = [{"user": EVIL, "jobs": 3, "running": 1, "gpu_hours_reserved": 2.5,
                                     "gpu_hours_used": 1.25, "energy_joules": 9000.0, "energy_estimated": True,
                                     "wait_mean": 90.0, "wait_max": 3600.0, "cpu_seconds": 7200.0}]

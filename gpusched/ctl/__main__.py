@@ -1,0 +1,5 @@
+import sys
+
+from gpusched.ctl.main import main
+
+sys.exit(main())

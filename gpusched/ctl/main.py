@@ -1,0 +1,48 @@
+"""gpuschedctl's parser, made of each command module's `register`, and main(): one line per error, the exit
+codes of common.py."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gpusched import config as configmod
+from gpusched import jobfile
+from gpusched.ctl import accounting, admin, jobs, queue
+from gpusched.ctl.common import CtlError, die
+
+MODULES = (jobs, queue, admin, accounting)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpuschedctl", description="Submit and manage gpusched jobs.")
+    ap.add_argument("--config", default=os.environ.get("GPUSCHED_CONFIG", configmod.DEFAULT_PATH))
+    ap.add_argument("--spool", help="spool directory (default: from the config)")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for module in MODULES:
+        module.register(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except CtlError as e:
+        die(str(e), e.code)
+    except jobfile.JobFileError as e:
+        die(f"invalid job file:\n{e}")
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001
+        if args.debug:
+            raise
+        die(f"{type(e).__name__}: {e} (run with --debug for a traceback)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
