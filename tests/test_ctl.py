@@ -53,7 +53,7 @@ def test_show_escapes_every_field_and_keeps_command_lines(client, capsys):
     assert no_raw_controls(out) and "\\x1b]0;pwned\\x07" in out and "\\u202e" in out
     assert "   command: echo 1\n                x\\x1b" in out
     assert ctl.main(["show", "3", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["name"] == EVIL        # --json stays exact
+    assert json.loads(capsys.readouterr().out)["job"]["name"] == EVIL        # --json stays exact
 
 
 def test_list_escapes_rows_again_and_json_is_passed_through(client, capsys):
@@ -64,14 +64,14 @@ def test_list_escapes_rows_again_and_json_is_passed_through(client, capsys):
     assert no_raw_controls(out) and out.count("\n") == 2
     client.replies["ListPage"] = '{"last": 0, "ok": [%s]}' % json.dumps({"id": 1, "name": EVIL})
     assert ctl.main(["list", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [{"id": 1, "name": EVIL}]
+    assert json.loads(capsys.readouterr().out) == {"version": 1, "jobs": [{"id": 1, "name": EVIL}]}
 
 
 def test_list_json_follows_pages(client, capsys):
     pages = iter(['{"last": 2, "ok": [{"id": 1},{"id": 2}]}', '{"last": 0, "ok": [{"id": 3}]}'])
     client.raw = lambda self, method, *args: next(pages)
     assert ctl.main(["list", "--json", "--all"]) == 0
-    assert [j["id"] for j in json.loads(capsys.readouterr().out)] == [1, 2, 3]
+    assert [j["id"] for j in json.loads(capsys.readouterr().out)["jobs"]] == [1, 2, 3]
 
 
 def test_errors_are_escaped_and_exit_non_zero(client, capsys):

@@ -360,7 +360,7 @@ def test_stats_and_history_print_tables_escaped_and_json_exact(monkeypatch, caps
     assert (method, user) == ("Usage", "alice") and since > 0
     assert no_raw_controls(out) and "CPU TIME" in out and "~9.0 kJ" in out and "2.500" in out and "1h" in out
     assert ctl.main(["stats", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["user"] == EVIL
+    assert json.loads(capsys.readouterr().out)["users"][0]["user"] == EVIL
     assert FakeClient.calls[-1] == ("Usage", "", 0.0)
     FakeClient.replies["History"] = {"more": 2, "jobs": [
         {"id": 4, "user": "alice", "name": EVIL, "state": "succeeded", "ended": "2026-11-24T10:00:00+00:00",

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
-import json
 import time
 from datetime import datetime
 
 from gpusched.ctl import client as clientmod
-from gpusched.ctl.common import _energy, _table, parse_since, usage_value, warn
+from gpusched.ctl.common import print_json, _energy, _table, parse_since, usage_value, warn
 
 def cmd_stats(args: argparse.Namespace) -> int:
     rows = clientmod.Client().call("Usage", args.user or "", parse_since(args.since, time.time()))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json("users", rows)
         return 0
     if not rows:
         print("no jobs in that period")
@@ -37,7 +36,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                           parse_since(args.since, time.time()), max(1, min(args.limit, 5000)))
     jobs = reply["jobs"]
     if args.json:
-        print(json.dumps(jobs, indent=2))
+        print_json("jobs", jobs, more=reply.get("more", 0))
     elif jobs:
         table = [("ID", "USER", "NAME", "STATE", "ENDED", "GPUS", "GPU-H RES", "GPU-H USED", "GPU MEM PEAK",
                   "ENERGY", "CPU TIME", "PEAK RAM")]

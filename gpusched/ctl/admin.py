@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
-import json
 
 from gpusched.ctl import client as clientmod
-from gpusched.ctl.common import _table, printable, safe
+from gpusched.ctl.common import print_json, _table, printable, safe
 from gpusched.units import format_size
 
 def cmd_switch(args: argparse.Namespace) -> int:
@@ -23,7 +22,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
 def cmd_gpus(args: argparse.Namespace) -> int:
     info = clientmod.Client().call("Gpus")
     if args.json:
-        print(json.dumps(info, indent=2))
+        print_json("gpus", info["gpus"], simulated=info["simulated"], error=info.get("error"))
         return 0
     if info.get("error"):
         print(f"GPU probe failing: {safe(info['error'])}")

@@ -4,6 +4,7 @@ targets (ID, ID[i], ID_i), tables and the accounting figures' formats."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pwd
 import re
@@ -19,6 +20,16 @@ from gpusched.units import format_duration, format_size, parse_duration
 # exit codes (docs/cli.md): 0 done; 1 failed or refused; 2 a usage error (argparse's own); 3 gpusched could
 # not be reached; `wait` exits with the job's own code for one job, and 124 when its --timeout passed
 OK, FAILED, USAGE, UNREACHABLE, TIMED_OUT = 0, 1, 2, 3, 124
+
+
+# `--json` output: one object, {"version": JSON_VERSION, "<kind>": ...}; a field is only ever added within
+# a version (docs/cli.md lists each kind's fields); a removal or a change of meaning raises the version
+JSON_VERSION = 1
+
+
+def print_json(kind: str, payload: Any, **more: Any) -> None:
+    """A read command's --json: {"version": 1, kind: payload, ...more}."""
+    print(json.dumps({"version": JSON_VERSION, kind: payload, **more}, indent=2))
 
 
 class CtlError(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import json
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 from gpusched import jobfile
 from gpusched.ctl import client as clientmod
-from gpusched.ctl.common import (CtlError, _caller, _config, _field, _privileged, _resolve, _shown, _spool_dir,
+from gpusched.ctl.common import (print_json, CtlError, _caller, _config, _field, _privileged, _resolve, _shown, _spool_dir,
                                  job_target, printable, usage_value, warn)
 from gpusched.model import FINAL, State
 from gpusched.units import format_size
@@ -92,7 +91,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     client = clientmod.Client()
     job = client.call("Show", _resolve(client, args.id))
     if args.json:
-        print(json.dumps(job, indent=2))
+        print_json("job", job)
         return 0
     spec = job.pop("spec", {})
     for key, value in job.items():

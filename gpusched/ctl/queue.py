@@ -8,7 +8,7 @@ import json
 import sys
 
 from gpusched.ctl import client as clientmod
-from gpusched.ctl.common import safe
+from gpusched.ctl.common import JSON_VERSION, safe
 
 def cmd_list(args: argparse.Namespace) -> int:
     client = clientmod.Client()
@@ -24,7 +24,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             head, _, body = raw.partition(', "ok": [')
             last = int(head[len('{"last": '):])
             body = body[:-2]                           # drop "]}"
-            out.write(("[" if first else (",\n" if body else "")) + body)
+            out.write(('{"version": %d, "jobs": [' % JSON_VERSION if first else (",\n" if body else "")) + body)
         else:
             reply = json.loads(raw)
             last = reply["last"]
@@ -35,7 +35,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             break
         after = last
     if args.json:
-        out.write("]\n")
+        out.write("]}\n")
     return 0
 
 

@@ -75,7 +75,7 @@ class Gs:
         raise AssertionError(f"no job from {user} with source {name}")
 
     def list(self, all: bool = False) -> list[dict]:
-        return json.loads(self.sh("gpuschedctl list --json" + (" --all" if all else "")).stdout)
+        return json.loads(self.sh("gpuschedctl list --json" + (" --all" if all else "")).stdout)["jobs"]
 
     def status(self, job_id: int) -> dict:
         return tomllib.loads(self.sh(f"cat {self.state}/status/{job_id}.toml").stdout)

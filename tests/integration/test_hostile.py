@@ -115,7 +115,7 @@ def test_nobody_changes_another_users_job_through_files_or_the_bus(gs):
     # rewrites every live job's copy after a restart): the daemon never reads it back
     gs.sh(f"chmod 600 {status} && {forged}")
     gs.sh("systemctl restart gpusched")
-    shown = json.loads(gs.sh(f"gpuschedctl show {n} --json").stdout)
+    shown = json.loads(gs.sh(f"gpuschedctl show {n} --json").stdout)["job"]
     assert (shown["state"], shown["user"], shown["uid"]) == ("running", "alice", st["uid"])
     gs.sh(f"gpuschedctl cancel {n}", user="alice")
     st = gs.wait(n, "cancelled")                     # her copy: rewritten from the record at the next change

@@ -53,7 +53,7 @@ def test_a_gpu_oom_is_retried_with_more_gpu_memory_shown_in_show_and_json(gs):
         assert st["attempt"] == 2 and st["retried"] == 1 and st["retry_gpu_memory"] == 20 << 30, st
         assert st["history"][0]["kind"] == "gpu_oom" and st["history"][0]["retried"] is True, st
         assert "outcome" not in st, st                      # the last attempt's: it succeeded
-        js = json.loads(gs.sh(f"gpuschedctl show --json {job}", user="alice").stdout)
+        js = json.loads(gs.sh(f"gpuschedctl show --json {job}", user="alice").stdout)["job"]
         assert js["retry_gpu_memory"] == 20 << 30 and js["history"][0]["kind"] == "gpu_oom", js
         journal = gs.journal(f"GPUSCHED_JOB_ID={job}")
         assert OOM_LINE in journal and "ran out of GPU memory (CUDA out of memory) and exited with code 1" in journal
@@ -86,7 +86,7 @@ def test_on_gpu_oom_fail_and_a_plain_failure_and_cpu_time(gs):
     assert st["reason"].startswith("ran out of GPU memory (exited with code 1): "), st
     st = gs.wait(plain, "failed", timeout=30)
     assert "outcome" not in st and st["reason"] == "exited with code 1", st
-    listed = {j["id"]: j for j in json.loads(gs.sh("gpuschedctl list --all --json", user="alice").stdout)}
+    listed = {j["id"]: j for j in json.loads(gs.sh("gpuschedctl list --all --json", user="alice").stdout)["jobs"]}
     assert listed[oom]["outcome"] == "gpu_oom" and "outcome" not in listed[plain]
     st = gs.wait(busy, "succeeded", timeout=30)
     assert st["cpu_seconds"] >= 0.4 and st["history"][0]["cpu_seconds"] == st["cpu_seconds"], st

@@ -59,7 +59,7 @@ def test_listing_bigger_than_the_bus_limit_is_paged_and_the_daemon_stays(gs):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            mine = [j for j in json.loads(gs.sh("gpuschedctl list --json", user="alice").stdout)
+            mine = [j for j in json.loads(gs.sh("gpuschedctl list --json", user="alice").stdout)["jobs"]
                     if j["name"] == f"big-{tag}"]
             ids = [j["id"] for j in mine]
             if len(mine) == n:
@@ -71,7 +71,7 @@ def test_listing_bigger_than_the_bus_limit_is_paged_and_the_daemon_stays(gs):
         for flags in ("--json", "--json --all"):
             out = gs.sh(f"gpuschedctl list {flags}", user="bob").stdout
             assert len(out) > BUS_LIMIT, len(out)
-            got = [j for j in json.loads(out) if j.get("name") == f"big-{tag}"]
+            got = [j for j in json.loads(out)["jobs"] if j.get("name") == f"big-{tag}"]
             assert sorted(j["id"] for j in got) == sorted(ids)
             assert all(j["tags"] == tags and "source" not in j for j in got)
         table = gs.sh("gpuschedctl list", user="bob").stdout
@@ -147,10 +147,10 @@ def test_terminal_escapes_never_reach_a_terminal(gs):
     rejected = gs.job_by_source("alice", bad, timeout=20)
     gs.wait(ok["id"], "succeeded")
     gs.wait(rejected["id"], "rejected")
-    full = {j["id"]: j for j in json.loads(gs.sh("gpuschedctl list --json --all", user="alice").stdout)}
+    full = {j["id"]: j for j in json.loads(gs.sh("gpuschedctl list --json --all", user="alice").stdout)["jobs"]}
     assert full[ok["id"]]["source"] == good and full[rejected["id"]]["source"] == bad     # exact in JSON
     assert bad in full[rejected["id"]]["reason"] and full[rejected["id"]]["name"] == bad
-    shown = json.loads(gs.sh(f"gpuschedctl show --json {ok['id']}", user="alice").stdout)
+    shown = json.loads(gs.sh(f"gpuschedctl show --json {ok['id']}", user="alice").stdout)["job"]
     assert shown["spec"]["command"].startswith("printf '\\033]0;pwned\\007'")
 
     outputs = {}

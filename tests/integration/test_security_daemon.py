@@ -61,7 +61,7 @@ def test_per_user_caps_hold_back_one_users_load(gs):
         st = gs.wait(gs.job_by_source("alice", over)["id"], "rejected")
         assert "max_queued_per_user = 6" in st["reason"]
         gs.sh("for j in $(gpuschedctl list --json | python3 -c 'import json,sys; "
-              "print(*[j[\"id\"] for j in json.load(sys.stdin)])'); do gpuschedctl cancel --now $j || "
+              "print(*[j[\"id\"] for j in json.load(sys.stdin)[\"jobs\"]])'); do gpuschedctl cancel --now $j || "
               "gpuschedctl cancel $j; done", user="alice", check=False)
 
 

@@ -39,7 +39,7 @@ def _until(fn, timeout: float = 30, what: str = ""):
 
 
 def _listed(gs, job_id: int, user: str = "alice") -> dict:
-    jobs = json.loads(gs.sh("gpuschedctl list --json", user=user).stdout)
+    jobs = json.loads(gs.sh("gpuschedctl list --json", user=user).stdout)["jobs"]
     return next(j for j in jobs if j["id"] == job_id)
 
 
@@ -55,10 +55,10 @@ def test_a_running_jobs_idle_gpus_are_flagged_in_list_show_and_the_journal_then_
         _until(lambda: "idle:" in _listed(gs, job).get("reason", ""), what="the idle flag in list --json")
         table = gs.sh("gpuschedctl list", user="alice").stdout
         assert any(line.startswith(str(job)) and "idle: its GPUs" in line for line in table.splitlines()), table
-        shown = json.loads(gs.sh(f"gpuschedctl show --json {job}", user="alice").stdout)
+        shown = json.loads(gs.sh(f"gpuschedctl show --json {job}", user="alice").stdout)["job"]
         assert shown["usage"]["idle_since"] and shown["state"] == "running", shown
         assert "idle_since" in gs.sh(f"gpuschedctl show {job}", user="alice").stdout
-        assert "usage" not in json.loads(gs.sh(f"gpuschedctl show --json {job}", user="bob").stdout)  # private
+        assert "usage" not in json.loads(gs.sh(f"gpuschedctl show --json {job}", user="bob").stdout)["job"]  # private
         st = gs.status(job)
         assert st["usage"]["idle_since"] and st["reason"].startswith("idle:"), st
         time.sleep(3)                                        # still idle: still one journal line
@@ -100,19 +100,19 @@ def test_a_finished_job_has_its_accounting_and_stats_and_history_show_it(hook):
     assert 0.25 * u["gpu_hours_reserved"] < u["gpu_hours_used"] < 0.6 * u["gpu_hours_reserved"], u
     assert u["gpu_memory_peak"] == 12 << 30 and 200 < u["energy_joules"] < 2 * 200 * (held + 2), u
     assert "energy_estimated" not in u
-    rows = json.loads(gs.sh("gpuschedctl stats --json", user="alice").stdout)
+    rows = json.loads(gs.sh("gpuschedctl stats --json", user="alice").stdout)["users"]
     assert [r["user"] for r in rows] == ["alice"], rows             # a user sees their own line
     assert rows[0]["jobs"] >= 1 and rows[0]["gpu_hours_reserved"] >= u["gpu_hours_reserved"] - 1e-6
     assert rows[0]["wait_max"] >= 0 and rows[0]["energy_joules"] >= u["energy_joules"] - 1e-3
     table = gs.sh("gpuschedctl stats --since 1h", user="alice").stdout
     assert table.splitlines()[0].startswith("USER") and any(ln.startswith("alice ") for ln in table.splitlines())
-    everyone = json.loads(gs.sh("gpuschedctl stats --json").stdout)      # root: every user
+    everyone = json.loads(gs.sh("gpuschedctl stats --json").stdout)["users"]      # root: every user
     assert "alice" in {r["user"] for r in everyone}
     refused = gs.sh("gpuschedctl stats --user alice", user="bob", check=False)
     assert refused.returncode != 0 and "only root or an admin" in refused.stderr, refused
-    hist = json.loads(gs.sh("gpuschedctl history --json --since 1h", user="alice").stdout)
+    hist = json.loads(gs.sh("gpuschedctl history --json --since 1h", user="alice").stdout)["jobs"]
     mine = next(j for j in hist if j["id"] == job)
     assert mine["usage"]["gpu_hours_reserved"] == pytest.approx(u["gpu_hours_reserved"]), mine
     assert str(job) in gs.sh("gpuschedctl history --state succeeded", user="alice").stdout
-    theirs = json.loads(gs.sh("gpuschedctl history --json --user alice", user="bob").stdout)
+    theirs = json.loads(gs.sh("gpuschedctl history --json --user alice", user="bob").stdout)["jobs"]
     assert any(j["id"] == job for j in theirs) and all("usage" not in j for j in theirs)

@@ -38,7 +38,7 @@ def test_a_job_starts_only_inside_its_window_and_an_unknown_window_is_rejected(g
         assert st["state"] == "queued" and st["reason"] == expected, st
         listed = {j["id"]: j for j in gs.list()}
         assert listed[waiting]["reason"] == expected and listed[waiting]["state"] == "queued"
-        shown = json.loads(gs.sh(f"gpuschedctl show --json {waiting}", user="alice").stdout)
+        shown = json.loads(gs.sh(f"gpuschedctl show --json {waiting}", user="alice").stdout)["job"]
         assert shown["spec"]["window"] == "closed", shown
         time.sleep(3)                                           # passes go by: it still waits, GPUs are free
         assert gs.status(waiting)["state"] == "queued"
@@ -116,7 +116,7 @@ def test_foreign_preempt_stops_a_preemptible_job_and_spares_a_non_preemptible_on
             assert gpus[gv]["state"] == "foreign" and gpus[gv]["foreign"][0]["user"] == "bob", gpus
             table = gs.sh("gpuschedctl gpus").stdout
             assert f"job {kept}, contested (pids {pid})" in table and "bob" in table, table
-            shown = json.loads(gs.sh(f"gpuschedctl show --json {kept}").stdout)
+            shown = json.loads(gs.sh(f"gpuschedctl show --json {kept}").stdout)["job"]
             assert shown["contested"] == f"GPU {gk} is used outside gpusched by bob (pid {pid}, sleep)", shown
             assert "it is not preemptible: it keeps running on a contested GPU" in \
                 gs.journal("-t", "gpusched", f"GPUSCHED_JOB_ID={kept}")
