@@ -1,3 +1,4 @@
+import argparse
 import io
 import json
 import sys
@@ -147,3 +148,28 @@ def test_bus_errors_are_said_in_words():
     msg = bus_error(remote("org.freedesktop.DBus.Error.NoReply", "did not receive a reply"))
     assert "no answer in time" in msg
     assert bus_error(ValueError("plain")) == "plain"
+
+
+def test_job_options_become_the_keys_of_a_job_file():
+    import tomllib
+
+    from gpusched import jobfile
+    from gpusched.ctl import jobopts
+    ap = argparse.ArgumentParser()
+    jobopts.add_options(ap)
+    args = ap.parse_args(["--gpus", "2", "--memory", "8G", "--env", "A=b=c", "--export", "HOME2", "--tag", "x",
+                          "--time-limit", "1h", "--class", "debug"])
+    doc = jobopts.job_doc(args, ["python", "train.py", "--lr", "1e-3"], environ={"HOME2": "/h"}, cwd="/w")
+    assert doc == {"command": ["python", "train.py", "--lr", "1e-3"], "name": "python", "gpus": 2,
+                   "class": "debug", "time_limit": "1h", "workdir": "/w", "env": {"HOME2": "/h", "A": "b=c"},
+                   "tags": ["x"], "limits": {"memory": "8G"}}
+    data = jobopts.job_toml(doc)
+    assert tomllib.loads(data.decode()) == doc
+    spec = jobfile.parse(jobopts.job_toml({k: v for k, v in doc.items() if k != "class"}), "python.toml",
+                         owner_is_root=False)
+    assert spec.gpus == 2 and spec.command == ("python", "train.py", "--lr", "1e-3")
+    for bad, env in ((["--export", "NOPE"], {}), (["--env", "novalue"], {})):
+        with pytest.raises(jobopts.OptionError):
+            jobopts.job_doc(ap.parse_args(bad), ["x"], environ=env, cwd="/")
+    with pytest.raises(jobopts.OptionError):
+        jobopts.job_doc(ap.parse_args([]), [], environ={}, cwd="/")

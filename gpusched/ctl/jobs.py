@@ -12,7 +12,8 @@ from typing import Any
 
 from gpusched import jobfile
 from gpusched.ctl import client as clientmod
-from gpusched.ctl.common import (print_json, CtlError, _caller, _config, _field, _privileged, _resolve, _shown, _spool_dir,
+from gpusched.ctl import spoolfile
+from gpusched.ctl.common import (print_json, CtlError, _field, _resolve, _shown,
                                  job_target, printable, usage_value, warn)
 from gpusched.model import FINAL, State
 from gpusched.units import format_size
@@ -25,44 +26,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CtlError(f"{args.file}: {e.strerror}") from None
     base = os.path.basename(args.file)
     data = _with_options(data, args)
-    # the daemon checks again, with the same limits; failing here loses nothing and says the same
-    cfg = _config(args)
-    jobfile.parse(data, base, owner_is_root=os.getuid() == 0, limits=cfg.job_limits(*_caller()),
-                  privileged=_privileged(cfg))
-    spool = _spool_dir(args)
-    stem = base[:-5] if base.endswith(".toml") else base
-    stem = stem.lstrip(".") or "job"
-    for n in range(1000):
-        name = f"{stem}.toml" if n == 0 else f"{stem}-{n}.toml"
-        try:
-            fd = os.open(os.path.join(spool, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            break
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise CtlError(f"can't write into the spool {spool}: {e.strerror}") from None
-    else:
-        raise CtlError(f"no free name for {stem}.toml in {spool}")
-    try:
-        ino = os.fstat(fd).st_ino
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)                                   # the daemon takes the file at this close
+    spoolfile.check(data, base, args)           # the daemon checks again; failing here loses nothing
+    name, ino = spoolfile.drop(data, base[:-5] if base.endswith(".toml") else base, args)
     if args.no_wait:
         print(printable(name))
         return 0
-    client = clientmod.Client()
-    deadline = time.monotonic() + args.timeout
-    while (job_id := client.call("Lookup", name, ino)) == 0:
-        if time.monotonic() > deadline:
-            raise CtlError(f"{name} is in the spool but gpusched has not taken it after {args.timeout:.0f}s")
-        time.sleep(0.02)
-    job = client.call("Show", job_id)
-    if job["state"] == "rejected":
-        raise CtlError(f"job {job_id} rejected: {job.get('reason', '')}")
-    print(job_id)
+    print(spoolfile.taken(clientmod.Client(), name, ino, args.timeout)["id"])
     return 0
 
 
