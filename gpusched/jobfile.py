@@ -117,6 +117,8 @@ class JobSpec:
     # an array's element (its values are then in its command and env); max_parallel: elements active at once
     sweep: tuple[tuple[str, tuple[str | int | float | bool, ...]], ...] = ()
     max_parallel: int = 0                 # 0: no limit
+    # issue 11, `gpuschedctl run`: the Unix socket of the terminal the job attaches to (gpusched/ptyrelay.py)
+    attach: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -539,7 +541,7 @@ def _bounded_size(v: Any) -> int:
 TOP_KEYS = {"command", "name", "workdir", "env", "conda", "tags", "gpus", "gpu_memory", "gpu_type", "gpu_ids",
             "priority", "limits", "time_limit", "grace", "stop_signal", "preemptible", "user", "class", "resumable",
             "share", "after", "after_ok", "after_notok", "singleton", "hold", "retries", "retry_on",
-            "window", "on_gpu_oom", "warn_signal", "warn_before", "on_finish", "notify", "sweep"}
+            "window", "on_gpu_oom", "warn_signal", "warn_before", "on_finish", "notify", "sweep", "attach"}
 LIMIT_KEYS = {"memory", "cpus", "tasks"}
 
 
@@ -622,6 +624,9 @@ def parse(data: bytes, filename: str, *, owner_is_root: bool, default_name: str 
         if value is not None:
             kw["job_class"] = value
     opt("window", _window_name)
+    opt("attach", _attach)
+    if "attach" in kw and "sweep" in doc:
+        c.fail("attach", "an array's jobs can't share one terminal: attach (gpuschedctl run) is for one job")
 
     if "sweep" in doc:
         _sweep(c, doc["sweep"], kw, limits)
@@ -923,6 +928,20 @@ def _workdir(v: Any) -> str:
                          f"expanded, never '~{_clip(user, 32)}'; write an absolute path instead")
     if not v.startswith(("/", "~")):
         raise ValueError(f"must be an absolute path or start with ~/ (the job user's home), got {_clip(v, 80)!r}")
+    return v
+
+
+MAX_SOCKET_PATH = 107          # bytes of a Unix socket's path (sun_path, less its NUL)
+
+
+def _attach(v: Any) -> str:
+    v = _expect(str, "a path")(v)
+    if "\0" in v or not v.isprintable():
+        raise ValueError("can't contain NUL or control characters (or other unprintable ones)")
+    if not v.startswith("/"):
+        raise ValueError(f"must be an absolute path (a Unix socket's), got {_clip(v, 80)!r}")
+    if len(v.encode()) > MAX_SOCKET_PATH:
+        raise ValueError(f"longer than {MAX_SOCKET_PATH} bytes (a Unix socket's path can't be)")
     return v
 
 

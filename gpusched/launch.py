@@ -6,6 +6,7 @@ The daemon hands the properties to systemd (StartTransientUnit) and the spec to 
 from __future__ import annotations
 
 import shlex
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -48,7 +49,21 @@ def unit_name(job_id: int) -> str:
     return f"gpusched-job-{job_id}.scope"
 
 
+# An interactive job's (`attach`, gpuschedctl run) command runs under its relay, as the job's user in its scope.
+# -I: the job's PYTHON* variables and its workdir can't put other code in the relay's place
+RELAY = (sys.executable or "/usr/bin/python3", "-I", "-m", "gpusched.ptyrelay")
+SETUP_FD = 3               # the relay's fd for why it could not attach; the monitor's "could not start"
+
+
 def argv_for(spec: JobSpec) -> list[str]:
+    argv = _command_argv(spec)
+    if spec.attach:
+        forward = ["--forward", str(spec.warn_signal)] if spec.warn_signal else []
+        return [*RELAY, "--setup-fd", str(SETUP_FD), *forward, spec.attach, "--", *argv]
+    return argv
+
+
+def _command_argv(spec: JobSpec) -> list[str]:
     if spec.conda:
         prelude = _CONDA_PRELUDE % {"env": shlex.quote(spec.conda)}
         if isinstance(spec.command, str):
@@ -128,4 +143,6 @@ def plan(job_id: int, attempt: int, spec: JobSpec, account: Account, gpus: Seque
         "ident": f"job-{job_id}",
         "max_log_size": max_log_size, "log_min_free": log_min_free, "pam_service": pam_service,
     }
+    if spec.attach:
+        monitor["setup_fd"] = SETUP_FD
     return LaunchPlan(unit, scope_properties(job_id, spec, account, device_nodes), monitor)

@@ -72,8 +72,16 @@ def _child(spec: dict, out_fd: int, err_w: int, cgroup: jobcgroup.JobCgroup, oom
         os.dup2(null, 0)
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
-        # exactly 0, 1 and 2 reach the job: the error pipe is CLOEXEC, and closes itself at a successful exec
-        fds.close_all_but((0, 1, 2, err_w))
+        keep = (0, 1, 2, err_w)
+        if spec.get("setup_fd"):
+            # an interactive job's relay (ptyrelay.py) says on this copy of the error pipe why it could not
+            # attach, or closes it once attached: "could not start" then names the reason, as an exec's would
+            os.dup2(err_w, spec["setup_fd"])
+            os.set_inheritable(spec["setup_fd"], True)
+            keep += (spec["setup_fd"],)
+        # exactly 0, 1 and 2 reach the job (and the relay's setup fd): the error pipe is CLOEXEC, and closes
+        # itself at a successful exec
+        fds.close_all_but(keep)
         uid, gid = spec["uid"], spec["gid"]
         if os.getuid() == 0:
             os.initgroups(spec["user"], gid)
