@@ -59,8 +59,16 @@ class AttachError(Exception):
     """No gpuschedctl run to attach to: why, in words (it becomes the job's reason)."""
 
 
-def attach(path: str, job_id: str, timeout: float = CONNECT_TIMEOUT) -> tuple[socket.socket, dict]:
-    """Connect to the client's socket and exchange hellos: the socket and the client's hello."""
+class Attached:
+    """The connection to the client: its hello, and what it sent right after (a pipe's input comes at once)."""
+
+    def __init__(self, sock: socket.socket, hello: dict, decoder: ptywire.Decoder,
+                 early: list[tuple[bytes, bytes]]):
+        self.sock, self.hello, self.decoder, self.early = sock, hello, decoder, early
+
+
+def attach(path: str, job_id: str, timeout: float = CONNECT_TIMEOUT) -> Attached:
+    """Connect to the client's socket and exchange hellos."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     gone = "the `gpuschedctl run` that submitted this job is gone"
@@ -86,6 +94,7 @@ def attach(path: str, job_id: str, timeout: float = CONNECT_TIMEOUT) -> tuple[so
                     if kind != ptywire.HELLO:
                         raise ptywire.ProtocolError("the first message is not a hello")
                     hello = ptywire.parse_client_hello(payload)
+                    early = got[1:]
                     break
                 if decoder.pending > ptywire.MAX_HELLO + ptywire.HEADER.size:
                     raise ptywire.ProtocolError("a hello that is too long")
@@ -99,7 +108,7 @@ def attach(path: str, job_id: str, timeout: float = CONNECT_TIMEOUT) -> tuple[so
         sock.close()
         raise
     sock.settimeout(None)
-    return sock, hello
+    return Attached(sock, hello, decoder, early)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -114,15 +123,16 @@ def _write_all(fd: int, data: bytes) -> None:
 class Session:
     """CMD on a terminal (or pipes), relayed to the client until one of them is done."""
 
-    def __init__(self, sock: socket.socket, hello: dict, command: list[str], forward: int | None,
-                 log_fd: int = 1):
-        self.sock = sock
+    def __init__(self, attached: Attached, command: list[str], forward: int | None, log_fd: int = 1):
+        self.sock = attached.sock
+        hello = attached.hello
         self.pty = hello["pty"]
         self.forward = forward
         self.log_fd = log_fd
         self.to_client = bytearray()
         self.to_cmd = bytearray()
-        self.decoder = ptywire.Decoder()
+        self.decoder = attached.decoder
+        self.early = attached.early
         self.client_gone = False
         self.master = -1
         env = dict(os.environ)
@@ -157,6 +167,12 @@ class Session:
     def run(self, wake: int) -> int:
         """Relay until CMD has ended and its output is read (or the client is gone). CMD's wait status."""
         exited_at: float | None = None
+        try:
+            for kind, payload in self.early:
+                self._message(kind, payload)
+        except ptywire.ProtocolError as e:
+            self._log(f"gpusched: the client broke the protocol ({e}); hanging up")
+            self.client_gone = True
         while True:
             status = self.proc.poll()
             if status is not None and exited_at is None:
@@ -285,9 +301,23 @@ class Session:
             self._log("gpusched: the terminal of `gpuschedctl run` went away; hanging up")
             self._signal_group(signal.SIGHUP)
             self._signal_group(signal.SIGCONT)
+        # the terminal stays open (its output read into the log) while CMD handles the hangup: a shell that
+        # reads an end of input first would exit 0 as if the person had typed `exit`
+        deadline = time.monotonic() + HANGUP_WAIT
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            r, _, _ = select.select(list(self.outputs), [], [], min(0.05, max(0.0, deadline - time.monotonic())))
+            for fd in r:
+                try:
+                    data = os.read(fd, READ)
+                except OSError:
+                    data = b""
+                if data:
+                    _write_all(self.log_fd, data)
+                else:
+                    del self.outputs[fd]
         self._close()                                 # the terminal's master: the kernel hangs it up too
         try:
-            status = self.proc.wait(HANGUP_WAIT)
+            status = self.proc.wait(0.5)
         except subprocess.TimeoutExpired:
             _killpg(self.proc.pid, signal.SIGKILL)
             status = self.proc.wait()
@@ -383,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = (0, 1, 2) + ((args.setup_fd,) if args.setup_fd is not None else ())
     fds.close_all_but(keep)
     try:
-        sock, hello = attach(args.socket, job_id)
+        attached = attach(args.socket, job_id)
     except AttachError as e:
         message = f"cannot attach to a terminal: {e}"
         if args.setup_fd is None:
@@ -409,11 +439,11 @@ def main(argv: list[str] | None = None) -> int:
                 pass
     signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes the loop when CMD ends
     try:
-        session.append(Session(sock, hello, args.command, args.forward))
+        session.append(Session(attached, args.command, args.forward))
     except OSError as e:
         text = f"gpusched: cannot run {args.command[0]}: {e.strerror or e}\r\n".encode()
         try:
-            sock.sendall(ptywire.frames(ptywire.STDERR if not hello["pty"] else ptywire.DATA, text)
+            attached.sock.sendall(ptywire.frames(ptywire.DATA if attached.hello["pty"] else ptywire.STDERR, text)
                          + ptywire.exit_frame({"exit_code": SETUP_FAILED}))
         except OSError:
             pass

@@ -168,13 +168,13 @@ class Client:
                                      env={**os.environ, "GPUSCHED_JOB_ID": "9", **(env or {})})
         os.close(w)
 
-    def accept(self, pty=True, rows=24, cols=80):
+    def accept(self, pty=True, rows=24, cols=80, then=b""):
         self.listener.settimeout(10)
         self.conn, _ = self.listener.accept()
         self.conn.settimeout(10)
         kind, payload = self.recv_frame()
         assert kind == ptywire.HELLO and ptywire.parse_relay_hello(payload) == "9"
-        self.conn.sendall(ptywire.client_hello(pty, rows, cols, "xterm"))
+        self.conn.sendall(ptywire.client_hello(pty, rows, cols, "xterm") + then)
         assert os.read(self.setup_r, 100) == b""          # attached: the setup fd closed, nothing said
 
     def recv_frame(self):
@@ -278,6 +278,15 @@ def test_relay_without_a_terminal_uses_pipes(tmp_path):
     c.proc.send_signal(signal.SIGINT)                # the relay itself outlives a stop signal ...
     assert c.to_end() == 3                           # ... and the command decides
     assert c.proc.wait(10) == 3
+
+
+def test_input_sent_with_the_hello_is_not_lost(tmp_path):
+    # without a terminal, the client sends its stdin at once: it may arrive in the hello's read
+    c = Client(tmp_path)
+    c.start(["bash"])
+    c.accept(pty=False, then=ptywire.frames(ptywire.DATA, b"echo early; exit 4\n") + ptywire.frame(ptywire.EOF))
+    assert c.to_end() == 4
+    assert c.output == b"early\n"
 
 
 def test_leaving_hangs_up_the_command(tmp_path):

@@ -30,12 +30,13 @@ from gpusched import launch, ptywire
 from gpusched.ctl import client as clientmod
 from gpusched.ctl import jobopts, spoolfile
 from gpusched.ctl.common import USAGE, CtlError, warn
-from gpusched.model import FINAL, State
+from gpusched.model import ACTIVE, FINAL, State
 
 HELLO_TIMEOUT = 10.0       # seconds for a connected relay to say hello
 POLL = 1.0                 # seconds between looks at a queued job's state
 LIMIT = 1 << 20            # bytes of input waiting for the relay: then stdin is not read until it takes them
 READ = 65536
+SETTLE = 10.0              # seconds to wait for gpusched to record an attempt's end after the relay's goodbye
 SUN_PATH = 107             # bytes of a Unix socket's path (sun_path less its NUL)
 
 
@@ -296,6 +297,17 @@ class _Session:
             raise ptywire.ProtocolError(f"a {kind!r} frame the client does not take")
 
 
+def _settled(client: clientmod.Client, job_id: int, timeout: float = SETTLE) -> dict:
+    """The job once gpusched has recorded the attempt's end (the relay says goodbye a moment before), or as
+    it stands after `timeout`: queued again (preempted, requeued, retried) or ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.call("Show", job_id)
+        if job["state"] not in ACTIVE or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
 def _cancel(client: clientmod.Client, job_id: int | None, name: str, ino: int) -> None:
     """Cancel the job this client submitted, once its id is known (or can be found in a moment)."""
     with contextlib.suppress(CtlError):
@@ -336,10 +348,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                     with conn:
                         code = _Session(conn, early).run()
                     attached = False
-                    if code is not None:
-                        return code
-                    job = client.call("Show", job_id)
-                    if job["state"] != State.QUEUED:    # not requeued (preempted): the session is over
+                    job = _settled(client, job_id)
+                    if job["state"] != State.QUEUED:     # not preempted or requeued: the session is over
+                        if code is not None:
+                            return code
                         raise CtlError(f"job {job_id}: the connection to it was lost ({job['state']}"
                                        + (f": {job['reason']}" if job.get("reason") else "") + ")")
                     warn(f"job {job_id} was stopped and queued again: {job.get('reason', '')}")
