@@ -218,6 +218,7 @@ echo "tty=$(tty) term=$TERM"
 trap 'echo got-winch' WINCH
 IFS= read -r line
 echo "line=[$line]"
+read -r _
 stty size
 trap 'echo interrupted' INT
 sleep 100
@@ -236,8 +237,10 @@ def test_relay_runs_the_command_on_a_terminal(tmp_path):
     c.send(b"hello world\r")
     c.until(b"line=[hello world]")
     c.conn.sendall(ptywire.winsize(40, 120))
+    time.sleep(0.3)
+    c.send(b"\r")
     c.until(b"40 120")
-    c.until(b"got-winch")
+    c.until(b"got-winch")                            # the kernel's SIGWINCH reached the foreground group
     time.sleep(0.3)
     c.send(b"\x03")                                  # Ctrl-C: SIGINT for the terminal's foreground group
     c.until(b"sleep ended 130")

@@ -30,7 +30,7 @@ from gpusched import launch, ptywire
 from gpusched.ctl import client as clientmod
 from gpusched.ctl import jobopts, spoolfile
 from gpusched.ctl.common import USAGE, CtlError, warn
-from gpusched.model import ACTIVE, FINAL, State
+from gpusched.model import FINAL, State
 
 HELLO_TIMEOUT = 10.0       # seconds for a connected relay to say hello
 POLL = 1.0                 # seconds between looks at a queued job's state
@@ -297,13 +297,14 @@ class _Session:
             raise ptywire.ProtocolError(f"a {kind!r} frame the client does not take")
 
 
-def _settled(client: clientmod.Client, job_id: int, timeout: float = SETTLE) -> dict:
-    """The job once gpusched has recorded the attempt's end (the relay says goodbye a moment before), or as
-    it stands after `timeout`: queued again (preempted, requeued, retried) or ended."""
+def _settled(client: clientmod.Client, job_id: int, ended: int, timeout: float = SETTLE) -> dict:
+    """The job once gpusched has recorded the end of the attempt that was attached (the relay says goodbye a
+    moment before), or as it stands after `timeout`. `ended`: how many attempts had ended before it. A job
+    that is not final then was queued again (preempted, requeued, retried), and may have started again."""
     deadline = time.monotonic() + timeout
     while True:
         job = client.call("Show", job_id)
-        if job["state"] not in ACTIVE or time.monotonic() > deadline:
+        if job["state"] in FINAL or len(job.get("history") or []) > ended or time.monotonic() > deadline:
             return job
         time.sleep(0.1)
 
@@ -345,11 +346,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 while True:
                     conn, early = _wait_turn(client, job, listener)
                     attached = True
+                    ended = len(client.call("Show", job_id).get("history") or [])   # attempts ended so far
                     with conn:
                         code = _Session(conn, early).run()
                     attached = False
-                    job = _settled(client, job_id)
-                    if job["state"] != State.QUEUED:     # not preempted or requeued: the session is over
+                    job = _settled(client, job_id, ended)
+                    if job["state"] in FINAL or len(job.get("history") or []) <= ended:   # the session is over
                         if code is not None:
                             return code
                         raise CtlError(f"job {job_id}: the connection to it was lost ({job['state']}"

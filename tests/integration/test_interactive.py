@@ -156,15 +156,20 @@ def test_closing_the_terminal_ends_the_job(gs, term):
     t = term(SHELL)
     t.expect(rb"JOB\$ ", timeout=60)
     job = gs.list()[0]["id"]
-    t.send(b"trap 'echo got-hup > ~/hup-seen; exit 1' HUP\r")
-    time.sleep(0.5)
+    # what runs in the foreground when the terminal goes is told so (SIGHUP), as on a local terminal
+    at = len(t.out)
+    t.send(b"bash -c 'trap \"echo got-hup > ~/hup-seen; exit 1\" HUP; echo READY-$((1+1)); "
+           b"while :; do sleep 0.1; done'\r")
+    t.expect(rb"READY-2", since=at)
     start = time.monotonic()
     os.close(t.master)                               # the terminal window is closed
     t.master = -1
     st = gs.wait(job, {"failed", "succeeded"}, timeout=20)
     assert time.monotonic() - start < 15
-    assert st["state"] == "failed"
-    assert gs.sh("cat ~/hup-seen", user="alice").stdout == "got-hup\n"   # the job's shell got SIGHUP
+    log = gs.sh(f"gpuschedctl logs {job}", user="alice").stdout
+    assert st["state"] == "failed" and st.get("signal") == "SIGHUP", (st, log)   # the shell too
+    assert "went away; hanging up" in log
+    assert gs.sh("cat ~/hup-seen", user="alice").stdout == "got-hup\n"
     gs.sh("rm -f ~/hup-seen", user="alice")
 
 
@@ -208,3 +213,16 @@ def test_run_without_a_terminal_uses_pipes(gs):
               user="alice", check=False, timeout=60)
     assert p.returncode == 3, p.stderr
     assert p.stdout == "out-42\n" and p.stderr == "err\n"
+
+
+def test_a_requeued_job_is_attached_again(gs, term):
+    t = term("gpuschedctl run --gpus 1 -- bash -c 'echo ATTEMPT=$GPUSCHED_ATTEMPT; read x; echo got-$x; exit 5'")
+    t.expect(rb"ATTEMPT=1")
+    job = gs.list()[0]["id"]
+    gs.sh(f"gpuschedctl requeue {job}", user="alice")    # stop signal, then queued again with the same id
+    t.expect(rb"job \d+ was stopped and queued again")
+    t.expect(rb"ATTEMPT=2", timeout=60)                    # the same client, attached to the new attempt
+    t.send(b"second\r")
+    t.expect(rb"got-second")
+    assert t.wait() == 5
+    assert gs.wait(job, "failed")["exit_code"] == 5
