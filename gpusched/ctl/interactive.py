@@ -282,8 +282,12 @@ class _Session:
                 data = b""
             if not data:
                 return False
-            for kind, payload in self.decoder.feed(data):
-                self._message(kind, payload)
+            try:
+                for kind, payload in self.decoder.feed(data):
+                    self._message(kind, payload)
+            except ptywire.ProtocolError as e:
+                warn(f"the job's side broke the protocol ({e}); leaving")
+                return False
         return True
 
     def _message(self, kind: bytes, payload: bytes) -> None:
