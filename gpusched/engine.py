@@ -44,7 +44,7 @@ from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing, Viewer
 from gpusched.log import Log
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
-from gpusched.policy import fairshare, inputs, order
+from gpusched.policy import fairshare, forecast, inputs, order
 from gpusched.recorder import Recorder, Soon
 from gpusched.runner import Ended, Gone, MonitorDied, NoAccount, Runner, Running
 from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
@@ -152,6 +152,7 @@ class Engine:
         self._incoming: dict[int, int] = {}              # uid -> jobs of arrays being recorded (accept_array)
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
+        self.expected: dict[int, float] = {}           # the last pass's plan: job id -> expected start (backfill)
 
     # --- the door --------------------------------------------------------------------------------------
 
@@ -358,6 +359,10 @@ class Engine:
         if spec.hold:
             job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
         return job
+
+    def dependencies_of(self, spec: JobSpec, uid: int) -> tuple[dependencies.Dep, ...]:
+        """What a new file of `uid` would depend on, resolved now (submit --dry-run)."""
+        return self._resolve(spec, uid)
 
     def _resolve(self, spec: JobSpec, uid: int) -> tuple[dependencies.Dep, ...]:
         """A new file's dependencies among its owner's jobs (root's: anyone's), resolved once (dependencies.py)."""
@@ -773,13 +778,7 @@ class Engine:
                     continue
                 users[job.user] = job.uid
             elif job.state in ACTIVE:
-                try:
-                    holders.append(inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
-                                                 history_estimate=self._estimate(job)))
-                except Exception:  # noqa: BLE001
-                    self._input_error(job)               # its GPUs still count as held, and it is never a victim
-                    holders.append(policy.Holder(job.id, 0, tuple(g.index for g in job.gpus), preemptible=False,
-                                                 stopping=job.state == State.STOPPING, uid=job.uid))
+                holders.append(self._holder(job))
                 users[job.user] = job.uid
         for job, why in doomed:
             self._contained(self._dependency_failed, job, why)
@@ -790,6 +789,7 @@ class Engine:
                             **self._settings(now))
         self.stats["last_policy_seconds"] = self.clock.monotonic() - t0
         self.stats["last_pass_queued"] = len(queued)
+        self.expected = d.expected_start                 # the policy's own plan, for `gpuschedctl why`
         for victim, for_job in d.preempts:
             self._contained(self._stop, self.jobs[victim], "preempt", self._preempted_by(self.jobs[for_job]))
         by_index = {g.index: g for g in gpus or ()}
@@ -801,6 +801,17 @@ class Engine:
                 vague = "expected to start by the running jobs' time limits"
                 reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
+
+    def _holder(self, job: Job) -> policy.Holder:
+        """An active job as the policy sees it (a job whose inputs fail still holds its GPUs, and is never a
+        victim)."""
+        try:
+            return inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
+                                 history_estimate=self._estimate(job))
+        except Exception:  # noqa: BLE001
+            self._input_error(job)
+            return policy.Holder(job.id, 0, tuple(g.index for g in job.gpus), preemptible=False,
+                                 stopping=job.state == State.STOPPING, uid=job.uid)
 
     def _gate(self, job: Job, now: float) -> tuple[str, str] | None:
         """Why a queued job is not offered to the policy this pass, or None: ("never", why) when a dependency
@@ -959,6 +970,88 @@ class Engine:
                                                            if len(ahead) > MAX_AHEAD else "")
         out["ahead"] = f"{len(ahead)} job(s): {shown}" if ahead else "none: it is first in line"
         return out
+
+    def outlook(self, job: Job) -> dict[str, Any]:
+        """For `gpuschedctl why` and `submit --dry-run`: where a queued job (or one not yet submitted, id 0)
+        stands: its place in the order the next pass uses, what keeps it waiting, and when it can be expected
+        to start: the policy's own plan when it made one (EASY backfill's reservation), else the queue played
+        forward on the running jobs' time limits (policy/forecast.py). One linear scan of the queue, on demand."""
+        now = self.clock.time()
+        queued, users = [], {job.user: job.uid}
+        for j in self.live.values():
+            if j.state == State.QUEUED and j.id != job.id:
+                queued.append(j)
+            users[j.user] = j.uid
+        standing = self._standing(users, now)
+        settings = self._settings(now)
+        key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
+        mine = self._request(job) if job.id in self.jobs else inputs.request(
+            job, classes=self._classes, default_class=self.cfg.default_class, history_estimate=self._estimate(job))
+        ahead = order.ahead(mine, [self._request(j) for j in queued], key)
+        out: dict[str, Any] = {"position": len(ahead) + 1, "ahead": [r.id for r in ahead[:MAX_AHEAD]],
+                               "ahead_count": len(ahead)}
+        if self._classes:
+            out["class"] = mine.job_class
+        if job.uid in standing:
+            out["fair_share"] = f"{job.user} is at " + fairshare.describe(standing[job.uid])
+        deps = []
+        for kind, dep, label in job.after:
+            state = self._dependency_state(dep) if dep else None
+            deps.append({"kind": kind, "id": dep or None, "label": label, "state": str(state) if state else None})
+        out["dependencies"] = deps
+        gate = self._waits_for(job, now)
+        if gate:
+            out["expected_start"], out["expected_why"] = None, f"unknown: {gate}"
+            return out
+        if job.id in self.expected:
+            out["expected_start"], out["expected_source"] = self.expected[job.id], "policy"
+            return out
+        floor = job.not_before or 0.0
+        if job.spec is not None and job.spec.window:
+            floor = max(floor, windows.waiting_reason(job.spec.window, self._windows.get(job.spec.window), now,
+                                                      self.tz)[1] or 0.0)
+        f = forecast.expected_start(mine, [r for r in ahead if not self._waits_for(self.jobs[r.id], now)],
+                                    [self._holder(j) for j in self.live.values() if j.state in ACTIVE],
+                                    self.inventory.gpus, now, floor)
+        out["expected_start"], out["expected_gpus"], out["expected_source"] = f.at, list(f.gpus), "forecast"
+        if f.at is None:
+            out["expected_why"] = f"unknown: {f.why}"
+        return out
+
+    def _waits_for(self, job: Job, now: float) -> str:
+        """What keeps a queued job out of every pass whatever the GPUs do (its start can't be dated), or ""."""
+        if job.held:
+            return f"held by {job.held} until released"
+        if job.after and not job.deps_met:
+            verdict, why = dependencies.check(job.after, self._dependency_state)
+            if verdict != "ready":
+                return f"{why} (their end can't be dated)" if verdict == "wait" else why
+        if job.user in self.paused:
+            return f"{job.user}'s jobs are paused by {self.paused[job.user]}"
+        if self.draining:
+            return f"the server is draining (by {self.draining})"
+        return ""
+
+    def reprioritize(self, job: Job, by: Who, priority: int, admin: bool) -> str:
+        """Change a queued job's priority (the job file's `priority`: lower is more urgent, among its owner's own
+        jobs). Its owner may only make it less urgent, and never more urgent than min_user_priority; an admin
+        may set any. Recorded (its record keeps it across restarts) and said in the journal."""
+        if job.state != State.QUEUED or job.spec is None:
+            raise Invalid(f"job {job.id} is {job.state}: only a queued job's priority can be changed")
+        old = job.spec.priority
+        if not admin:
+            floor = self.cfg.job_limits().min_priority
+            if priority < old:
+                raise NotAllowed(f"job {job.id} has priority {old}: you may only make it less urgent (a number of "
+                                 f"{old} or more; lower is more urgent); an admin can make it more urgent")
+            if priority < floor:
+                raise NotAllowed(f"priority {priority} is more urgent than this server lets users ask for (at "
+                                 f"most {floor}: min_user_priority); ask an admin")
+        if priority == old:
+            return f"priority {old} already"
+        self.apply(job, lifecycle.reprioritize, priority, wake=True, GPUSCHED_EVENT="priority",
+                   say=f"job {job.id}: priority {old} -> {priority} by {by.name}")
+        return f"priority {old} -> {priority}"
 
     # --- fair share -------------------------------------------------------------------------------------
 
@@ -1292,13 +1385,15 @@ class Engine:
         jobs = (j for j in self.jobs.values() if users is None or j.user in users)
         return usage.summarize(jobs, since, self.clock.time())
 
-    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int) -> tuple[list[Job], int]:
+    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int,
+                 tag: str = "") -> tuple[list[Job], int]:
         """`gpuschedctl history`: the last `limit` finished jobs (in id order) of `users` (None: everyone's),
-        with that name (an array's jobs: the name its file gave) and final state if given, ended at or after
-        `since`; and how many more matched.
+        with that name (an array's jobs: the name its file gave), final state and tag if given, ended at or
+        after `since`; and how many more matched.
         Rejected entries only when asked for by state."""
         out = [j for j in self.jobs.values()
                if j.state in FINAL and (users is None or j.user in users)
+               and (not tag or (j.spec is not None and tag in j.spec.tags))
                and (not name or j.name == name or (j.array_id and sweep.base_name(j.name, j.array_index) == name))
                and (str(j.state) == state if state else j.state != State.REJECTED)
                and (j.ended or j.submitted) >= since]

@@ -9,10 +9,10 @@ import sys
 
 from gpusched import config as configmod
 from gpusched import jobfile
-from gpusched.ctl import accounting, admin, jobs, queue
+from gpusched.ctl import accounting, admin, jobs, queue, settings, waiting
 from gpusched.ctl.common import CtlError, die
 
-MODULES = (jobs, queue, admin, accounting)
+MODULES = (jobs, queue, admin, accounting, waiting, settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `gpuschedctl submit [OPTIONS] -- CMD ARGS...`: what follows the first -- is a command, not gpuschedctl's
+    command = argv[argv.index("--") + 1:] if "--" in argv else None
+    parser = build_parser()
+    args = parser.parse_args(argv if command is None else argv[:argv.index("--")])
+    if command is not None and not getattr(args, "takes_command", False):
+        parser.error(f"{args.command} takes no command after --")
+    args.job_command = command or []
     try:
         return args.fn(args)
     except CtlError as e:
