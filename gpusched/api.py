@@ -269,6 +269,8 @@ class Manager:
         if not queued:
             raise Invalid(f"array {job.id}: none of its jobs is queued, so there is no priority to change "
                           f"({', '.join(f'{n} {s}' for s, n in fold_counts(elements).items())})")
+        for j in queued:                                   # all or none: a refusal changes nothing
+            self.engine.may_reprioritize(j, priority, who.admin)
         done = [self.engine.reprioritize(j, who, priority, who.admin) for j in queued]
         left = len(elements) - len(queued)
         return (f"array {job.id}: {len(done)} queued job(s) at priority {priority}"

@@ -1032,10 +1032,8 @@ class Engine:
             return f"the server is draining (by {self.draining})"
         return ""
 
-    def reprioritize(self, job: Job, by: Who, priority: int, admin: bool) -> str:
-        """Change a queued job's priority (the job file's `priority`: lower is more urgent, among its owner's own
-        jobs). Its owner may only make it less urgent, and never more urgent than min_user_priority; an admin
-        may set any. Recorded (its record keeps it across restarts) and said in the journal."""
+    def may_reprioritize(self, job: Job, priority: int, admin: bool) -> None:
+        """Raises the refusal, if reprioritize would refuse (so an array is checked whole before any change)."""
         if job.state != State.QUEUED or job.spec is None:
             raise Invalid(f"job {job.id} is {job.state}: only a queued job's priority can be changed")
         old = job.spec.priority
@@ -1047,6 +1045,14 @@ class Engine:
             if priority < floor:
                 raise NotAllowed(f"priority {priority} is more urgent than this server lets users ask for (at "
                                  f"most {floor}: min_user_priority); ask an admin")
+
+    def reprioritize(self, job: Job, by: Who, priority: int, admin: bool) -> str:
+        """Change a queued job's priority (the job file's `priority`: lower is more urgent, among its owner's own
+        jobs). Its owner may only make it less urgent, and never more urgent than min_user_priority; an admin
+        may set any. Recorded (its record keeps it across restarts) and said in the journal."""
+        self.may_reprioritize(job, priority, admin)
+        assert job.spec is not None
+        old = job.spec.priority
         if priority == old:
             return f"priority {old} already"
         self.apply(job, lifecycle.reprioritize, priority, wake=True, GPUSCHED_EVENT="priority",

@@ -276,6 +276,9 @@ def test_manager_priority_of_an_array_id_and_of_someone_elses_job():
     assert m.priority(1000, 1, 1, 400) == "priority 300 -> 400" and jobs_[1].spec.priority == 400
     with pytest.raises(NotAllowed, match="belongs to alice; only its owner"):
         m.priority(1001, 1, -1, 500)
+    with pytest.raises(NotAllowed, match="job 2 has priority 400"):     # checked whole: job 1 is unchanged
+        m.priority(1000, 1, -1, 350)
+    assert jobs_[0].spec.priority == 300
 
 
 def test_manager_outcomes_and_why():

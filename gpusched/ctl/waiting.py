@@ -107,13 +107,10 @@ class Waiter:
             except CtlError as e:
                 if e.code != UNREACHABLE:
                     raise
-            delay = next_poll(delay)
-            if deadline is not None and self.clock() + delay > deadline:
-                left = self.clock() < deadline
-                if left:
-                    self.sleep(max(0.0, deadline - self.clock()))
+            if deadline is not None and self.clock() >= deadline:
                 raise CtlError(_timed_out(targets, ids, last, done, timeout or 0.0, self._away), TIMED_OUT)
-            self.sleep(delay)
+            delay = next_poll(delay)
+            self.sleep(delay if deadline is None else min(delay, max(0.0, deadline - self.clock())))
 
 
 def _timed_out(targets: list[tuple[int, int | None]], ids: dict[int, int], last: dict[int, dict[str, Any]],

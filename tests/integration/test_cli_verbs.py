@@ -66,8 +66,8 @@ def test_wait_exit_codes_timeout_restart_and_history_filters(gs):
 def test_submit_dry_run_why_and_priority(gs):
     gs.sh("rm -rf /home/alice/batch /home/alice/one.toml", user="alice")
     gs.sh("mkdir /home/alice/batch && cd /home/alice/batch && "
-          "printf 'command = \"sleep 60\"\\ngpus = 1\\ntime_limit = \"10m\"\\n' > b.toml && "
-          "printf 'command = \"sleep 60\"\\ngpus = 2\\nname = \"two\"\\n' > a.toml && "
+          "printf 'command = \"sleep 60\"\\ngpus = 1\\ntime_limit = \"10m\"\\nname = \"second\"\\n' > b.toml && "
+          "printf 'command = \"sleep 60\"\\ngpus = 1\\ntime_limit = \"10m\"\\nname = \"first\"\\n' > a.toml && "
           "printf 'command = \"true\"\\ngpus = \"many\"\\n' > ../bad.toml && cp b.toml ../one.toml",
           user="alice")
     spool = "ls -A /var/spool/gpusched | grep -v '^\\.' | wc -l"
@@ -88,31 +88,31 @@ def test_submit_dry_run_why_and_priority(gs):
     assert gs.sh(spool).stdout.strip() == "0"                       # the dry run wrote nothing
     # a directory: its *.toml in order, one id per line
     p = ctl(gs, "submit batch", check=True)
-    two, one = map(int, p.stdout.split())
-    assert gs.status(two)["name"] == "two" and gs.status(one)["gpus_requested"] == 1
-    # why: place, what blocks it, expected start
-    p = ctl(gs, f"why {one}", check=True)
-    assert "position: 2 in the queue (after " + str(two) + ")" in p.stdout, p.stdout
-    assert "waiting for" in p.stdout and "expected start" in p.stdout, p.stdout
-    d = json.loads(ctl(gs, f"why {two} --json", check=True).stdout)["why"]
-    assert d["position"] == 1 and d["expected_start"] is not None, d      # the blocker's time limit
+    first, second = map(int, p.stdout.split())
+    assert gs.status(first)["name"] == "first" and gs.status(second)["name"] == "second"
+    # why: place, what blocks it, expected start (alike jobs of one user: in order of arrival)
+    p = ctl(gs, f"why {second}", check=True)
+    assert f"position: 2 in the queue (after {first})" in p.stdout, p.stdout
+    assert "waiting: waiting for 1 GPU(s), 0 free" in p.stdout and "expected start: " in p.stdout, p.stdout
+    d = json.loads(ctl(gs, f"why {first} --json", check=True).stdout)["why"]
+    assert d["position"] == 1 and d["expected_start"] is not None, d      # by the blocker's time limit
     d = json.loads(ctl(gs, f"why {blocker} --json", user="bob", check=True).stdout)["why"]
     assert d["state"] == "running" and len(d["gpus"]) == 4, d
     # priority: less urgent as owner; not more urgent; not as another user; anything as root
-    p = ctl(gs, f"priority {one} 150")
+    p = ctl(gs, f"priority {first} 150")
     assert p.returncode == 0 and "priority 100 -> 150" in p.stdout, p
-    p = ctl(gs, f"priority {one} 120")
+    assert json.loads(ctl(gs, f"why {second} --json", check=True).stdout)["why"]["position"] == 1
+    p = ctl(gs, f"priority {first} 120")
     assert p.returncode == 1 and "only make it less urgent" in p.stderr and p.stderr.count("\n") == 1, p
-    p = ctl(gs, f"priority {one} 200", user="bob")
+    p = ctl(gs, f"priority {first} 200", user="bob")
     assert p.returncode == 1 and "belongs to alice" in p.stderr, p
-    p = ctl(gs, f"priority {one} 5", user=None)
-    assert p.returncode == 0 and "priority 150 -> 5" in p.stdout, p
-    assert f"job {one}: priority 150 -> 5 by root" in gs.journal("-t", "gpusched", f"GPUSCHED_JOB_ID={one}")
-    # ordered first among alice's own jobs now; and kept across a restart
-    d = json.loads(ctl(gs, f"why {one} --json", check=True).stdout)["why"]
-    assert d["position"] == 1, d
+    p = ctl(gs, f"priority {second} 5", user=None)
+    assert p.returncode == 0 and "priority 100 -> 5" in p.stdout, p
+    assert f"job {second}: priority 100 -> 5 by root" in gs.journal("-t", "gpusched", f"GPUSCHED_JOB_ID={second}")
+    # kept across a restart
     gs.sh("systemctl restart gpusched")
-    assert json.loads(ctl(gs, f"show {one} --json", check=True).stdout)["job"]["priority"] == 5
+    assert json.loads(ctl(gs, f"show {second} --json", check=True).stdout)["job"]["priority"] == 5
+    assert json.loads(ctl(gs, f"show {first} --json", check=True).stdout)["job"]["priority"] == 150
     p = ctl(gs, f"priority {blocker} 300")
     assert p.returncode == 1 and "only a queued job" in p.stderr, p
 
