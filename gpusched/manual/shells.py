@@ -82,7 +82,29 @@ def _mark(parser: argparse.ArgumentParser) -> None:
 def bash(parser: argparse.ArgumentParser) -> str:
     import shtab
     _mark(parser)
-    return _header() + shtab.complete(parser, shell="bash", preamble={"bash": BASH_PREAMBLE}) + "\n"
+    script = shtab.complete(parser, shell="bash", preamble={"bash": BASH_PREAMBLE})
+    return _header() + fix_shtab_choices(script) + "\n"
+
+
+# shtab 1.5.5's bash script (Debian 12's) offers only the first of a list of choices, so `gpuschedctl <Tab>`
+# completed `submit` and nothing else (tqdm/shtab#86, fixed upstream in later releases): the choices are
+# read as an array and given to compgen split on blanks, not on the newlines our functions' lines use
+_CHOICES_BUG = ('local current_action_choices_var="${current_action}_choices"',
+                'local current_action_choices_var="${current_action}_choices[@]"')
+_COMPREPLY_BUG = ("""    COMPREPLY=( $(compgen -W "${current_action_choices}" -- "${completing_word}") \\
+                $([ -n "${current_action_compgen}" ] \\
+                  && "${current_action_compgen}" "${completing_word}") )""",
+                  """    COMPREPLY=( $([ -n "${current_action_compgen}" ] \\
+                  && "${current_action_compgen}" "${completing_word}") )
+    unset IFS
+    COMPREPLY+=( $(compgen -W "${current_action_choices}" -- "${completing_word}") )""")
+
+
+def fix_shtab_choices(script: str) -> str:
+    """The script with shtab#86 fixed where it has it (a newer shtab's is left as it is)."""
+    for bug, fix in (_CHOICES_BUG, _COMPREPLY_BUG):
+        script = script.replace(bug, fix)
+    return script
 
 
 def zsh(parser: argparse.ArgumentParser) -> str:
