@@ -69,7 +69,7 @@ def test_gpuschedctl_page_has_every_verb_and_option():
                 assert f"**{flag}**" in md, (verb.name, flag)
     assert "# EXIT CODES" in md and "# JSON OUTPUT" in md      # docs/cli.md's sections come along
     assert "# SUBMITTING\n" not in md                          # ... but not those with no text yet
-    assert "__complete" not in md
+    assert "## __complete" not in md and "gpuschedctl __complete [" not in md
 
 
 def test_job_file_page_has_every_key_as_a_tagged_paragraph():
@@ -142,10 +142,11 @@ def test_completion_script_is_valid_and_names_every_verb(shell):
 
 FAKE = """#!/bin/bash
 # a stand-in gpuschedctl: what `__complete` prints for alice
-case "$*" in
-  "__complete jobs") printf '7\\ttrain (running)\\n12\\teval (queued)\\n' ;;
-  "__complete jobs --all") printf '3\\told (succeeded)\\n7\\ttrain (running)\\n12\\teval (queued)\\n' ;;
-  "__complete names") printf '%s\\n' train '$(touch PWNED)' 'two words' ;;
+case "$#:$*" in        # the count too: "jobs --all" as one word would be a bug
+  "2:__complete jobs") printf '7\\ttrain (running)\\n12\\teval (queued)\\n' ;;
+  "3:__complete jobs --all") printf '3\\told (succeeded)\\n7\\ttrain (running)\\n12\\teval (queued)\\n' ;;
+  "2:__complete names") printf '%s\\n' train '$(touch PWNED)' 'two words' ;;
+  *) echo "gpuschedctl: bad arguments: $#:$*" >&2; exit 2 ;;
 esac
 """
 

@@ -22,18 +22,22 @@ ASK = "timeout 3 gpuschedctl __complete"          # the hidden verb, bounded (co
 # each helper: its __complete arguments
 _ASKS = {v.JOBS: "jobs --all", v.LIVE_JOBS: "jobs", v.NAMES: "names"}
 
+# Each helper's arguments to `__complete` are passed as words, never split from one string: shtab's script
+# sets IFS to a newline before calling them, and zsh doesn't split an unquoted parameter at all.
 BASH_PREAMBLE = f"""\
-# gpusched: job ids and names from the caller's own jobs (gpuschedctl __complete); $1 is the word so far
+# gpusched: job ids and names from the caller's own jobs (gpuschedctl __complete)
+# _gpuschedctl_ask WORD ARGS...: the first field of each line of `gpuschedctl __complete ARGS` starting with WORD
 _gpuschedctl_ask() {{
-  local line
+  local word=$1 line
+  shift
   while IFS= read -r line; do
     line=${{line%%$'\\t'*}}
-    [[ $line == "$2"* ]] && printf '%s\\n' "$line"
-  done < <({ASK} $1 2>/dev/null)
+    [[ $line == "$word"* ]] && printf '%s\\n' "$line"
+  done < <({ASK} "$@" 2>/dev/null)
 }}
-_gpuschedctl_jobs() {{ _gpuschedctl_ask "{_ASKS[v.JOBS]}" "$1"; }}
-_gpuschedctl_live_jobs() {{ _gpuschedctl_ask "{_ASKS[v.LIVE_JOBS]}" "$1"; }}
-_gpuschedctl_names() {{ _gpuschedctl_ask "{_ASKS[v.NAMES]}" "$1"; }}
+_gpuschedctl_jobs() {{ _gpuschedctl_ask "$1" {_ASKS[v.JOBS]}; }}
+_gpuschedctl_live_jobs() {{ _gpuschedctl_ask "$1" {_ASKS[v.LIVE_JOBS]}; }}
+_gpuschedctl_names() {{ _gpuschedctl_ask "$1" {_ASKS[v.NAMES]}; }}
 _gpuschedctl_users() {{ compgen -u -- "$1"; }}
 """
 
@@ -41,13 +45,13 @@ ZSH_PREAMBLE = f"""\
 # gpusched: job ids (with their names and states) and names from the caller's own jobs (gpuschedctl __complete)
 _gpuschedctl_describe() {{
   local -a lines
-  lines=(${{(f)"$({ASK} $1 2>/dev/null)"}})
+  lines=(${{(f)"$({ASK} "$@" 2>/dev/null)"}})
   lines=(${{lines//:/\\\\:}})
   lines=(${{lines/$'\\t'/:}})
   _describe -t jobs job lines
 }}
-_gpuschedctl_jobs() {{ _gpuschedctl_describe "{_ASKS[v.JOBS]}"; }}
-_gpuschedctl_live_jobs() {{ _gpuschedctl_describe "{_ASKS[v.LIVE_JOBS]}"; }}
+_gpuschedctl_jobs() {{ _gpuschedctl_describe {_ASKS[v.JOBS]}; }}
+_gpuschedctl_live_jobs() {{ _gpuschedctl_describe {_ASKS[v.LIVE_JOBS]}; }}
 _gpuschedctl_names() {{
   local -a names
   names=(${{(f)"$({ASK} {_ASKS[v.NAMES]} 2>/dev/null)"}})

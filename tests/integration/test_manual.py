@@ -22,7 +22,7 @@ def man(gs, *args: str) -> str:
     return " ".join(p.stdout.split())          # words, whatever man's justification did to the spaces
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def has_man(gs):
     if gs.sh("command -v man", check=False).returncode != 0:
         pytest.skip("man-db is not installed here (scripts/setup-deps installs it)")
@@ -36,7 +36,7 @@ def test_man_gpuschedctl_renders_and_names_every_verb(gs, has_man):
     assert {"submit", "cancel", "list", "history"} <= set(listed)
     for verb in listed:
         assert f"gpuschedctl {verb} [-h]" in text, verb
-    assert "EXIT CODES" in text and "__complete" not in text
+    assert "EXIT CODES" in text and "gpuschedctl __complete [-h]" not in text     # the hidden verb
 
 
 @pytest.mark.parametrize("page", pages.PAGES[1:], ids=lambda p: pages.file_name(p))
@@ -68,9 +68,11 @@ def test_bash_completes_the_callers_own_job_ids(gs):
         got = complete(gs, "alice", "gpuschedctl cancel ")
         assert str(mine) in got and str(theirs) not in got, got
         assert not any(w.startswith("-") for w in got), got        # ids, not only options
-        assert str(mine) in complete(gs, "alice", f"gpuschedctl show {str(mine)[:-1]}")   # a prefix
-        listed = gs.sh("gpuschedctl __complete jobs", user="alice").stdout
-        assert f"{mine}\ttab-me (queued)" in listed and "not-yours" not in listed
+        listed = gs.sh("time gpuschedctl __complete jobs", user="alice")
+        assert f"{mine}\ttab-me (queued)" in listed.stdout and "not-yours" not in listed.stdout, listed
+        listed = gs.sh("time gpuschedctl __complete jobs --all", user="alice")
+        assert f"{mine}\ttab-me (queued)" in listed.stdout, listed
+        assert str(mine) in complete(gs, "alice", f"gpuschedctl show {str(mine)[:-1]}"), listed   # a prefix
         # the verbs and the options complete too
         assert complete(gs, "alice", "gpuschedctl can") == ["cancel"]
         assert "--now" in complete(gs, "alice", "gpuschedctl cancel --")
