@@ -93,3 +93,15 @@ def test_zsh_and_fish_scripts_are_valid_where_those_shells_are(gs):
             checked += 1
     if not checked:
         pytest.skip("neither zsh nor fish is installed here, or the scripts are not the .deb's")
+
+
+def test_the_package_ships_the_pages_and_completions(gs):
+    p = gs.sh("dpkg -L gpusched", check=False)
+    if p.returncode != 0:
+        pytest.skip("gpusched was installed from the checkout here (scripts/install), not as the .deb")
+    files = set(p.stdout.split())
+    for page in pages.PAGES:
+        assert f"/usr/share/man/man{page.section}/{pages.file_name(page)}.gz" in files, page.name
+    assert {"/usr/share/bash-completion/completions/gpuschedctl", "/usr/share/zsh/vendor-completions/_gpuschedctl",
+            "/usr/share/fish/vendor_completions.d/gpuschedctl.fish"} <= files
+    assert not any("/gpusched/manual" in f for f in files)           # the generator itself stays out
