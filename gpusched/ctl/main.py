@@ -9,10 +9,10 @@ import sys
 
 from gpusched import config as configmod
 from gpusched import jobfile
-from gpusched.ctl import accounting, admin, jobs, queue, settings, waiting
+from gpusched.ctl import accounting, admin, completion, jobs, queue, settings, waiting
 from gpusched.ctl.common import CtlError, die
 
-MODULES = (jobs, queue, admin, accounting, waiting, settings)
+MODULES = (jobs, queue, admin, accounting, waiting, settings, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default=os.environ.get("GPUSCHED_CONFIG", configmod.DEFAULT_PATH))
     ap.add_argument("--spool", help="spool directory (default: from the config)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = ap.add_subparsers(dest="command", required=True)
+    # COMMAND, not argparse's {verb,...}: that would name the hidden __complete (completion.py)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in MODULES:
         module.register(sub)
     return ap
