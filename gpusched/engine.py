@@ -143,6 +143,7 @@ class Engine:
         # at most once a second (and not more often than the GPUs are polled), folded into records now and then
         self.meter = usage.Meter(cfg.idle_threshold)
         self._last_sample = float("-inf")
+        self._samples: tuple[float, dict[int, usage.GpuSample]] = (float("-inf"), {})   # (monotonic, latest)
         self._last_fold = clock.monotonic()
         self._sample_failed = False
         # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
@@ -444,6 +445,9 @@ class Engine:
     def queued_of(self, uid: int) -> int:
         return len(self._queued_by_uid.get(uid, ())) + self._incoming.get(uid, 0)
 
+    def queued_ids(self, uid: int) -> set[int]:
+        return self._queued_by_uid.get(uid, set())
+
     def rejected_of(self, uid: int) -> int:
         return len(self._rejected_by_uid.get(uid, ()))
 
@@ -672,7 +676,18 @@ class Engine:
         return {g.index: j.id for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
 
     def gpu_table(self) -> list[dict[str, Any]]:
-        return self.inventory.table(self._holders())
+        """inventory.table, with each GPU's utilisation (percent) and used memory (bytes) from the latest
+        sample (_sample_now: the GPUs in use, held or foreign), None where none is recent; used memory falls
+        back on the probe's free memory."""
+        at, samples = self._samples
+        fresh = self.clock.monotonic() - at <= 3 * max(usage.SAMPLE_EVERY, self.cfg.gpu_poll_interval)
+        table = self.inventory.table(self._holders())
+        for g in table:
+            s = samples.get(g["index"]) if fresh else None
+            g["utilization"] = s.utilization if s is not None else None
+            used = s.memory_used if s is not None else None
+            g["memory_used"] = used if used is not None else max(0, g["memory_total"] - g["memory_free"])
+        return table
 
     def status_line(self) -> str:
         running = sum(1 for j in self.live.values() if j.state in ACTIVE)
@@ -1234,11 +1249,16 @@ class Engine:
                 self.meter.tally(job.id, job.usage.get("idle_since"))
         for job_id in [i for i in self.meter.tallies if (j := self.live.get(i)) is None or j.state not in ACTIVE]:
             self.meter.forget(job_id)                    # ended through a path that doesn't account (never began)
+        # GPUs that processes gpusched did not start use are sampled too, for `gpuschedctl top` (the meter
+        # looks only at the held ones); an idle server makes no NVML call
+        foreign = {g.index for g in self.inventory.gpus or () if g.foreign_pids}
+        samples = self.inventory.sample(set(holders) | foreign) if holders or foreign else {}
+        self._samples = (mono, samples)
         if not holders:
             self.meter.reset()
             return
         now = self.clock.time()
-        self.meter.observe(now, self.inventory.sample(holders), holders)
+        self.meter.observe(now, samples, holders)
         fold = mono - self._last_fold >= usage.FOLD_EVERY
         if fold:
             self._last_fold = mono

@@ -9,10 +9,10 @@ import sys
 
 from gpusched import config as configmod
 from gpusched import jobfile
-from gpusched.ctl import accounting, admin, jobs, queue
+from gpusched.ctl import accounting, admin, jobs, queue, top
 from gpusched.ctl.common import CtlError, die
 
-MODULES = (jobs, queue, admin, accounting)
+MODULES = (jobs, queue, admin, accounting, top)
 
 
 def build_parser() -> argparse.ArgumentParser:
