@@ -154,7 +154,9 @@ class Manager:
     def top(self, caller: int, limit: int, mine: bool) -> dict[str, Any]:
         """gpuschedctl top: the GPUs, the active jobs and the first `limit` queued ones (the caller's own
         with `mine`), public fields only, bounded (topfeed.py)."""
-        scan = self._feed.scan(self.engine.live.values(), self.engine.clock.monotonic())
+        e = self.engine
+        scan = self._feed.scan(lambda: topfeed.scan(e.active_ids(), e.queued_ids(), e.queued_count()),
+                               e.clock.monotonic())
         if mine:
             waiting = topfeed.first(self.engine.queued_ids(caller), limit)
         else:

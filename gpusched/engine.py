@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import os
 import pwd
 import signal
@@ -31,7 +32,7 @@ import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
@@ -94,6 +95,7 @@ class Engine:
         self.listing = Listing()
         self.jobs: dict[int, Job] = {}
         self.live: dict[int, Job] = {}                 # jobs not yet final
+        self._active: set[int] = set()                 # ids of the active ones (starting, running, stopping)
         self.submissions: OrderedDict[tuple[int, str, int], int] = OrderedDict()   # (uid, name, ino) -> id
         self._queued_by_uid: dict[int, set[int]] = {}  # for max_queued_per_user, kept by _track
         self._rejected_by_uid: dict[int, set[int]] = {}  # for max_rejected_per_user, kept by _track
@@ -205,6 +207,10 @@ class Engine:
             self.live.pop(job.id, None)
         else:
             self.live[job.id] = job
+        if job.state in ACTIVE:
+            self._active.add(job.id)
+        else:
+            self._active.discard(job.id)
         if job.after:
             self._index_dependencies(job, job.state == State.QUEUED and not job.deps_met)
         if job.state in FINAL:
@@ -253,6 +259,7 @@ class Engine:
         if job is not None and job.after:
             self._index_dependencies(job, False)
         self.live.pop(job_id, None)
+        self._active.discard(job_id)
         self.listing.invalidate(job_id)
         self._requests.pop(job_id, None)
         self._charged.pop(job_id, None)
@@ -445,8 +452,18 @@ class Engine:
     def queued_of(self, uid: int) -> int:
         return len(self._queued_by_uid.get(uid, ())) + self._incoming.get(uid, 0)
 
-    def queued_ids(self, uid: int) -> set[int]:
-        return self._queued_by_uid.get(uid, set())
+    def queued_ids(self, uid: int | None = None) -> Iterable[int]:
+        """The ids of the queued jobs of `uid` (None: everyone's), in no order: from the per-user index, not a
+        scan of the jobs."""
+        if uid is None:
+            return itertools.chain.from_iterable(self._queued_by_uid.values())
+        return self._queued_by_uid.get(uid, ())
+
+    def queued_count(self) -> int:
+        return sum(len(ids) for ids in self._queued_by_uid.values())
+
+    def active_ids(self) -> set[int]:
+        return self._active
 
     def rejected_of(self, uid: int) -> int:
         return len(self._rejected_by_uid.get(uid, ()))
@@ -673,7 +690,7 @@ class Engine:
         return fold
 
     def _holders(self) -> dict[int, int]:
-        return {g.index: j.id for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
+        return {g.index: job_id for job_id in sorted(self._active) for g in self.jobs[job_id].gpus}
 
     def gpu_table(self) -> list[dict[str, Any]]:
         """inventory.table, with each GPU's utilisation (percent) and used memory (bytes) from the latest
@@ -690,8 +707,7 @@ class Engine:
         return table
 
     def status_line(self) -> str:
-        running = sum(1 for j in self.live.values() if j.state in ACTIVE)
-        queued = sum(1 for j in self.live.values() if j.state == State.QUEUED)
+        running, queued = len(self._active), self.queued_count()   # from the indexes: this runs every second
         drain = f"draining (by {self.draining}), " if self.draining else ""
         return f"{drain}{running} running, {queued} queued, {self.inventory.summary(set(self._holders()))}"
 

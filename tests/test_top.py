@@ -292,7 +292,7 @@ def test_top_is_bounded_public_and_counts_the_whole_queue():
     top = m.top(OTHER, 20, False)
     assert [j["id"] for j in top["running"]] == [j.id for j in running]
     assert [j["id"] for j in top["waiting"]] == [j.id for j in theirs[:20]]
-    assert top["counts"] == {"running": 2, "queued": 301, "held": 1}
+    assert top["counts"] == {"running": 2, "queued": 301}
     assert all(len(j["name"]) <= topfeed.NAME for j in top["waiting"])
     assert all(j["reason"] for j in top["waiting"])                  # why each waits
     assert not any(k in j for j in top["running"] for k in ("log", "source", "history", "spec"))
@@ -343,3 +343,33 @@ class _Bus:
 
 def _ctx():
     return type("Ctx", (), {"sender": ":1.bob"})()
+
+
+def test_the_engines_indexes_agree_with_its_jobs_through_starts_stops_requeues_and_ends():
+    w = World(gpus=2, duration=lambda job: 30.0 if job.spec.name == "short" else None)
+    root = Access().caller(0)
+    jobs = [w.submit(spec(name="short" if i % 2 else "long", gpus=i % 3), uid=ME + i % 2) for i in range(12)]
+
+    def agree():
+        live = w.engine.live.values()
+        assert w.engine.active_ids() == {j.id for j in live if j.state in (State.STARTING, State.RUNNING,
+                                                                            State.STOPPING)}
+        assert sorted(w.engine.queued_ids()) == sorted(j.id for j in live if j.state == State.QUEUED)
+        running, queued = len(w.engine.active_ids()), w.engine.queued_count()
+        assert w.engine.status_line().startswith(f"{running} running, {queued} queued")
+    w.settle()
+    agree()
+    w.engine.requeue(next(j for j in jobs if j.state == State.RUNNING), root)
+    agree()
+    w.runner.fire()
+    w.settle()
+    agree()
+    w.engine.cancel(next(j for j in jobs if j.state == State.QUEUED), root)
+    w.run_until(w.clock.time() + 100)
+    agree()
+    for j in [j for j in jobs if j.state not in (State.CANCELLED, State.SUCCEEDED)]:
+        w.engine.cancel(j, root)
+    w.runner.fire()
+    w.settle()
+    agree()
+    assert not w.engine.active_ids() and w.engine.queued_count() == 0
