@@ -232,6 +232,7 @@ def test_not_on_a_terminal_top_prints_one_snapshot_and_json_is_versioned(client,
     out = capsys.readouterr().out
     assert "RUNNING" in out and "WAITING" in out and not any(c in out for c in RAW)
     assert topview.KEYS not in out and client.calls == [("Top", topmod.SNAPSHOT_WAITING, False)]
+    assert not any(line.startswith(">") for line in out.splitlines())    # nothing is selected in a snapshot
     assert ctl.main(["top", "--json", "--mine"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["version"] == 1 and payload["top"]["running"][0]["name"] == EVIL     # exact

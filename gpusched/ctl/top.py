@@ -82,7 +82,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     if not live:
         width = os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else \
             _env_int("COLUMNS", 160)
-        view = View(mine=args.mine, selected=-1)     # no row is marked selected in a snapshot
+        view = View(mine=args.mine, cursor=False)
         for line in topview.draw(top, view, width, None, me=os.getuid()):
             print(topview.text_of(line).rstrip())
         return 0

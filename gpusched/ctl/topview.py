@@ -139,6 +139,7 @@ class View:
     help: bool = False
     detail: list[str] | None = None         # gpuschedctl show's lines of a job, while shown
     page: int = 10                          # rows PgUp/PgDn move (set from the screen's height)
+    cursor: bool = True                     # a selected row is marked (not in a printed snapshot)
 
     def say(self, message: str, error: bool = False) -> None:
         self.message, self.error = message, error
@@ -337,7 +338,7 @@ def _job_lines(top: dict[str, Any] | None, view: View, width: int, now: float,
     if top is None:
         return [[("waiting for gpusched…", "dim")]], None
     jobs = rows(top)
-    sel_row = selection(view, jobs)
+    sel_row = selection(view, jobs) if view.cursor else None
     name_w = 24 if width >= 120 else 16
     lines: list[Line] = []
     sel_line = None

@@ -34,8 +34,11 @@ class Term:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
         argv, env = gs.box.command(cmd, user)
+        # its own session with the pty as its controlling terminal, as in a terminal emulator: a resize
+        # then sends it SIGWINCH
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd="/",
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
         os.close(slave)
         self.fd = master
         self.screen = pyte.Screen(COLS, ROWS)
@@ -67,6 +70,12 @@ class Term:
             if predicate(self.text()):
                 return self.text()
         raise AssertionError(f"not on the screen within {timeout}s: {what}\n{self.text()}")
+
+    def resize(self, cols: int, rows: int) -> None:
+        """What a terminal emulator does when its window changes: the new size on the pty (the kernel sends
+        SIGWINCH), and a screen of that size."""
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.screen.resize(rows, cols)
 
     def keys(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
@@ -228,3 +237,17 @@ def test_no_color_means_no_colour_escapes(gs, term, no_color):
     colour.until(lambda s: "RUNNING" in s, what="the first screen")
     colour.keys("q")
     assert colour.close() == 0 and COLOUR.search(colour.raw)
+
+
+def test_a_resize_redraws_at_the_new_size(gs, term):
+    job = gs.submit("alice", 'name = "resized"\ncommand = "sleep 300"\ngpus = 0\ngrace = "1s"\n')
+    gs.wait(job, "running")
+    t = term()
+    t.until(lambda s: _row(s, job) and "q quit" in s, what="the first screen, keys line whole at 120 columns")
+    t.resize(60, 20)
+    t.until(lambda s: "q quit" not in s and "Enter detail…" in s, what="the keys line cut at 60 columns")
+    lines = t.lines()
+    assert len(lines) == 20 and _row("\n".join(lines), job)
+    t.keys("q")
+    assert t.close() == 0
+    gs.sh(f"gpuschedctl cancel {job}")
