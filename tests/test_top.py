@@ -4,6 +4,7 @@ utilisation). The real terminal, daemon and access rules: tests/integration/test
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -266,6 +267,14 @@ def test_a_refresh_that_fails_keeps_the_error_and_reconnects_when_unreachable(cl
     assert src.fetch(20, False) == snapshot() and src.error == ""
 
 
+def test_the_delay_is_held_between_one_second_and_an_hour_and_must_be_a_number():
+    assert topmod.delay("0.1") == topmod.MIN_DELAY and topmod.delay("2.5") == 2.5
+    assert topmod.delay("1e9") == topmod.MAX_DELAY
+    for bad in ("inf", "nan", "-1", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            topmod.delay(bad)
+
+
 def test_no_color_whatever_its_value(monkeypatch):
     monkeypatch.delenv("NO_COLOR", raising=False)
     assert topmod.colour_wanted()
@@ -374,3 +383,14 @@ def test_the_engines_indexes_agree_with_its_jobs_through_starts_stops_requeues_a
     w.settle()
     agree()
     assert not w.engine.active_ids() and w.engine.queued_count() == 0
+
+
+def test_the_details_screen_escapes_every_key_and_value_and_keeps_a_commands_lines():
+    lines = topview.detail_lines({"id": 3, "name": EVIL, EVIL: 1, "gpus": [{"index": 0, "uuid": "GPU-1"}],
+                                  "spec": {"command": f"echo 1\n{EVIL}"}})
+    assert not any(c in line for line in lines for c in RAW)
+    assert "            gpus: 0" in lines
+    i = next(i for i, line in enumerate(lines) if line.endswith("command: echo 1"))
+    assert lines[i + 1].startswith(" " * 18 + "x\\x1b]0;pwned")
+    view = View(detail=lines)
+    assert all(cells(text_of(line)) <= 30 for line in draw(snapshot(), view, 30, 10, me=ME, now=NOW))

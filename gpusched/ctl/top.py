@@ -13,6 +13,7 @@ rules decide and a refusal is one line on the status line.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import select
 import signal
@@ -31,6 +32,7 @@ from gpusched.ctl.topview import Action, View
 CALL_TIMEOUT = 5.0            # seconds a refresh waits for the daemon (the screen stays; it says so, retries)
 SNAPSHOT_WAITING = 50         # waiting jobs in a snapshot (--once, a pipe, --json)
 MIN_DELAY = 1.0               # seconds between refreshes at least: each costs the daemon a (bounded) answer
+MAX_DELAY = 3600.0
 
 
 class Source:
@@ -106,6 +108,17 @@ def _in_curses(fn: Any) -> int:
         curses.endwin()
 
 
+def delay(text: str) -> float:
+    """-d: seconds between refreshes, held between MIN_DELAY and MAX_DELAY (as procps top takes any)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds")
+    return min(max(value, MIN_DELAY), MAX_DELAY)
+
+
 def _env_int(name: str, default: int) -> int:
     try:
         return max(20, int(os.environ.get(name, "")))
@@ -129,7 +142,7 @@ class Screen:
         self.args = args
         self.top = top
         self.view = View(mine=args.mine)
-        self.delay = max(MIN_DELAY, args.delay)
+        self.delay = args.delay
         self.fetched = time.monotonic()
         self.attrs = self._attrs()
         self.utf8 = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
@@ -282,7 +295,7 @@ def _follow_outside(job: dict[str, Any], args: argparse.Namespace) -> None:
 def register(sub: Any) -> None:
     p = sub.add_parser("top", help="the live view: GPUs, running and waiting jobs, refreshed in place; keys to "
                                    "follow a log, cancel, hold or release (not on a terminal: one snapshot)")
-    p.add_argument("-d", "--delay", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("-d", "--delay", type=delay, default=2.0, metavar="SECONDS",
                    help=f"seconds between refreshes (default 2, at least {MIN_DELAY:g})")
     p.add_argument("--mine", action="store_true", help="waiting jobs: only yours (the m key toggles it)")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit (as on a pipe)")
