@@ -280,8 +280,7 @@ def _summary(top: dict[str, Any] | None, view: View, now: float) -> list[Line]:
     c = top.get("counts") or {}
     gpus = (top.get("gpus") or {}).get("gpus") or []
     free = sum(1 for g in gpus if g.get("state") == "free")
-    held = f" ({c.get('held')} held)" if c.get("held") else ""
-    text = (f"gpusched top  {clock}  {c.get('running', 0)} running, {c.get('queued', 0)} queued{held}, "
+    text = (f"gpusched top  {clock}  {c.get('running', 0)} running, {c.get('queued', 0)} queued, "
             f"GPUs {free}/{len(gpus)} free")
     line: Line = [(text, "title")]
     if (top.get("gpus") or {}).get("simulated"):
