@@ -23,7 +23,7 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from gpusched import intake, jobfile, lifecycle, sweep
+from gpusched import intake, jobfile, lifecycle, sweep, topfeed
 from gpusched.access import Access, Caller
 from gpusched.engine import Engine
 from gpusched.errors import Invalid, NotAllowed, Refused
@@ -49,6 +49,7 @@ class Manager:
     def __init__(self, engine: Engine, access: Access):
         self.engine = engine
         self.access = access
+        self._feed = topfeed.Feed()
 
     def page(self, caller: int, all: bool, after: int, table: bool, fold: bool = False) -> str:
         text, last = self.engine.page(all, after, self.access.caller(caller), table, PAGE_BYTES, PAGE, fold=fold)
@@ -151,6 +152,21 @@ class Manager:
                 g["foreign_pids"], g["foreign_pids_more"] = pids[:MAX_PIDS], len(pids) - MAX_PIDS
         inventory = self.engine.inventory
         return {"gpus": table, "simulated": inventory.simulated, "error": inventory.error}
+
+    def top(self, caller: int, limit: int, mine: bool) -> dict[str, Any]:
+        """gpuschedctl top: the GPUs, the active jobs and the first `limit` queued ones (the caller's own
+        with `mine`), public fields only, bounded (topfeed.py)."""
+        e = self.engine
+        scan = self._feed.scan(lambda: topfeed.scan(e.active_ids(), e.queued_ids(), e.queued_count()),
+                               e.clock.monotonic())
+        if mine:
+            waiting = topfeed.first(self.engine.queued_ids(caller), limit)
+        else:
+            waiting = list(scan.queued[:max(0, limit)])
+        jobs = self.engine.jobs
+        return {"gpus": self.gpus(), "counts": scan.counts, "draining": self.engine.draining or None,
+                "running": [topfeed.entry(jobs[i]) for i in scan.active if i in jobs],
+                "waiting": [topfeed.entry(jobs[i]) for i in waiting if i in jobs]}
 
     def status(self) -> str:
         return self.engine.status_line()
@@ -320,6 +336,10 @@ class Api:
           <arg type="s" direction="out"/>
         </method>
         <method name="Gpus"><arg type="s" direction="out"/></method>
+        <method name="Top">
+          <arg type="u" name="limit" direction="in"/><arg type="b" name="mine" direction="in"/>
+          <arg type="s" direction="out"/>
+        </method>
         <method name="Status"><arg type="s" direction="out"/></method>
         <method name="Stats"><arg type="s" direction="out"/></method>
         <method name="Usage">
@@ -439,6 +459,11 @@ class Api:
 
     def Gpus(self, dbus_context: Any = None) -> str:
         return self._call("Gpus", self._m.gpus)
+
+    def Top(self, limit: int, mine: bool, dbus_context: Any = None) -> str:
+        """gpuschedctl top's view: {"gpus": Gpus's answer, "counts", "draining", "running": [job], "waiting":
+        [job]}: the active jobs and the first `limit` queued ones (the caller's own with `mine`), bounded."""
+        return self._call("Top", lambda: self._m.top(self._caller(dbus_context), limit, mine))
 
     def Status(self, dbus_context: Any = None) -> str:
         return self._call("Status", self._m.status)

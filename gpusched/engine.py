@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import os
 import pwd
 import signal
@@ -31,7 +32,7 @@ import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
@@ -94,6 +95,7 @@ class Engine:
         self.listing = Listing()
         self.jobs: dict[int, Job] = {}
         self.live: dict[int, Job] = {}                 # jobs not yet final
+        self._active: set[int] = set()                 # ids of the active ones (starting, running, stopping)
         self.submissions: OrderedDict[tuple[int, str, int], int] = OrderedDict()   # (uid, name, ino) -> id
         self._queued_by_uid: dict[int, set[int]] = {}  # for max_queued_per_user, kept by _track
         self._rejected_by_uid: dict[int, set[int]] = {}  # for max_rejected_per_user, kept by _track
@@ -143,6 +145,7 @@ class Engine:
         # at most once a second (and not more often than the GPUs are polled), folded into records now and then
         self.meter = usage.Meter(cfg.idle_threshold)
         self._last_sample = float("-inf")
+        self._samples: tuple[float, dict[int, usage.GpuSample]] = (float("-inf"), {})   # (monotonic, latest)
         self._last_fold = clock.monotonic()
         self._sample_failed = False
         # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
@@ -205,6 +208,10 @@ class Engine:
             self.live.pop(job.id, None)
         else:
             self.live[job.id] = job
+        if job.state in ACTIVE:
+            self._active.add(job.id)
+        else:
+            self._active.discard(job.id)
         if job.after:
             self._index_dependencies(job, job.state == State.QUEUED and not job.deps_met)
         if job.state in FINAL:
@@ -253,6 +260,7 @@ class Engine:
         if job is not None and job.after:
             self._index_dependencies(job, False)
         self.live.pop(job_id, None)
+        self._active.discard(job_id)
         self.listing.invalidate(job_id)
         self._requests.pop(job_id, None)
         self._charged.pop(job_id, None)
@@ -448,6 +456,19 @@ class Engine:
 
     def queued_of(self, uid: int) -> int:
         return len(self._queued_by_uid.get(uid, ())) + self._incoming.get(uid, 0)
+
+    def queued_ids(self, uid: int | None = None) -> Iterable[int]:
+        """The ids of the queued jobs of `uid` (None: everyone's), in no order: from the per-user index, not a
+        scan of the jobs."""
+        if uid is None:
+            return itertools.chain.from_iterable(self._queued_by_uid.values())
+        return self._queued_by_uid.get(uid, ())
+
+    def queued_count(self) -> int:
+        return sum(len(ids) for ids in self._queued_by_uid.values())
+
+    def active_ids(self) -> set[int]:
+        return self._active
 
     def rejected_of(self, uid: int) -> int:
         return len(self._rejected_by_uid.get(uid, ()))
@@ -674,14 +695,24 @@ class Engine:
         return fold
 
     def _holders(self) -> dict[int, int]:
-        return {g.index: j.id for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
+        return {g.index: job_id for job_id in sorted(self._active) for g in self.jobs[job_id].gpus}
 
     def gpu_table(self) -> list[dict[str, Any]]:
-        return self.inventory.table(self._holders())
+        """inventory.table, with each GPU's utilisation (percent) and used memory (bytes) from the latest
+        sample (_sample_now: the GPUs in use, held or foreign), None where none is recent; used memory falls
+        back on the probe's free memory."""
+        at, samples = self._samples
+        fresh = self.clock.monotonic() - at <= 3 * max(usage.SAMPLE_EVERY, self.cfg.gpu_poll_interval)
+        table = self.inventory.table(self._holders())
+        for g in table:
+            s = samples.get(g["index"]) if fresh else None
+            g["utilization"] = s.utilization if s is not None else None
+            used = s.memory_used if s is not None else None
+            g["memory_used"] = used if used is not None else max(0, g["memory_total"] - g["memory_free"])
+        return table
 
     def status_line(self) -> str:
-        running = sum(1 for j in self.live.values() if j.state in ACTIVE)
-        queued = sum(1 for j in self.live.values() if j.state == State.QUEUED)
+        running, queued = len(self._active), self.queued_count()   # from the indexes: this runs every second
         drain = f"draining (by {self.draining}), " if self.draining else ""
         return f"{drain}{running} running, {queued} queued, {self.inventory.summary(set(self._holders()))}"
 
@@ -1333,11 +1364,16 @@ class Engine:
                 self.meter.tally(job.id, job.usage.get("idle_since"))
         for job_id in [i for i in self.meter.tallies if (j := self.live.get(i)) is None or j.state not in ACTIVE]:
             self.meter.forget(job_id)                    # ended through a path that doesn't account (never began)
+        # GPUs that processes gpusched did not start use are sampled too, for `gpuschedctl top` (the meter
+        # looks only at the held ones); an idle server makes no NVML call
+        foreign = {g.index for g in self.inventory.gpus or () if g.foreign_pids}
+        samples = self.inventory.sample(set(holders) | foreign) if holders or foreign else {}
+        self._samples = (mono, samples)
         if not holders:
             self.meter.reset()
             return
         now = self.clock.time()
-        self.meter.observe(now, self.inventory.sample(holders), holders)
+        self.meter.observe(now, samples, holders)
         fold = mono - self._last_fold >= usage.FOLD_EVERY
         if fold:
             self._last_fold = mono

@@ -68,7 +68,7 @@ def test_gpuschedctl_page_has_every_verb_and_option():
             for flag in arg.flags:
                 assert f"**{flag}**" in md, (verb.name, flag)
     assert "# EXIT CODES" in md and "# JSON OUTPUT" in md      # docs/cli.md's sections come along
-    assert "# SUBMITTING\n" not in md                          # ... but not those with no text yet
+    assert "# SUBMITTING\n" in md and "# INTERACTIVE JOBS: RUN\n\n# " not in md   # a section with text comes; an empty one does not
     assert "## __complete" not in md and "gpuschedctl __complete [" not in md
 
 

@@ -9,10 +9,10 @@ import sys
 
 from gpusched import config as configmod
 from gpusched import jobfile
-from gpusched.ctl import accounting, admin, completion, jobs, queue, settings, waiting
+from gpusched.ctl import accounting, admin, completion, jobs, queue, settings, top, waiting
 from gpusched.ctl.common import CtlError, die
 
-MODULES = (jobs, queue, admin, accounting, waiting, settings, completion)
+MODULES = (jobs, queue, admin, accounting, waiting, settings, top, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:
