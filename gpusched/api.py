@@ -20,8 +20,10 @@ from __future__ import annotations
 import os
 import pwd
 import traceback
+from datetime import datetime, timezone
 from typing import Any, Callable
 
+from gpusched import intake, jobfile, lifecycle, sweep, topfeed
 from gpusched.access import Access, Caller
 from gpusched.engine import Engine
 from gpusched.errors import Invalid, NotAllowed, Refused
@@ -29,6 +31,7 @@ from gpusched.listing import fold_counts, to_json
 from gpusched.model import ACTIVE, State
 from gpusched.log import log
 from gpusched.model import FINAL, usage_out
+from gpusched.policy import inputs
 
 BUS_NAME = "org.gpusched1"
 OBJECT_PATH = "/org/gpusched1"
@@ -46,6 +49,7 @@ class Manager:
     def __init__(self, engine: Engine, access: Access):
         self.engine = engine
         self.access = access
+        self._feed = topfeed.Feed()
 
     def page(self, caller: int, all: bool, after: int, table: bool, fold: bool = False) -> str:
         text, last = self.engine.page(all, after, self.access.caller(caller), table, PAGE_BYTES, PAGE, fold=fold)
@@ -149,6 +153,21 @@ class Manager:
         inventory = self.engine.inventory
         return {"gpus": table, "simulated": inventory.simulated, "error": inventory.error}
 
+    def top(self, caller: int, limit: int, mine: bool) -> dict[str, Any]:
+        """gpuschedctl top: the GPUs, the active jobs and the first `limit` queued ones (the caller's own
+        with `mine`), public fields only, bounded (topfeed.py)."""
+        e = self.engine
+        scan = self._feed.scan(lambda: topfeed.scan(e.active_ids(), e.queued_ids(), e.queued_count()),
+                               e.clock.monotonic())
+        if mine:
+            waiting = topfeed.first(self.engine.queued_ids(caller), limit)
+        else:
+            waiting = list(scan.queued[:max(0, limit)])
+        jobs = self.engine.jobs
+        return {"gpus": self.gpus(), "counts": scan.counts, "draining": self.engine.draining or None,
+                "running": [topfeed.entry(jobs[i]) for i in scan.active if i in jobs],
+                "waiting": [topfeed.entry(jobs[i]) for i in waiting if i in jobs]}
+
     def status(self) -> str:
         return self.engine.status_line()
 
@@ -175,14 +194,14 @@ class Manager:
         """gpuschedctl stats: per user, GPU-hours reserved and used, jobs, waits, energy (usage.summarize)."""
         return self.engine.usage_report(self._users(self.access.caller(caller), user, "usage"), since)
 
-    def history(self, caller: int, user: str, name: str, state: str, since: float, limit: int) -> str:
+    def history(self, caller: int, user: str, name: str, state: str, since: float, limit: int, tag: str = "") -> str:
         """gpuschedctl history: finished jobs with their accounting. Their own (an admin: everyone's, or
         `user`'s); a user may ask for another's, and gets what `list --all` shows of them (no accounting)."""
         who = self.access.caller(caller)
         users = {user} if user else (None if who.admin else {who.name})
         if state and state not in FINAL_STATES:
             raise Invalid(f"{state!r} is not a final state ({', '.join(sorted(FINAL_STATES))})")
-        jobs, more = self.engine.finished(users, name, state, since, max(1, min(limit or HISTORY, HISTORY)))
+        jobs, more = self.engine.finished(users, name, state, since, max(1, min(limit or HISTORY, HISTORY)), tag)
         parts, size = [], 0
         for job in reversed(jobs):                         # the newest first, until the reply's byte budget
             full, public, _ = self.engine.listing.entry(job)
@@ -193,6 +212,94 @@ class Manager:
             parts.append(text)
             size += len(text) + 2
         return '{"ok": {"more": %d, "jobs": [%s]}}' % (more, ",".join(reversed(parts)))
+
+    # --- issue 11: wait, why, submit --dry-run, priority (ctl/waiting.py, ctl/jobs.py) ----------------------
+
+    def outcomes(self, ids: list[int]) -> list[dict[str, Any]]:
+        """`gpuschedctl wait`'s poll, cheap whatever the queue holds: for each id, whether it has ended and
+        how; an array's id stands for all its jobs (ended when all have; failed: how many did not succeed).
+        What it says is public (`list` shows every job's state); at most MAX_IDS ids."""
+        out = []
+        for job_id in ids[:MAX_IDS]:
+            job = self.engine.get(job_id)
+            elements = self.engine.array(job)
+            if elements is None:
+                out.append({"id": job.id, "state": str(job.state), "final": job.state in FINAL,
+                            "exit_code": job.exit_code, "signal": job.signal})
+                continue
+            failed = sum(1 for j in elements if j.state in FINAL and j.state != State.SUCCEEDED)
+            out.append({"id": job.id, "array": len(elements), "final": all(j.state in FINAL for j in elements),
+                        "failed": failed, "state": ", ".join(f"{n} {s}" for s, n in fold_counts(elements).items())})
+        return out
+
+    def why(self, caller: int, job_id: int) -> dict[str, Any]:
+        """`gpuschedctl why`: a job's state and, queued, where it stands (engine.outlook). What it says is what
+        `show` gives everyone of a queued job (its place, class, fair share); its dependencies only to those
+        who see its private fields."""
+        job = self.engine.get(job_id)
+        who = self.access.caller(caller)
+        view = who.view(job)
+        d = {k: view[k] for k in WHY_FIELDS if k in view}
+        if job.state == State.QUEUED and job.spec is not None:
+            d.update(self.engine.outlook(job))
+            d["expected_start"] = _iso(d.get("expected_start"))
+            if not who.sees_private(job):
+                d.pop("dependencies", None)
+        return d
+
+    def check(self, caller: int, name: str, text: str) -> dict[str, Any]:
+        """`gpuschedctl submit --dry-run`: the daemon's verdict on a job file as if the caller had dropped it
+        (intake.judge: parsed for them, with the server's limits and their queue), and where and when it would
+        start now (engine.outlook). Nothing is recorded, queued or written."""
+        data = text.encode("utf-8", "surrogateescape")
+        if len(data) > jobfile.MAX_BYTES:
+            raise Invalid(f"{name}: the file is {len(data)} bytes; a job file may have at most {jobfile.MAX_BYTES}")
+        owner, spec, account, problem = intake.judge(self.engine.cfg, self.access, self.engine, data, name, caller)
+        if problem is not None or spec is None or account is None:
+            raise Invalid(problem or f"{name}: rejected")
+        job = lifecycle.accepted(0, spec, account.pw_name, account.pw_uid, account.pw_gid, name, self.engine.clock.time())
+        if spec.sweep:
+            job.spec = sweep.element(spec, 0, 0)
+        job.job_class = inputs.job_class(job, self.engine.cfg.class_map() or None, self.engine.cfg.default_class)
+        job.after = self.engine.dependencies_of(spec, account.pw_uid)
+        if spec.hold:
+            job.held = account.pw_name
+        d = {"name": spec.name, "user": account.pw_name, "jobs": sweep.size(spec.sweep) if spec.sweep else 1,
+             "gpus_requested": spec.gpus, "priority": spec.priority}
+        d.update(self.engine.outlook(job))
+        d["expected_start"] = _iso(d.get("expected_start"))
+        d["now"] = _iso(self.engine.clock.time())
+        return d
+
+    def priority(self, caller: int, job_id: int, index: int, priority: int) -> str:
+        """`gpuschedctl priority`: a queued job's priority (engine.reprioritize); an array's id: each of its
+        queued jobs; index >= 0: that element alone."""
+        who = self.access.caller(caller)
+        job = self.engine.get(job_id) if index < 0 else self.engine.element(job_id, index)
+        elements = self.engine.array(job) if index < 0 else None
+        for j in elements or [job]:
+            who.require_act(j, "change the priority of")
+        if elements is None:
+            return self.engine.reprioritize(job, who, priority, who.admin)
+        queued = [j for j in elements if j.state == State.QUEUED]
+        if not queued:
+            raise Invalid(f"array {job.id}: none of its jobs is queued, so there is no priority to change "
+                          f"({', '.join(f'{n} {s}' for s, n in fold_counts(elements).items())})")
+        for j in queued:                                   # all or none: a refusal changes nothing
+            self.engine.may_reprioritize(j, priority, who.admin)
+        done = [self.engine.reprioritize(j, who, priority, who.admin) for j in queued]
+        left = len(elements) - len(queued)
+        return (f"array {job.id}: {len(done)} queued job(s) at priority {priority}"
+                + (f" ({left} not queued, left as they were)" if left else ""))
+
+
+WHY_FIELDS = ("id", "name", "user", "state", "reason", "class", "priority", "gpus_requested", "submitted",
+              "started", "ended", "gpus", "unit", "exit_code", "signal", "held", "array_id", "array_index")
+MAX_IDS = 1000               # ids in one Outcomes call
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
 class Api:
@@ -229,6 +336,10 @@ class Api:
           <arg type="s" direction="out"/>
         </method>
         <method name="Gpus"><arg type="s" direction="out"/></method>
+        <method name="Top">
+          <arg type="u" name="limit" direction="in"/><arg type="b" name="mine" direction="in"/>
+          <arg type="s" direction="out"/>
+        </method>
         <method name="Status"><arg type="s" direction="out"/></method>
         <method name="Stats"><arg type="s" direction="out"/></method>
         <method name="Usage">
@@ -239,6 +350,22 @@ class Api:
           <arg type="s" name="user" direction="in"/><arg type="s" name="name" direction="in"/>
           <arg type="s" name="state" direction="in"/><arg type="d" name="since" direction="in"/>
           <arg type="u" name="limit" direction="in"/><arg type="s" direction="out"/>
+        </method>
+        <method name="HistoryTagged">
+          <arg type="s" name="user" direction="in"/><arg type="s" name="name" direction="in"/>
+          <arg type="s" name="state" direction="in"/><arg type="s" name="tag" direction="in"/>
+          <arg type="d" name="since" direction="in"/><arg type="u" name="limit" direction="in"/>
+          <arg type="s" direction="out"/>
+        </method>
+        <method name="Outcomes"><arg type="at" name="ids" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="Why"><arg type="t" name="id" direction="in"/><arg type="s" direction="out"/></method>
+        <method name="Check">
+          <arg type="s" name="name" direction="in"/><arg type="s" name="text" direction="in"/>
+          <arg type="s" direction="out"/>
+        </method>
+        <method name="Priority">
+          <arg type="t" name="id" direction="in"/><arg type="i" name="index" direction="in"/>
+          <arg type="i" name="priority" direction="in"/><arg type="s" direction="out"/>
         </method>
         <method name="Lookup">
           <arg type="s" name="source" direction="in"/><arg type="t" name="inode" direction="in"/>
@@ -333,6 +460,11 @@ class Api:
     def Gpus(self, dbus_context: Any = None) -> str:
         return self._call("Gpus", self._m.gpus)
 
+    def Top(self, limit: int, mine: bool, dbus_context: Any = None) -> str:
+        """gpuschedctl top's view: {"gpus": Gpus's answer, "counts", "draining", "running": [job], "waiting":
+        [job]}: the active jobs and the first `limit` queued ones (the caller's own with `mine`), bounded."""
+        return self._call("Top", lambda: self._m.top(self._caller(dbus_context), limit, mine))
+
     def Status(self, dbus_context: Any = None) -> str:
         return self._call("Status", self._m.status)
 
@@ -347,6 +479,30 @@ class Api:
         """Finished jobs with their accounting (gpuschedctl history): {"ok": {"more": n, "jobs": [...]}}."""
         return self._answer("History", lambda: self._m.history(self._caller(dbus_context), user[:256], name[:256],
                                                                state[:64], since, limit))
+
+    def HistoryTagged(self, user: str, name: str, state: str, tag: str, since: float, limit: int,
+                      dbus_context: Any = None) -> str:
+        """History, with only the jobs whose file has `tag` among its tags ("": any)."""
+        return self._answer("HistoryTagged", lambda: self._m.history(self._caller(dbus_context), user[:256],
+                                                                     name[:256], state[:64], since, limit, tag[:256]))
+
+    def Outcomes(self, ids: list[int], dbus_context: Any = None) -> str:
+        """gpuschedctl wait: [{"id", "state", "final", "exit_code", "signal"} or, for an array's id, {"id",
+        "array": jobs, "final", "failed", "state"}, ...]."""
+        return self._call("Outcomes", lambda: self._m.outcomes(list(ids)))
+
+    def Why(self, id: int, dbus_context: Any = None) -> str:
+        """gpuschedctl why: the job's state; queued: its place, what keeps it waiting, its expected start."""
+        return self._call("Why", lambda: self._m.why(self._caller(dbus_context), id))
+
+    def Check(self, name: str, text: str, dbus_context: Any = None) -> str:
+        """gpuschedctl submit --dry-run: the verdict on a job file as the caller's, and where and when it would
+        start; nothing is queued."""
+        return self._call("Check", lambda: self._m.check(self._caller(dbus_context), name[:255], text))
+
+    def Priority(self, id: int, index: int, priority: int, dbus_context: Any = None) -> str:
+        """gpuschedctl priority: a queued job's priority (its owner: only less urgent; an admin: any)."""
+        return self._call("Priority", lambda: self._m.priority(self._caller(dbus_context), id, index, priority))
 
     def Lookup(self, source: str, inode: int, dbus_context: Any = None) -> str:
         return self._call("Lookup", lambda: self._m.lookup(self._caller(dbus_context), source, inode))

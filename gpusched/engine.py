@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import os
 import pwd
 import signal
@@ -31,7 +32,7 @@ import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
@@ -44,7 +45,7 @@ from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing, Viewer
 from gpusched.log import Log
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
-from gpusched.policy import fairshare, inputs, order
+from gpusched.policy import fairshare, forecast, inputs, order
 from gpusched.recorder import Recorder, Soon
 from gpusched.runner import Ended, Gone, MonitorDied, NoAccount, Runner, Running
 from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
@@ -94,6 +95,7 @@ class Engine:
         self.listing = Listing()
         self.jobs: dict[int, Job] = {}
         self.live: dict[int, Job] = {}                 # jobs not yet final
+        self._active: set[int] = set()                 # ids of the active ones (starting, running, stopping)
         self.submissions: OrderedDict[tuple[int, str, int], int] = OrderedDict()   # (uid, name, ino) -> id
         self._queued_by_uid: dict[int, set[int]] = {}  # for max_queued_per_user, kept by _track
         self._rejected_by_uid: dict[int, set[int]] = {}  # for max_rejected_per_user, kept by _track
@@ -143,6 +145,7 @@ class Engine:
         # at most once a second (and not more often than the GPUs are polled), folded into records now and then
         self.meter = usage.Meter(cfg.idle_threshold)
         self._last_sample = float("-inf")
+        self._samples: tuple[float, dict[int, usage.GpuSample]] = (float("-inf"), {})   # (monotonic, latest)
         self._last_fold = clock.monotonic()
         self._sample_failed = False
         # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
@@ -152,6 +155,7 @@ class Engine:
         self._incoming: dict[int, int] = {}              # uid -> jobs of arrays being recorded (accept_array)
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
+        self.expected: dict[int, float] = {}           # the last pass's plan: job id -> expected start (backfill)
 
     # --- the door --------------------------------------------------------------------------------------
 
@@ -204,6 +208,10 @@ class Engine:
             self.live.pop(job.id, None)
         else:
             self.live[job.id] = job
+        if job.state in ACTIVE:
+            self._active.add(job.id)
+        else:
+            self._active.discard(job.id)
         if job.after:
             self._index_dependencies(job, job.state == State.QUEUED and not job.deps_met)
         if job.state in FINAL:
@@ -252,6 +260,7 @@ class Engine:
         if job is not None and job.after:
             self._index_dependencies(job, False)
         self.live.pop(job_id, None)
+        self._active.discard(job_id)
         self.listing.invalidate(job_id)
         self._requests.pop(job_id, None)
         self._charged.pop(job_id, None)
@@ -359,6 +368,10 @@ class Engine:
             job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
         return job
 
+    def dependencies_of(self, spec: JobSpec, uid: int) -> tuple[dependencies.Dep, ...]:
+        """What a new file of `uid` would depend on, resolved now (submit --dry-run)."""
+        return self._resolve(spec, uid)
+
     def _resolve(self, spec: JobSpec, uid: int) -> tuple[dependencies.Dep, ...]:
         """A new file's dependencies among its owner's jobs (root's: anyone's), resolved once (dependencies.py)."""
         return dependencies.resolve(spec, uid, job=self.jobs.get, anyone=uid == 0,
@@ -443,6 +456,19 @@ class Engine:
 
     def queued_of(self, uid: int) -> int:
         return len(self._queued_by_uid.get(uid, ())) + self._incoming.get(uid, 0)
+
+    def queued_ids(self, uid: int | None = None) -> Iterable[int]:
+        """The ids of the queued jobs of `uid` (None: everyone's), in no order: from the per-user index, not a
+        scan of the jobs."""
+        if uid is None:
+            return itertools.chain.from_iterable(self._queued_by_uid.values())
+        return self._queued_by_uid.get(uid, ())
+
+    def queued_count(self) -> int:
+        return sum(len(ids) for ids in self._queued_by_uid.values())
+
+    def active_ids(self) -> set[int]:
+        return self._active
 
     def rejected_of(self, uid: int) -> int:
         return len(self._rejected_by_uid.get(uid, ()))
@@ -669,14 +695,24 @@ class Engine:
         return fold
 
     def _holders(self) -> dict[int, int]:
-        return {g.index: j.id for j in self.live.values() if j.state in ACTIVE for g in j.gpus}
+        return {g.index: job_id for job_id in sorted(self._active) for g in self.jobs[job_id].gpus}
 
     def gpu_table(self) -> list[dict[str, Any]]:
-        return self.inventory.table(self._holders())
+        """inventory.table, with each GPU's utilisation (percent) and used memory (bytes) from the latest
+        sample (_sample_now: the GPUs in use, held or foreign), None where none is recent; used memory falls
+        back on the probe's free memory."""
+        at, samples = self._samples
+        fresh = self.clock.monotonic() - at <= 3 * max(usage.SAMPLE_EVERY, self.cfg.gpu_poll_interval)
+        table = self.inventory.table(self._holders())
+        for g in table:
+            s = samples.get(g["index"]) if fresh else None
+            g["utilization"] = s.utilization if s is not None else None
+            used = s.memory_used if s is not None else None
+            g["memory_used"] = used if used is not None else max(0, g["memory_total"] - g["memory_free"])
+        return table
 
     def status_line(self) -> str:
-        running = sum(1 for j in self.live.values() if j.state in ACTIVE)
-        queued = sum(1 for j in self.live.values() if j.state == State.QUEUED)
+        running, queued = len(self._active), self.queued_count()   # from the indexes: this runs every second
         drain = f"draining (by {self.draining}), " if self.draining else ""
         return f"{drain}{running} running, {queued} queued, {self.inventory.summary(set(self._holders()))}"
 
@@ -773,13 +809,7 @@ class Engine:
                     continue
                 users[job.user] = job.uid
             elif job.state in ACTIVE:
-                try:
-                    holders.append(inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
-                                                 history_estimate=self._estimate(job)))
-                except Exception:  # noqa: BLE001
-                    self._input_error(job)               # its GPUs still count as held, and it is never a victim
-                    holders.append(policy.Holder(job.id, 0, tuple(g.index for g in job.gpus), preemptible=False,
-                                                 stopping=job.state == State.STOPPING, uid=job.uid))
+                holders.append(self._holder(job))
                 users[job.user] = job.uid
         for job, why in doomed:
             self._contained(self._dependency_failed, job, why)
@@ -790,6 +820,7 @@ class Engine:
                             **self._settings(now))
         self.stats["last_policy_seconds"] = self.clock.monotonic() - t0
         self.stats["last_pass_queued"] = len(queued)
+        self.expected = d.expected_start                 # the policy's own plan, for `gpuschedctl why`
         for victim, for_job in d.preempts:
             self._contained(self._stop, self.jobs[victim], "preempt", self._preempted_by(self.jobs[for_job]))
         by_index = {g.index: g for g in gpus or ()}
@@ -801,6 +832,17 @@ class Engine:
                 vague = "expected to start by the running jobs' time limits"
                 reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
+
+    def _holder(self, job: Job) -> policy.Holder:
+        """An active job as the policy sees it (a job whose inputs fail still holds its GPUs, and is never a
+        victim)."""
+        try:
+            return inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
+                                 history_estimate=self._estimate(job))
+        except Exception:  # noqa: BLE001
+            self._input_error(job)
+            return policy.Holder(job.id, 0, tuple(g.index for g in job.gpus), preemptible=False,
+                                 stopping=job.state == State.STOPPING, uid=job.uid)
 
     def _gate(self, job: Job, now: float) -> tuple[str, str] | None:
         """Why a queued job is not offered to the policy this pass, or None: ("never", why) when a dependency
@@ -959,6 +1001,94 @@ class Engine:
                                                            if len(ahead) > MAX_AHEAD else "")
         out["ahead"] = f"{len(ahead)} job(s): {shown}" if ahead else "none: it is first in line"
         return out
+
+    def outlook(self, job: Job) -> dict[str, Any]:
+        """For `gpuschedctl why` and `submit --dry-run`: where a queued job (or one not yet submitted, id 0)
+        stands: its place in the order the next pass uses, what keeps it waiting, and when it can be expected
+        to start: the policy's own plan when it made one (EASY backfill's reservation), else the queue played
+        forward on the running jobs' time limits (policy/forecast.py). One linear scan of the queue, on demand."""
+        now = self.clock.time()
+        queued, users = [], {job.user: job.uid}
+        for j in self.live.values():
+            if j.state == State.QUEUED and j.id != job.id:
+                queued.append(j)
+            users[j.user] = j.uid
+        standing = self._standing(users, now)
+        settings = self._settings(now)
+        key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
+        mine = self._request(job) if job.id in self.jobs else inputs.request(
+            job, classes=self._classes, default_class=self.cfg.default_class, history_estimate=self._estimate(job))
+        ahead = order.ahead(mine, [self._request(j) for j in queued], key)
+        out: dict[str, Any] = {"position": len(ahead) + 1, "ahead": [r.id for r in ahead[:MAX_AHEAD]],
+                               "ahead_count": len(ahead)}
+        if self._classes:
+            out["class"] = mine.job_class
+        if job.uid in standing:
+            out["fair_share"] = f"{job.user} is at " + fairshare.describe(standing[job.uid])
+        deps = []
+        for kind, dep, label in job.after:
+            state = self._dependency_state(dep) if dep else None
+            deps.append({"kind": kind, "id": dep or None, "label": label, "state": str(state) if state else None})
+        out["dependencies"] = deps
+        gate = self._waits_for(job, now)
+        if gate:
+            out["expected_start"], out["expected_why"] = None, f"unknown: {gate}"
+            return out
+        if job.id in self.expected:
+            out["expected_start"], out["expected_source"] = self.expected[job.id], "policy"
+            return out
+        floor = job.not_before or 0.0
+        if job.spec is not None and job.spec.window:
+            floor = max(floor, windows.waiting_reason(job.spec.window, self._windows.get(job.spec.window), now,
+                                                      self.tz)[1] or 0.0)
+        f = forecast.expected_start(mine, [r for r in ahead if not self._waits_for(self.jobs[r.id], now)],
+                                    [self._holder(j) for j in self.live.values() if j.state in ACTIVE],
+                                    self.inventory.gpus, now, floor)
+        out["expected_start"], out["expected_gpus"], out["expected_source"] = f.at, list(f.gpus), "forecast"
+        if f.at is None:
+            out["expected_why"] = f"unknown: {f.why}"
+        return out
+
+    def _waits_for(self, job: Job, now: float) -> str:
+        """What keeps a queued job out of every pass whatever the GPUs do (its start can't be dated), or ""."""
+        if job.held:
+            return f"held by {job.held} until released"
+        if job.after and not job.deps_met:
+            verdict, why = dependencies.check(job.after, self._dependency_state)
+            if verdict != "ready":
+                return f"{why} (their end can't be dated)" if verdict == "wait" else why
+        if job.user in self.paused:
+            return f"{job.user}'s jobs are paused by {self.paused[job.user]}"
+        if self.draining:
+            return f"the server is draining (by {self.draining})"
+        return ""
+
+    def may_reprioritize(self, job: Job, priority: int, admin: bool) -> None:
+        """Raises the refusal, if reprioritize would refuse (so an array is checked whole before any change)."""
+        if job.state != State.QUEUED or job.spec is None:
+            raise Invalid(f"job {job.id} is {job.state}: only a queued job's priority can be changed")
+        old = job.spec.priority
+        if not admin:
+            floor = self.cfg.job_limits().min_priority
+            if priority < old:
+                raise NotAllowed(f"job {job.id} has priority {old}: you may only make it less urgent (a number of "
+                                 f"{old} or more; lower is more urgent); an admin can make it more urgent")
+            if priority < floor:
+                raise NotAllowed(f"priority {priority} is more urgent than this server lets users ask for (at "
+                                 f"most {floor}: min_user_priority); ask an admin")
+
+    def reprioritize(self, job: Job, by: Who, priority: int, admin: bool) -> str:
+        """Change a queued job's priority (the job file's `priority`: lower is more urgent, among its owner's own
+        jobs). Its owner may only make it less urgent, and never more urgent than min_user_priority; an admin
+        may set any. Recorded (its record keeps it across restarts) and said in the journal."""
+        self.may_reprioritize(job, priority, admin)
+        assert job.spec is not None
+        old = job.spec.priority
+        if priority == old:
+            return f"priority {old} already"
+        self.apply(job, lifecycle.reprioritize, priority, wake=True, GPUSCHED_EVENT="priority",
+                   say=f"job {job.id}: priority {old} -> {priority} by {by.name}")
+        return f"priority {old} -> {priority}"
 
     # --- fair share -------------------------------------------------------------------------------------
 
@@ -1234,11 +1364,16 @@ class Engine:
                 self.meter.tally(job.id, job.usage.get("idle_since"))
         for job_id in [i for i in self.meter.tallies if (j := self.live.get(i)) is None or j.state not in ACTIVE]:
             self.meter.forget(job_id)                    # ended through a path that doesn't account (never began)
+        # GPUs that processes gpusched did not start use are sampled too, for `gpuschedctl top` (the meter
+        # looks only at the held ones); an idle server makes no NVML call
+        foreign = {g.index for g in self.inventory.gpus or () if g.foreign_pids}
+        samples = self.inventory.sample(set(holders) | foreign) if holders or foreign else {}
+        self._samples = (mono, samples)
         if not holders:
             self.meter.reset()
             return
         now = self.clock.time()
-        self.meter.observe(now, self.inventory.sample(holders), holders)
+        self.meter.observe(now, samples, holders)
         fold = mono - self._last_fold >= usage.FOLD_EVERY
         if fold:
             self._last_fold = mono
@@ -1292,13 +1427,15 @@ class Engine:
         jobs = (j for j in self.jobs.values() if users is None or j.user in users)
         return usage.summarize(jobs, since, self.clock.time())
 
-    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int) -> tuple[list[Job], int]:
+    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int,
+                 tag: str = "") -> tuple[list[Job], int]:
         """`gpuschedctl history`: the last `limit` finished jobs (in id order) of `users` (None: everyone's),
-        with that name (an array's jobs: the name its file gave) and final state if given, ended at or after
-        `since`; and how many more matched.
+        with that name (an array's jobs: the name its file gave), final state and tag if given, ended at or
+        after `since`; and how many more matched.
         Rejected entries only when asked for by state."""
         out = [j for j in self.jobs.values()
                if j.state in FINAL and (users is None or j.user in users)
+               and (not tag or (j.spec is not None and tag in j.spec.tags))
                and (not name or j.name == name or (j.array_id and sweep.base_name(j.name, j.array_index) == name))
                and (str(j.state) == state if state else j.state != State.REJECTED)
                and (j.ended or j.submitted) >= since]

@@ -39,6 +39,45 @@ INGEST_BUDGET = 0.05       # seconds of main-loop time per ingest turn: a flood 
 MAX_DEFERRED = 100000      # names put back and remembered; the oldest are simply offered again sooner
 
 
+def judge(cfg: configmod.Config, access: Access, engine: Engine, data: bytes, name: str, uid: int,
+          problem: str | None = None) -> tuple[str, Any, Any, str | None]:
+    """The daemon's verdict on a job file owned by `uid`: (owner's name, spec or None, the account it runs as or
+    None, the problem or None). Parsed for its owner with the server's limits (the classes the owner may ask
+    for; privileged for root and admins), its `user` resolved, max_queued_per_user checked. Changes nothing:
+    the intake records what it says, and `submit --dry-run` (api.Manager.check) only reports it."""
+    try:
+        pw = pwd.getpwuid(uid)
+        owner, groups = pw.pw_name, group_names(pw.pw_name, pw.pw_gid)
+    except KeyError:
+        owner, groups = str(uid), []
+    spec = None
+    if problem is None:
+        try:
+            spec = parse_jobfile(data, name, owner_is_root=uid == 0, limits=cfg.job_limits(owner, groups),
+                                 privileged=access.is_admin(uid))
+        except JobFileError as e:
+            problem = str(e)
+    account = None
+    if spec is not None:
+        try:
+            account = pwd.getpwnam(spec.user) if spec.user else pwd.getpwuid(uid)
+        except KeyError:
+            problem = f"{name}: " + (f"user: no such user {spec.user!r}" if spec.user
+                                     else f"the file's owner (uid {uid}) has no account")
+    cap = cfg.max_queued_per_user
+    count = sweep.size(spec.sweep) if spec is not None else 1      # an array counts as its jobs
+    if account is not None and problem is None and cap and uid != 0:
+        waiting = engine.queued_of(account.pw_uid)
+        if waiting + count > cap and count > 1:
+            problem = (f"{name}: its [sweep] makes {count} jobs and {account.pw_name} already has "
+                       f"{waiting} waiting: more than this server allows (max_queued_per_user = {cap}); "
+                       f"submit it again when some have started, or sweep over fewer values")
+        elif waiting >= cap:
+            problem = (f"{name}: {account.pw_name} already has {waiting} jobs waiting, the most this "
+                       f"server allows (max_queued_per_user = {cap}); submit it again when some have started")
+    return owner, spec, account, problem
+
+
 class Intake:
     def __init__(self, cfg: configmod.Config, spool: Spool, store: Store, engine: Engine, access: Access,
                  clock: Clock, log: Log, soon: Callable[[Callable[[], bool]], Any]):
@@ -197,37 +236,9 @@ class Intake:
 
     def _process(self, job_id: int, taken: Taken) -> None:
         uid = taken.st.st_uid
-        try:
-            pw = pwd.getpwuid(uid)
-            owner, groups = pw.pw_name, group_names(pw.pw_name, pw.pw_gid)
-        except KeyError:
-            owner, groups = str(uid), []
-        problem = f"{taken.name}: {taken.problem}" if taken.problem else None
-        spec = None
-        if problem is None:
-            try:
-                spec = parse_jobfile(taken.data or b"", taken.name, owner_is_root=uid == 0,
-                                     limits=self.cfg.job_limits(owner, groups), privileged=self.access.is_admin(uid))
-            except JobFileError as e:
-                problem = str(e)
-        account = None
-        if spec is not None:
-            try:
-                account = pwd.getpwnam(spec.user) if spec.user else pwd.getpwuid(uid)
-            except KeyError:
-                problem = f"{taken.name}: " + (f"user: no such user {spec.user!r}" if spec.user
-                                               else f"the file's owner (uid {uid}) has no account")
-        cap = self.cfg.max_queued_per_user
+        owner, spec, account, problem = judge(self.cfg, self.access, self.engine, taken.data or b"", taken.name,
+                                              uid, f"{taken.name}: {taken.problem}" if taken.problem else None)
         count = sweep.size(spec.sweep) if spec is not None else 1      # an array counts as its jobs
-        if account is not None and problem is None and cap and uid != 0:
-            waiting = self.engine.queued_of(account.pw_uid)
-            if waiting + count > cap and count > 1:
-                problem = (f"{taken.name}: its [sweep] makes {count} jobs and {account.pw_name} already has "
-                           f"{waiting} waiting: more than this server allows (max_queued_per_user = {cap}); "
-                           f"submit it again when some have started, or sweep over fewer values")
-            elif waiting >= cap:
-                problem = (f"{taken.name}: {account.pw_name} already has {waiting} jobs waiting, the most this "
-                           f"server allows (max_queued_per_user = {cap}); submit it again when some have started")
         key = (uid, taken.name, taken.st.st_ino)
         try:
             if problem is not None or spec is None or account is None:

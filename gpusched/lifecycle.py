@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -173,6 +174,13 @@ def release(job: Job) -> None:
     if job.state != State.QUEUED or not job.held:
         raise TransitionError(f"job {job.id} is not held")
     job.held, job.reason = "", "released; queued"
+
+
+def reprioritize(job: Job, priority: int) -> None:
+    """A queued job's priority changed (`gpuschedctl priority`): the spec's, which the record keeps."""
+    if job.state != State.QUEUED or job.spec is None:
+        raise TransitionError(f"job {job.id} is {job.state}: only a queued job's priority can be changed")
+    job.spec = dataclasses.replace(job.spec, priority=priority)
 
 
 def dependency_failed(job: Job, reason: str, now: float) -> None:

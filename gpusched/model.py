@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
@@ -172,6 +173,8 @@ def _deps(d: Any) -> tuple[tuple[str, int, str], ...]:
 
 
 def job_from_dict(d: dict[str, Any], spec: JobSpec | None) -> Job:
+    if spec is not None and isinstance(d.get("priority"), int) and d["priority"] != spec.priority:
+        spec = dataclasses.replace(spec, priority=d["priority"])   # changed since (gpuschedctl priority)
     return Job(
         id=int(d["id"]), user=d["user"], uid=int(d["uid"]), source=d.get("source", ""), state=State(d["state"]),
         submitted=_epoch(d.get("submitted")) or 0.0, spec=spec, reason=d.get("reason", ""), gid=d.get("gid"),

@@ -236,9 +236,9 @@ class Box:
 
     # --- running things inside ---------------------------------------------------------------------------
 
-    def run(self, cmd: str, user: str | None = None, check: bool = True, timeout: float | None = 120,
-            input: str | None = None) -> subprocess.CompletedProcess:
-        """A shell command in the box (all its namespaces), as root or as `user`."""
+    def command(self, cmd: str, user: str | None = None) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment that run a shell command in the box, as root or as `user` (run() runs it;
+        a test that needs a terminal starts it on a pty itself)."""
         if not self.sd:
             raise BoxError(f"no box is up here (Box.up or Box.attach first): {self.base}")
         argv = ["nsenter", "-t", str(self.sd), "-a"]
@@ -247,7 +247,12 @@ class Box:
         if user:
             argv += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--reset-env", "--",
                      "/usr/bin/env", f"HOME=/home/{user}", f"USER={user}", f"PATH={env['PATH']}", "LANG=C.UTF-8"]
-        argv += ["/bin/bash", "-c", cmd]
+        return argv + ["/bin/bash", "-c", cmd], env
+
+    def run(self, cmd: str, user: str | None = None, check: bool = True, timeout: float | None = 120,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """A shell command in the box (all its namespaces), as root or as `user`."""
+        argv, env = self.command(cmd, user)
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, input=input,
                            cwd="/")
         if check and p.returncode != 0:

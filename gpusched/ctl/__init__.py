@@ -8,7 +8,7 @@ stdout is a pipe or a file, or with --raw: see jobs.cmd_logs.
 
 One module per group of commands, each with its `register(subparsers)`: jobs (submit, show, logs, cancel,
 hold, release, requeue), queue (list), admin (gpus, drain, resume, pause, unpause), accounting (stats,
-history); common.py holds what they share, client.py the bus. Importing this package imports no D-Bus
+history), top (the live view; its screen and keys in topview.py); common.py holds what they share, client.py the bus. Importing this package imports no D-Bus
 library: only a command that calls the daemon does (client.Client).
 """
 

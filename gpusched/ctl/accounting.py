@@ -32,8 +32,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    reply = clientmod.Client().call("History", args.user or "", args.name or "", args.state or "",
-                          parse_since(args.since, time.time()), max(1, min(args.limit, 5000)))
+    since, limit = parse_since(args.since, time.time()), max(1, min(args.limit, 5000))
+    if args.tag:                                       # HistoryTagged: History with a tag (a newer daemon's)
+        reply = clientmod.Client().call("HistoryTagged", args.user or "", args.name or "", args.state or "",
+                                        args.tag, since, limit)
+    else:
+        reply = clientmod.Client().call("History", args.user or "", args.name or "", args.state or "", since, limit)
     jobs = reply["jobs"]
     if args.json:
         print_json("jobs", jobs, more=reply.get("more", 0))
@@ -73,7 +77,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("history", help="finished jobs with their accounting (yours; admins: everyone's)")
     p.add_argument("--user", help="this user's jobs (another's: what list --all shows, without accounting)")
     p.add_argument("--name", help="only jobs of this name")
-    p.add_argument("--state", help="only jobs that ended so (succeeded, failed, cancelled, ...)")
+    p.add_argument("--state", help="only jobs that ended so (succeeded, failed, cancelled, dependency_failed, "
+                                   "rejected)")
+    p.add_argument("--tag", help="only jobs whose file has this tag (`tags`, or submit --tag)")
     p.add_argument("--since", metavar="D", help='ended since: a duration back ("7d") or a date ("2026-11-01")')
     p.add_argument("--limit", type=int, default=1000, help="the newest N (default 1000, at most 5000)")
     p.add_argument("--json", action="store_true")

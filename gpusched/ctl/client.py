@@ -11,7 +11,8 @@ CALL_TIMEOUT = 120.0       # seconds: a daemon that hangs gets an error, not a c
 
 
 class Client:
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = CALL_TIMEOUT) -> None:
+        self.timeout = timeout                        # seconds a call waits (top waits less: it redraws)
         try:
             from gi.repository import GLib
             from pydbus import SystemBus
@@ -23,7 +24,7 @@ class Client:
 
     def raw(self, method: str, *args: Any) -> str:
         try:
-            raw = getattr(self._api, method)(*args, timeout=CALL_TIMEOUT)
+            raw = getattr(self._api, method)(*args, timeout=self.timeout)
         except self._glib_error as e:
             raise CtlError(f"gpusched did not answer {method}: {bus_error(e)}",
                            UNREACHABLE if _gone(e) else FAILED) from None

@@ -12,30 +12,131 @@ from typing import Any
 
 from gpusched import jobfile
 from gpusched.ctl import client as clientmod
-from gpusched.ctl import spoolfile
-from gpusched.ctl.common import (print_json, CtlError, _field, _resolve, _shown,
+from gpusched.ctl import jobopts, spoolfile
+from gpusched.ctl.common import (FAILED, USAGE, print_json, CtlError, _field, _resolve, _shown,
                                  job_target, printable, usage_value, warn)
+from gpusched.ctl.waiting import dry_run_text
 from gpusched.model import FINAL, State
 from gpusched.units import format_size
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    """submit FILE|DIR..., or submit [OPTIONS] -- CMD: every file is checked before any is queued (one invalid
+    file: nothing is submitted); then each is dropped into the spool and its id printed, one per line."""
+    jobs = _jobs(args)
+    invalid = 0
+    for label, _stem, data in jobs:
+        try:
+            spoolfile.check(data, _file_name(label), args)   # the daemon checks again; failing here loses nothing
+        except jobfile.JobFileError as e:
+            warn(f"invalid job file {label}:\n{e}")
+            invalid += 1
+    if invalid:
+        raise CtlError(f"{invalid} of {len(jobs)} job file(s) invalid: nothing was submitted; fix them and "
+                       f"submit again" if len(jobs) > 1 else f"{jobs[0][0]} is invalid: nothing was submitted")
+    if args.dry_run:
+        return _dry_run(jobs)
+    client = None if args.no_wait else clientmod.Client()
+    failed = 0
+    for label, stem, data in jobs:
+        name, ino = spoolfile.drop(data, stem, args)
+        if client is None:
+            print(printable(name))
+            continue
+        try:
+            print(spoolfile.taken(client, name, ino, args.timeout)["id"])
+        except CtlError as e:                            # rejected by the daemon: said, the others go on
+            if e.code != FAILED or len(jobs) == 1:
+                raise
+            warn(f"{label}: {e}")
+            failed += 1
+    return FAILED if failed else 0
+
+
+def _jobs(args: argparse.Namespace) -> list[tuple[str, str, bytes]]:
+    """What to submit: (label for messages, spool name stem, the file's bytes with submit's own keys)."""
+    if args.job_command:
+        if args.files:
+            raise CtlError("give job files, or a command after --, not both (gpuschedctl submit --gpus 1 -- "
+                           "python train.py)", USAGE)
+        try:
+            doc = jobopts.job_doc(args, args.job_command)
+        except jobopts.OptionError as e:
+            raise CtlError(str(e), USAGE) from None
+        label = f"the command {printable(' '.join(args.job_command))[:60]!r}"
+        return [(label, doc["name"], _with_options(jobopts.job_toml(doc), args, label))]
+    given = [f"--{name.replace('_', '-')}" for name in _JOB_OPTIONS if getattr(args, name, None) not in (None, [])]
+    if given:
+        raise CtlError(f"{', '.join(given)}: job options describe a command given after -- (gpuschedctl submit "
+                       f"--gpus 1 -- python train.py); a job file says them itself", USAGE)
+    if not args.files:
+        raise CtlError("nothing to submit: give job files, a directory of them, or a command after -- "
+                       "(gpuschedctl submit --gpus 1 -- python train.py)", USAGE)
+    out = []
+    for path in _expand(args.files):
+        try:
+            with open(path, "rb") as f:
+                data = f.read(jobfile.MAX_BYTES + 1)
+        except OSError as e:
+            raise CtlError(f"{path}: {e.strerror}; nothing was submitted") from None
+        base = os.path.basename(path)
+        out.append((path, base[:-5] if base.endswith(".toml") else base, _with_options(data, args, path)))
+    return out
+
+
+# jobopts.add_options' destinations: given with job files, they are a mistake (the file says them)
+_JOB_OPTIONS = ("name", "gpus", "gpu_memory", "gpu_type", "job_class", "priority", "time_limit", "memory", "cpus",
+                "tasks", "workdir", "env", "export", "tags", "conda")
+MAX_FILES = 10000          # job files one submit takes (a directory's *.toml)
+
+
+def _expand(paths: list[str]) -> list[str]:
+    """Each path, a directory standing for its *.toml files (not its subdirectories' nor hidden ones), sorted."""
+    out: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            try:
+                names = sorted(n for n in os.listdir(path) if n.endswith(".toml") and not n.startswith("."))
+            except OSError as e:
+                raise CtlError(f"{path}: {e.strerror}; nothing was submitted") from None
+            if not names:
+                raise CtlError(f"{path}: a directory with no *.toml job file in it; nothing was submitted")
+            out += [os.path.join(path, n) for n in names if not os.path.isdir(os.path.join(path, n))]
+        else:
+            out.append(path)
+        if len(out) > MAX_FILES:
+            raise CtlError(f"more than {MAX_FILES} job files at once; submit them in parts (or as one [sweep] "
+                           f"file, docs/jobfile.md)")
+    return out
+
+
+def _file_name(label: str) -> str:
+    return os.path.basename(label) if os.path.sep in label or label.endswith(".toml") else "command.toml"
+
+
+def _dry_run(jobs: list[tuple[str, str, bytes]]) -> int:
+    """submit --dry-run: the daemon's own verdict on each file as the caller's, and where and when it would
+    start now; nothing is written to the spool."""
     try:
-        with open(args.file, "rb") as f:
-            data = f.read(jobfile.MAX_BYTES + 1)
-    except OSError as e:
-        raise CtlError(f"{args.file}: {e.strerror}") from None
-    base = os.path.basename(args.file)
-    data = _with_options(data, args)
-    spoolfile.check(data, base, args)           # the daemon checks again; failing here loses nothing
-    name, ino = spoolfile.drop(data, base[:-5] if base.endswith(".toml") else base, args)
-    if args.no_wait:
-        print(printable(name))
-        return 0
-    print(spoolfile.taken(clientmod.Client(), name, ino, args.timeout)["id"])
-    return 0
+        client = clientmod.Client()
+    except CtlError as e:
+        raise CtlError(f"valid here, but {e}; so nothing can be said of where it would run", e.code) from None
+    failed = 0
+    for label, _stem, data in jobs:
+        try:
+            d = client.call("Check", _file_name(label), data.decode("utf-8", "surrogateescape"))
+        except CtlError as e:
+            if e.code != FAILED:
+                raise
+            warn(f"{label}: {e}")
+            failed += 1
+            continue
+        print(f"{printable(label)}: valid: {printable(d['name'])} of {printable(d['user'])}, "
+              f"{d['jobs']} job(s), {d['gpus_requested']} GPU(s) each, priority {d['priority']}")
+        print("  " + printable(dry_run_text(d, time.time())))
+    return FAILED if failed else 0
 
 
-def _with_options(data: bytes, args: argparse.Namespace) -> bytes:
+def _with_options(data: bytes, args: argparse.Namespace, label: str) -> bytes:
     """The job file with submit's --after/--after-ok/--after-notok/--hold put in as keys (at its top, where
     a key is the file's own and not a table's); a key the file already has is refused, not merged."""
     extra = {"after": args.after, "after_ok": args.after_ok, "after_notok": args.after_notok}
@@ -51,8 +152,26 @@ def _with_options(data: bytes, args: argparse.Namespace) -> bytes:
     for line in lines:
         key = line.split(" ", 1)[0]
         if key in doc:
-            raise CtlError(f"{args.file} already says {key}; change it there, not with --{key.replace('_', '-')}")
+            raise CtlError(f"{label} already says {key}; change it there, not with --{key.replace('_', '-')}")
     return "\n".join(lines).encode() + b"\n" + data
+
+
+def cmd_priority(args: argparse.Namespace) -> int:
+    job_id, index = args.id
+    answer = clientmod.Client().call("Priority", job_id, -1 if index is None else index, args.priority)
+    print(f"job {_shown(args.id)}: {printable(answer)}")
+    return 0
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number (lower is more urgent)") from None
+    lo, hi = jobfile.PRIORITY_RANGE
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{value} is out of range ({lo} to {hi})")
+    return value
 
 
 
@@ -169,15 +288,41 @@ def cmd_act(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("submit", help="validate a job file, drop it into the spool, print the job id")
-    p.add_argument("file")
-    p.add_argument("--no-wait", action="store_true", help="don't wait for the daemon to take it")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p = sub.add_parser("submit", help="submit job files (or a directory's *.toml), or a command after --: "
+                                      "validate, drop into the spool, print one job id per file",
+                       usage="%(prog)s [-h] [--dry-run] [--no-wait] [OPTIONS] FILE|DIR... \n"
+                             "       %(prog)s [--dry-run] [--no-wait] [JOB OPTIONS] -- COMMAND [ARGS...]",
+                       description="Submit job files (a directory: each *.toml in it, sorted), or a command "
+                                   "given after -- (the job options then make its job file). Every file is "
+                                   "checked first: if one is invalid, nothing is submitted. Then each is queued "
+                                   "and its id printed, one per line (an array's id for a [sweep] file); a "
+                                   "file the daemon rejects is said, the others are queued, and the exit "
+                                   "status is 1.")
+    p.add_argument("files", nargs="*", metavar="FILE|DIR")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the files as gpusched would (as yours) and say where and when each would start "
+                        "now; nothing is queued")
+    p.add_argument("--no-wait", action="store_true",
+                   help="don't wait for the daemon to take them: print the spool names instead of job ids")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the daemon to take each file (default 30)")
     for opt in ("after", "after-ok", "after-notok"):
         p.add_argument(f"--{opt}", type=int, action="append", default=[], metavar="ID",
                        help=f"add job ID to the file's {opt.replace('-', '_')} (repeatable)")
     p.add_argument("--hold", action="store_true", help="queue it on hold (`gpuschedctl release` lets it start)")
-    p.set_defaults(fn=cmd_submit)
+    jobopts.add_options(p)
+    p.set_defaults(fn=cmd_submit, takes_command=True)
+
+    p = sub.add_parser("priority", help="change a queued job's priority (lower is more urgent, among your own "
+                                        "jobs); yours: only less urgent; admins: any",
+                       description="Change a queued job's priority, the job file's `priority`: lower is more "
+                                   "urgent, and it orders only its owner's own jobs. Owners may only make a job "
+                                   "less urgent (N at least its current priority, and never below the server's "
+                                   "min_user_priority); root and admins may set any. An array's id: each of "
+                                   "its queued jobs.")
+    p.add_argument("id", type=job_target, metavar="ID", help="a job id, an array's id, or ID[i] / ID_i")
+    p.add_argument("priority", type=_priority, metavar="N")
+    p.set_defaults(fn=cmd_priority)
 
     p = sub.add_parser("show", help="everything about one job (ID, or ID[i]: element i of array ID)")
     p.add_argument("id", type=job_target)

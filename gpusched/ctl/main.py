@@ -9,10 +9,10 @@ import sys
 
 from gpusched import config as configmod
 from gpusched import jobfile
-from gpusched.ctl import accounting, admin, interactive, jobs, queue
+from gpusched.ctl import accounting, admin, completion, interactive, jobs, queue, settings, top, waiting
 from gpusched.ctl.common import CtlError, die
 
-MODULES = (jobs, queue, admin, accounting, interactive)
+MODULES = (jobs, queue, admin, accounting, waiting, settings, top, interactive, completion)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,14 +20,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default=os.environ.get("GPUSCHED_CONFIG", configmod.DEFAULT_PATH))
     ap.add_argument("--spool", help="spool directory (default: from the config)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = ap.add_subparsers(dest="command", required=True)
+    # COMMAND, not argparse's {verb,...}: that would name the hidden __complete (completion.py)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in MODULES:
         module.register(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `gpuschedctl submit [OPTIONS] -- CMD ARGS...`: what follows the first -- is a command, not gpuschedctl's
+    command = argv[argv.index("--") + 1:] if "--" in argv else None
+    parser = build_parser()
+    args = parser.parse_args(argv if command is None else argv[:argv.index("--")])
+    if command is not None and not getattr(args, "takes_command", False):
+        parser.error(f"{args.command} takes no command after --")
+    args.job_command = command or []
     try:
         return args.fn(args)
     except CtlError as e:
