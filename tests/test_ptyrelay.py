@@ -133,6 +133,14 @@ def test_an_attached_job_runs_under_its_relay():
     assert "setup_fd" not in launch.plan(5, 1, plain, ALICE, [], [], "/l", "/r").monitor
 
 
+def test_run_takes_a_command_after_dashes():
+    from gpusched.ctl import jobopts, main
+    args = main.build_parser().parse_args(["run", "--gpus", "1", "--class", "debug"])
+    assert args.fn is interactive.cmd_run and args.takes_command     # main hands it what follows --
+    doc = jobopts.job_doc(args, ["jupyter", "lab"], environ={}, cwd="/home/a")
+    assert (doc["command"], doc["name"], doc["gpus"], doc["class"]) == (["jupyter", "lab"], "jupyter", 1, "debug")
+
+
 def test_client_accepts_only_its_jobs_relay():
     scope = "0::/gpusched.slice/gpusched-job-42.scope/job\n"
     assert interactive.peer_ok(10, 1000, 42, 1000, scope) is None

@@ -328,9 +328,8 @@ def _cancel(client: clientmod.Client, job_id: int | None, name: str, ino: int) -
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        doc = jobopts.job_doc(args, command)
+        doc = jobopts.job_doc(args, args.job_command)           # main: what follows `--`
     except jobopts.OptionError as e:
         raise CtlError(str(e), USAGE) from None
     with Listener() as listener:
@@ -371,7 +370,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "run", help="run a command as a job attached to this terminal (like srun --pty): it waits its "
+        "run", usage="gpuschedctl run [OPTIONS] -- CMD [ARGS...]", help="run a command as a job attached to this terminal (like srun --pty): it waits its "
                     "turn, then runs with its GPUs; leaving ends it",
         description="Queue CMD as a job, wait for its turn, then run it attached to this terminal (a "
                     "pseudo-terminal on the job's side: keys, Ctrl-C and window size changes reach it). Ctrl-C "
@@ -379,6 +378,5 @@ def register(sub: Any) -> None:
     jobopts.add_options(p)
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for gpusched to take the job (default 30)")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
-    p.set_defaults(fn=cmd_run)
+    p.set_defaults(fn=cmd_run, takes_command=True)
 
