@@ -134,8 +134,9 @@ def test_an_attached_job_runs_under_its_relay():
 
 
 def test_run_takes_a_command_after_dashes():
-    from gpusched.ctl import jobopts, main
-    args = main.build_parser().parse_args(["run", "--gpus", "1", "--class", "debug"])
+    from gpusched.ctl import jobopts
+    from gpusched.ctl.main import build_parser
+    args = build_parser().parse_args(["run", "--gpus", "1", "--class", "debug"])
     assert args.fn is interactive.cmd_run and args.takes_command     # main hands it what follows --
     doc = jobopts.job_doc(args, ["jupyter", "lab"], environ={}, cwd="/home/a")
     assert (doc["command"], doc["name"], doc["gpus"], doc["class"]) == (["jupyter", "lab"], "jupyter", 1, "debug")
