@@ -270,8 +270,8 @@ def test_relay_ends_as_a_signal_ended_the_command(tmp_path):
 
 def test_relay_without_a_terminal_uses_pipes(tmp_path):
     c = Client(tmp_path)
-    c.start(["bash", "-c", "trap 'echo INT' INT; test -t 0 || echo no-tty; cat; echo err >&2; "
-                           "sleep 100 & wait $!; kill $!; exit 3"])
+    c.start(["bash", "-c", "trap 'echo INT; exit 3' INT; test -t 0 || echo no-tty; cat; echo err >&2; "
+                           "while :; do sleep 0.1; done"])
     c.accept(pty=False)
     c.until(b"no-tty")
     c.send(b"piped in\n")
@@ -284,11 +284,12 @@ def test_relay_without_a_terminal_uses_pipes(tmp_path):
         if kind == ptywire.STDERR:
             c.stderr += payload
     assert c.stderr == b"err\n"                     # stderr apart from stdout
+    c.proc.send_signal(signal.SIGINT)                # the relay itself outlives a stop signal (CMD decides)
     time.sleep(0.3)
-    c.conn.sendall(ptywire.signal_frame(signal.SIGINT))
+    assert c.proc.poll() is None
+    c.conn.sendall(ptywire.signal_frame(signal.SIGINT))   # Ctrl-C at a client without a terminal
     c.until(b"INT")
-    c.proc.send_signal(signal.SIGINT)                # the relay itself outlives a stop signal ...
-    assert c.to_end() == 3                           # ... and the command decides
+    assert c.to_end() == 3
     assert c.proc.wait(10) == 3
 
 
