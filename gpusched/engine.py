@@ -38,6 +38,7 @@ from gpusched import config as configmod
 from gpusched.access import group_names
 from gpusched.clock import Clock
 from gpusched.errors import Invalid, NoSuchJob, NotAllowed
+from gpusched.gpuhistory import GpuHistory
 from gpusched.gpus import Probe
 from gpusched.inventory import Inventory
 from gpusched.jobfile import JobSpec
@@ -142,6 +143,7 @@ class Engine:
         # issue 9: accounting and idle reservations (usage.py): the meter of active jobs' GPU use, sampled
         # at most once a second (and not more often than the GPUs are polled), folded into records now and then
         self.meter = usage.Meter(cfg.idle_threshold)
+        self.gpu_history = GpuHistory()                  # the web dashboard's sparklines (gpuhistory.py)
         self._last_sample = float("-inf")
         self._last_fold = clock.monotonic()
         self._sample_failed = False
@@ -1238,7 +1240,9 @@ class Engine:
             self.meter.reset()
             return
         now = self.clock.time()
-        self.meter.observe(now, self.inventory.sample(holders), holders)
+        samples = self.inventory.sample(holders)
+        self.meter.observe(now, samples, holders)
+        self.gpu_history.add(now, samples)
         fold = mono - self._last_fold >= usage.FOLD_EVERY
         if fold:
             self._last_fold = mono
