@@ -128,7 +128,7 @@ def test_two_users_in_real_browsers_follow_cancel_and_are_refused(web):
     pub = _browse(web, "public", "nobody", a2, b)
     assert "public view" in pub["job_text"]
     assert 'id="log"' not in pub["job_html"] and "/var/lib/gpusched" not in pub["job_html"]
-    assert "do-cancel" not in pub["job_html"] and "job file" not in pub["job_text"]
+    assert "do-cancel" not in pub["job_html"] and "<dt>job file</dt>" not in pub["job_html"]
     assert f"{a2}" in pub["queue"]
 
 
