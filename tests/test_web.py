@@ -204,7 +204,7 @@ def _run(uid, fn, port=8765):
     dash = Dashboard(daemon, port, own_uid=999, secret=b"s" * 32, lookup=lambda _p, _s: uid)
 
     async def go():
-        client = TestClient(TestServer(dash.app(), port=port, host="127.0.0.1"))
+        client = TestClient(TestServer(dash.app(), host="127.0.0.1"))    # any free port: Host is ours to send
         await client.start_server()
         try:
             return await fn(client, dash, daemon)

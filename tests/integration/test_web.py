@@ -5,6 +5,7 @@ the kernel's socket table. Screenshots go to <box dir>/shots/ (docs/img/ has the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -22,9 +23,7 @@ def _need_browser():
     for path in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
         if not os.path.exists(path):
             pytest.skip(f"{path} is missing (apt-get install chromium chromium-driver; scripts/setup-deps does)")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         pytest.skip("python3-selenium is missing (scripts/setup-deps installs it)")
 
 
