@@ -30,6 +30,7 @@ from gpusched.errors import Invalid, NotAllowed, Refused
 from gpusched.listing import fold_counts, to_json
 from gpusched.model import ACTIVE, State
 from gpusched.log import log
+from gpusched.webcalls import WebCalls
 from gpusched.model import FINAL, usage_out
 from gpusched.policy import inputs
 
@@ -372,11 +373,18 @@ class Api:
           <arg type="s" direction="out"/>
         </method>
       </interface>
+      <interface name="org.gpusched1.Web">
+        <method name="WebCall">
+          <arg type="u" name="uid" direction="in"/><arg type="s" name="verb" direction="in"/>
+          <arg type="s" name="args" direction="in"/><arg type="s" direction="out"/>
+        </method>
+      </interface>
     </node>
     """
 
     def __init__(self, manager: Manager, bus: Any):
         self._m = manager
+        self._web = WebCalls(manager)
         self._dbus = bus.get("org.freedesktop.DBus", "/org/freedesktop/DBus")
 
     def _caller(self, ctx: Any) -> int:
@@ -506,6 +514,10 @@ class Api:
 
     def Lookup(self, source: str, inode: int, dbus_context: Any = None) -> str:
         return self._call("Lookup", lambda: self._m.lookup(self._caller(dbus_context), source, inode))
+
+    def WebCall(self, uid: int, verb: str, args: str, dbus_context: Any = None) -> str:
+        """For the web dashboard's user only (webcalls.py): `verb` as the user `uid` would do it."""
+        return self._call("WebCall", lambda: self._web.call(self._caller(dbus_context), uid, verb[:32], args))
 
 
 _PAST = {"cancel": "cancelled", "cancel-now": "cancelled", "hold": "held", "release": "released",

@@ -5,6 +5,7 @@ docs/config.md documents each key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -80,6 +81,11 @@ class Config:
     idle_after: float = 0.0
     idle_action: str = "flag"
     idle_threshold: float = 5.0
+    # issue 12, the web dashboard ([web], docs/web.md): its system user (the only one the daemon acts for on
+    # behalf of others), its port and the addresses it listens on (loopback only is what is built)
+    web_user: str = "gpusched-web"
+    web_port: int = 8765
+    web_listen: tuple[str, ...] = ("127.0.0.1", "::1")
 
     def job_limits(self, user: str | None = None, groups: Collection[str] = ()) -> jobfile.Limits:
         """What a job file may ask for on this server (jobfile.parse checks it); user and groups: its owner's,
@@ -113,7 +119,8 @@ _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "m
         "windows", "foreign", "foreign_grace",
         "idle_after", "idle_action", "idle_threshold", "max_array_size",
         *_INTS, *_DURATIONS, *_SIZES}
-_TOP |= {"hooks"}
+_TOP |= {"hooks", "web"}
+_WEB = {"user", "port", "listen"}
 _HOOKS = {"on_finish", "user", "timeout"}
 _FAIR_SHARE = {"half_life", "default_share", "users", "groups"}
 _CLASS_KEYS = {"priority", "users", "groups", "max_gpus_per_user", "max_time_limit", "default_time_limit",
@@ -223,7 +230,40 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
     _policy(doc, kw, err)
     _hooks(doc, kw, err)
     _idle(doc, kw, err)
+    _web(doc, kw, err)
     return Config(**kw)
+
+
+def _web(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
+    """[web]: user (the dashboard's system user), port, listen (IP addresses; the dashboard refuses to start
+    on one that is not loopback: a login for those is not built, docs/web.md)."""
+    web = doc.get("web", {})
+    if not isinstance(web, dict):
+        raise err("web", "expected a table ([web])")
+    for key in web:
+        if key not in _WEB:
+            raise err(f"web.{key}", "unknown key (user, port, listen)")
+    if "user" in web:
+        v = web["user"]
+        if not isinstance(v, str) or not jobfile._USER_NAME.fullmatch(v) or len(v) > 32 or v == "root":
+            raise err("web.user", "expected a user name (not root)")
+        kw["web_user"] = v
+    if "port" in web:
+        v = web["port"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65535:
+            raise err("web.port", "expected a port number (1 to 65535)")
+        kw["web_port"] = v
+    if "listen" in web:
+        v = web["listen"]
+        if not isinstance(v, list) or not v or len(v) > 16:
+            raise err("web.listen", "expected a list of IP addresses")
+        out = []
+        for a in v:
+            try:
+                out.append(str(ipaddress.ip_address(a)))
+            except (ValueError, TypeError):
+                raise err("web.listen", f"{str(a)[:60]!r} is not an IP address") from None
+        kw["web_listen"] = tuple(out)
 
 
 def _named_tables(doc: dict[str, Any], section: str, what: str, keys: Collection[str], err: Any, not_table: str,

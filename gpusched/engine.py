@@ -39,6 +39,7 @@ from gpusched import config as configmod
 from gpusched.access import group_names
 from gpusched.clock import Clock
 from gpusched.errors import Invalid, NoSuchJob, NotAllowed
+from gpusched.gpuhistory import GpuHistory
 from gpusched.gpus import Probe
 from gpusched.inventory import Inventory
 from gpusched.jobfile import JobSpec
@@ -144,6 +145,7 @@ class Engine:
         # issue 9: accounting and idle reservations (usage.py): the meter of active jobs' GPU use, sampled
         # at most once a second (and not more often than the GPUs are polled), folded into records now and then
         self.meter = usage.Meter(cfg.idle_threshold)
+        self.gpu_history = GpuHistory()                  # the web dashboard's sparklines (gpuhistory.py)
         self._last_sample = float("-inf")
         self._samples: tuple[float, dict[int, usage.GpuSample]] = (float("-inf"), {})   # (monotonic, latest)
         self._last_fold = clock.monotonic()
@@ -1374,6 +1376,7 @@ class Engine:
             return
         now = self.clock.time()
         self.meter.observe(now, samples, holders)
+        self.gpu_history.add(now, samples)
         fold = mono - self._last_fold >= usage.FOLD_EVERY
         if fold:
             self._last_fold = mono

@@ -1,0 +1,280 @@
+"""The dashboard's HTTP server (aiohttp): routes, who is asking, and the checks every request passes.
+
+Who: each request's connection is looked up in the kernel's socket table (peer.py) while the server holds it;
+the uid found is the viewer, with nothing the browser sends (no cookie, no header) able to change it. No uid
+(not loopback, not found, or the web service's own) is the public view: GPUs and the queue as
+`gpuschedctl list` shows everyone.
+
+Checks, before anything else:
+- Host must be one of this server's loopback names with its port (localhost, 127.0.0.1, [::1]): a page of
+  another site that rebinds its DNS name to 127.0.0.1 reaches us with its own name as Host and is refused,
+  so it can never read a page with a log or a form token in it.
+- A POST must carry an Origin (or, lacking one, a Referer) of one of those names, and the form's CSRF token,
+  an HMAC of the viewer's uid under a key made at start (csrf.py): a page elsewhere in the user's browser can
+  neither forge it nor read it.
+- Responses say no framing, no sniffing, no referrer to other sites, and scripts only from /static (no inline script).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import codecs
+import json
+import os
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gpusched.listing import printable
+from gpusched.web import csrf, pages
+from gpusched.web.daemon import Daemon, DaemonError
+from gpusched.web.peer import owner_uid
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+LOG_POLL = 0.2               # seconds between log reads while a followed job's log has nothing new
+MAX_BODY = 2 << 20           # bytes of a POST body (a job file is at most 1 MiB)
+VERBS = ("cancel", "cancel-now", "hold", "release", "requeue")
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+VIEWER = "gpusched.viewer"     # the request's key for its Viewer
+
+
+class Dashboard:
+    def __init__(self, daemon: Daemon, port: int, own_uid: int, secret: bytes | None = None,
+                 lookup: Any = owner_uid):
+        self.daemon = daemon
+        self.port = port
+        self.own_uid = own_uid
+        self.secret = secret or os.urandom(32)
+        self.lookup = lookup
+        self.hosts = csrf.allowed_hosts(port)
+        self._who: dict[int, tuple[str, bool]] = {}
+
+    # --- who is asking -----------------------------------------------------------------------------------
+
+    async def viewer(self, request: web.Request) -> pages.Viewer:
+        transport = request.transport
+        if transport is None:
+            return pages.Viewer(None)
+        uid = self.lookup(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+        if uid is None or uid == self.own_uid:
+            return pages.Viewer(None)
+        name, admin = self._who.get(uid, ("", False))
+        if not name:
+            try:
+                me = await self.daemon.as_user(uid, "whoami")
+                name, admin = me["name"], bool(me["admin"])
+                if len(self._who) > 1000:
+                    self._who.clear()
+                self._who[uid] = (name, admin)
+            except DaemonError:
+                return pages.Viewer(None)
+        return pages.Viewer(uid, name, admin, csrf.token(self.secret, uid))
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not csrf.host_ok(request.headers.get("Host", ""), self.hosts):
+            return _text(421, "this dashboard answers only to localhost, 127.0.0.1 and [::1] on its own port "
+                              "(a Host header of another name is refused: DNS rebinding)")
+        viewer = await self.viewer(request)
+        request[VIEWER] = viewer
+        if request.method == "POST":
+            why = csrf.post_refusal(request.headers.get("Origin"), request.headers.get("Referer"), self.hosts)
+            if why:
+                return self.page(403, pages.error_page(403, why, viewer))
+        try:
+            response = await handler(request)
+        except web.HTTPException:
+            raise
+        except DaemonError as e:
+            response = self.page(_status(str(e)), pages.error_page(_status(str(e)), str(e), viewer))
+        if not response.prepared:
+            response.headers.update(HEADERS)
+        return response
+
+    async def _form(self, request: web.Request, viewer: pages.Viewer) -> dict[str, str] | web.Response:
+        if not viewer.signed_in:
+            return self.page(403, pages.error_page(403, "acting needs to know who you are; this connection's "
+                                                        "owner is not known (public view)", viewer))
+        form = await request.post()
+        if not csrf.token_ok(self.secret, viewer.uid, str(form.get("csrf", ""))):
+            return self.page(403, pages.error_page(403, "the form's token is missing or wrong (reload the page)",
+                                                   viewer))
+        return {k: str(v) for k, v in form.items()}
+
+    @staticmethod
+    def page(status: int, text: str) -> web.Response:
+        return web.Response(status=status, text=text, content_type="text/html", charset="utf-8")
+
+    # --- pages --------------------------------------------------------------------------------------------
+
+    async def gpus(self, request: web.Request) -> web.Response:
+        viewer = request[VIEWER]
+        info, history = await asyncio.gather(self.daemon.gpus(), 
+                                             self.daemon.as_user(viewer.uid or self.own_uid, "gpu_history"))
+        return self.page(200, pages.gpus_page(info, history, time.time(), viewer))
+
+    async def jobs(self, viewer: pages.Viewer, all: bool) -> list[dict[str, Any]]:
+        if viewer.signed_in:
+            return await self.daemon.user_page(viewer.uid, all)
+        return await self.daemon.public_page(all)
+
+    async def queue(self, request: web.Request) -> web.Response:
+        viewer, q = request[VIEWER], request.query
+        all = q.get("all") == "1"
+        try:
+            page = int(q.get("page", "1"))
+        except ValueError:
+            page = 1
+        jobs = await self.jobs(viewer, all)
+        return self.page(200, pages.queue_page(jobs, viewer, q.get("user", "")[:64], q.get("state", "")[:32],
+                                               q.get("tag", "")[:64], page, q.get("expand") == "1", all))
+
+    def _id(self, request: web.Request) -> int:
+        try:
+            job_id = int(request.match_info["id"])
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        if not 0 < job_id < 1 << 63:
+            raise web.HTTPNotFound()
+        return job_id
+
+    async def job(self, request: web.Request) -> web.Response:
+        viewer, job_id = request[VIEWER], self._id(request)
+        if viewer.signed_in:
+            job = await self.daemon.as_user(viewer.uid, "show", job_id)
+        else:
+            job = (await self.daemon.call("Show", job_id))["ok"]     # as this service: the public part
+        return self.page(200, pages.job_page(job, viewer))
+
+    async def act(self, request: web.Request) -> web.Response:
+        viewer, job_id = request[VIEWER], self._id(request)
+        verb = request.match_info["verb"]
+        if verb not in VERBS:
+            raise web.HTTPNotFound()
+        form = await self._form(request, viewer)
+        if isinstance(form, web.Response):
+            return form
+        await self.daemon.as_user(viewer.uid, "act", verb, job_id)
+        raise web.HTTPSeeOther(f"/jobs/{job_id}")
+
+    async def log(self, request: web.Request) -> web.StreamResponse:
+        """The job's log as server-sent events, from the start, following until the job ends ("end" event).
+        Each message is a JSON string of text: the bytes decoded as UTF-8, control characters escaped."""
+        viewer, job_id = request[VIEWER], self._id(request)
+        if not viewer.signed_in:
+            return _text(403, "the log is for the job's owner, root and admins")
+        first = await self.daemon.as_user(viewer.uid, "log", job_id, 0)      # refused here: before any event
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
+        chunk = first
+        while True:
+            data = base64.b64decode(chunk["data"])
+            if chunk.get("reset"):
+                await response.write(_event("text", "\n[gpusched: the log was cut to its cap here]\n"))
+            if data:
+                text = printable(decoder.decode(data).replace("\r\n", "\n").replace("\r", "\n"), keep="\n\t")
+                await response.write(_event("text", text))
+            ended = chunk["state"] not in pages.LIVE
+            if ended and not data:
+                await response.write(_event("end", chunk["state"]))
+                break
+            if not data:
+                await asyncio.sleep(LOG_POLL)
+            try:
+                chunk = await self.daemon.as_user(viewer.uid, "log", job_id, chunk["offset"])
+            except DaemonError as e:
+                await response.write(_event("error", str(e)))
+                break
+        return response
+
+    async def submit_form(self, request: web.Request) -> web.Response:
+        viewer = request[VIEWER]
+        text = pages.EXAMPLE
+        clone = request.query.get("clone")
+        if clone and viewer.signed_in:
+            try:
+                job = await self.daemon.as_user(viewer.uid, "show", int(clone))
+            except ValueError:
+                raise web.HTTPNotFound() from None
+            text = job_text(job)
+        return self.page(200, pages.submit_page(viewer, text))
+
+    async def submit(self, request: web.Request) -> web.Response:
+        viewer = request[VIEWER]
+        form = await self._form(request, viewer)
+        if isinstance(form, web.Response):
+            return form
+        text = form.get("text", "").replace("\r\n", "\n")
+        try:
+            entry = await self.daemon.as_user(viewer.uid, "submit", text, form.get("stem", "web")[:40])
+        except DaemonError as e:
+            return self.page(400, pages.submit_page(viewer, text, problems=str(e)))
+        deadline = time.monotonic() + 30
+        while (job_id := await self.daemon.as_user(viewer.uid, "lookup", entry["name"], entry["inode"])) == 0:
+            if time.monotonic() > deadline:
+                return self.page(504, pages.submit_page(viewer, text, problems="gpusched has not taken the file "
+                                                                                "after 30 s"))
+            await asyncio.sleep(0.05)
+        job = await self.daemon.as_user(viewer.uid, "show", job_id)
+        if job.get("state") == "rejected":
+            return self.page(400, pages.submit_page(viewer, text, problems=str(job.get("reason", "rejected"))))
+        raise web.HTTPSeeOther(f"/jobs/{job_id}")
+
+    async def usage(self, request: web.Request) -> web.Response:
+        viewer = request[VIEWER]
+        since = request.query.get("since", "1d")
+        seconds = {"1d": 86400, "7d": 7 * 86400}.get(since, 86400)
+        rows = []
+        if viewer.signed_in:
+            rows = await self.daemon.as_user(viewer.uid, "usage", "", time.time() - seconds)
+        return self.page(200, pages.usage_page(rows, viewer, since if since in ("1d", "7d") else "1d"))
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.guard], client_max_size=MAX_BODY)
+        app.add_routes([
+            web.get("/", self.gpus), web.get("/queue", self.queue), web.get("/jobs/{id}", self.job),
+            web.get("/jobs/{id}/log", self.log), web.post("/jobs/{id}/{verb}", self.act),
+            web.get("/submit", self.submit_form), web.post("/submit", self.submit), web.get("/usage", self.usage),
+            web.static("/static", STATIC),
+        ])
+        return app
+
+
+def job_text(job: dict[str, Any]) -> str:
+    """A job's file again, for Clone: its spec (what `show` gives its owner) as TOML, without what the daemon
+    adds (the owner, a [sweep]'s element values stay as they were written)."""
+    import tomli_w
+    spec = dict(job.get("spec") or {})
+    for key in ("user",):
+        spec.pop(key, None)
+    try:
+        return tomli_w.dumps(spec)
+    except (TypeError, ValueError):
+        return pages.EXAMPLE
+
+
+def _event(kind: str, data: str) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers=HEADERS)
+
+
+def _status(message: str) -> int:
+    if "belongs to" in message or "only " in message:
+        return 403
+    if message.startswith("no job"):
+        return 404
+    if "did not answer" in message:
+        return 503
+    return 400
