@@ -12,8 +12,8 @@ from typing import Any
 
 from gpusched import jobfile
 from gpusched.ctl import client as clientmod
-from gpusched.ctl import spoolfile
-from gpusched.ctl.common import (print_json, CtlError, _field, _resolve, _shown,
+from gpusched.ctl import offline, spoolfile
+from gpusched.ctl.common import (print_json, UNREACHABLE, CtlError, _field, _resolve, _shown,
                                  job_target, printable, usage_value, warn)
 from gpusched.model import FINAL, State
 from gpusched.units import format_size
@@ -57,8 +57,14 @@ def _with_options(data: bytes, args: argparse.Namespace) -> bytes:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    client = clientmod.Client()
-    job = client.call("Show", _resolve(client, args.id))
+    try:
+        client = clientmod.Client()
+    except CtlError as e:                              # gpusched down: the caller's own status file
+        if e.code != UNREACHABLE:
+            raise
+        job = offline.job(args, args.id, e)
+    else:
+        job = client.call("Show", _resolve(client, args.id))
     if args.json:
         print_json("job", job)
         return 0
@@ -85,9 +91,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    client = clientmod.Client()
-    args.id = _resolve(client, args.id)
-    job = client.call("Show", args.id)
+    try:
+        client = clientmod.Client()
+    except CtlError as e:                              # gpusched down: the log its status file names
+        if e.code != UNREACHABLE:
+            raise
+        job = offline.job(args, args.id, e)
+        args.id, args.follow = job["id"], False        # nobody to say when it ends: what is there now
+    else:
+        args.id = _resolve(client, args.id)
+        job = client.call("Show", args.id)
     while args.follow and job["state"] == "queued" and not job.get("log"):
         time.sleep(0.25)                               # wait for it to start
         job = client.call("Show", args.id)
