@@ -130,13 +130,19 @@ class Publisher:
             return
         t0 = self.clock()
         try:
-            self._render()
+            if not self._render():
+                return                                   # nothing changed: no cost to budget for
         except OSError as e:
             self._failed(e)
         else:
             self._failed_at = None
         self._last_end = self.clock()
         self._last_cost = self._last_end - t0
+        stats = getattr(self.engine, "stats", None)      # gpuschedctl's Stats, and bench/run, show it
+        if isinstance(stats, dict):
+            stats["last_listing_seconds"] = self._last_cost
+            stats["max_listing_seconds"] = max(stats.get("max_listing_seconds", 0.0), self._last_cost)
+            stats["listing_renders"] = self.renders
 
     def _failed(self, e: OSError) -> None:
         if self._failed_at is None:
@@ -154,7 +160,8 @@ class Publisher:
 
     # --- rendering -----------------------------------------------------------------------------------
 
-    def _render(self) -> None:
+    def _render(self) -> bool:
+        """Render what changed; False if nothing had."""
         live, jobs = self.engine.live, self.engine.jobs
         arrays = set()
         for job_id, array_id in self.engine.listing.take_changed().items():
@@ -166,7 +173,7 @@ class Publisher:
         for array_id in arrays:
             self._refold(array_id)
         if not self._dirty:
-            return
+            return False
         members: dict[int, list[int]] = {k: [] for k in self._dirty}
         for job_id in live:                               # one pass, whatever the number of segments
             k = job_id // listfiles.SEGMENT
@@ -190,6 +197,7 @@ class Publisher:
                 except FileNotFoundError:
                     pass
         self.renders += 1
+        return True
 
     def _refold(self, array_id: int) -> None:
         """Where an array's folded row goes (its first live job, as engine._folder puts it): both the segment

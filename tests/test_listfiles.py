@@ -165,8 +165,9 @@ def test_a_costly_render_spaces_the_next(world, monkeypatch):
     real = p._render
 
     def slow():
-        real()
+        rendered = real()
         now[0] += 2.0                                    # this render took 2 s
+        return rendered
     monkeypatch.setattr(p, "_render", slow)
     timers.fire()
     w.submit(spec("b", gpus=8))
