@@ -15,7 +15,7 @@ never through a link:
     <k>.<gen>         segment k (job ids k*SEGMENT to (k+1)*SEGMENT-1) as rendered at generation gen, mode
                       0644: a JSON header line, then the table's rows, the folded table's rows and each
                       table's submission times (for "3m ago").
-    <k>.<gen>.json    its jobs' public JSON entries, one per line, after a header line that says whose they
+    <k>.<gen>.json    its jobs' public JSON entries, one per line (",\\n" between them), after a header line that says whose they
                       are ("runs": [[uid, n], ...] in id order), mode 0644.
     <k>.<gen>.<uid>   the full JSON entries (one per line) of uid's jobs in that segment: mode 0400, root's,
                       readable by uid alone through an ACL (acl.py). Not written where ACLs are missing.
@@ -43,6 +43,9 @@ FORMAT = 1
 SEGMENT = 4096                       # job ids per segment: what one change costs to render again
 PARTS = ("rows", "folded", "submitted", "folded_submitted")
 MAX_INDEX = 16 << 20                 # bytes; the index names at most one segment per live job
+# between JSON entries in the JSON files: a JSON array's own separator, so a reader copies a file's entries
+# into its output as they are; json.dumps never writes a line break inside an entry, so it splits them too
+ENTRY_SEP = b",\n"
 ATTEMPTS = 3                         # reads of a generation that changed under the reader, before the bus
 
 T = TypeVar("T")
@@ -149,7 +152,7 @@ class Listing:
 
     def _private(self, k: int, gen: int, uid: int) -> list[bytes]:
         _, body = _head(read_root_file(self._path(k, gen, uid)), k, gen, uid=uid)
-        return body.split(b"\n") if body else []
+        return body.split(ENTRY_SEP) if body else []
 
     def table(self, folded: bool, with_submitted: bool = False) -> tuple[list[bytes], list[int]]:
         """The table's rows, one chunk per segment ("\\n" between rows, none at the end), and each row's
@@ -165,7 +168,7 @@ class Listing:
         return chunks, submitted
 
     def entries(self, uid: int) -> list[bytes]:
-        """The JSON entries as `uid` may see them: chunks of entries separated by "\\n". Each job's full
+        """The JSON entries as `uid` may see them: chunks of entries separated by ENTRY_SEP. Each job's full
         entry where uid is its owner or root (from the private files, which only they can open), its public
         entry otherwise. Unusable for an admin who is not root (they see more: the bus has it), and where
         the daemon could not write private files (no ACLs) and uid has jobs here."""
@@ -179,14 +182,16 @@ class Listing:
             mine = {u for u, _ in runs if u == uid or uid == 0}
             if mine and not self.private:
                 raise Unusable("no private listing files here (no ACLs)")
-            if uid == 0:                                  # root sees every entry in full: no public ones
-                public: list[bytes] = []
-            else:
+            if len(runs) == 1 and mine:                   # all theirs (or root's): the private file as it is
+                chunks.append(_head(read_root_file(self._path(k, gen, runs[0][0])), k, gen, uid=runs[0][0])[1])
+                continue
+            public: list[bytes] = []
+            if uid != 0:                                  # root sees every entry in full: no public ones
                 _, body = _head(read_root_file(path), k, gen)
                 if not mine:
-                    chunks.append(body)
+                    chunks.append(body)                  # nothing of theirs here: the file as it is
                     continue
-                public = body.split(b"\n")
+                public = body.split(ENTRY_SEP)
             full = {u: self._private(k, gen, u) for u in mine}
             taken = dict.fromkeys(mine, 0)
             lines, at = [], 0
@@ -201,7 +206,7 @@ class Listing:
                 at += n
             if any(taken[u] != len(full[u]) for u in mine):
                 raise Unusable("a private listing file does not match its segment")
-            chunks.append(b"\n".join(lines))
+            chunks.append(ENTRY_SEP.join(lines))
         return chunks
 
 

@@ -241,14 +241,14 @@ class Publisher:
         uids = sorted(private) if self.private else []
         for uid in uids:                                 # first: the index names none of them yet
             head = json.dumps({"gen": gen, "seg": k, "uid": uid})
-            data = (head + "\n" + "\n".join(private[uid])).encode()
+            data = (head + "\n" + ",\n".join(private[uid])).encode()      # listfiles.ENTRY_SEP between entries
             path = os.path.join(self.directory, listfiles.segment_name(k, gen, uid))
             if not atomic_write(path, data, mode=0o400, reader_uid=uid if uid else None, durable=False):
                 os.unlink(path)                          # the ACL was refused after all: never the user's file
                 raise OSError(0, "the filesystem refused an ACL")
         head = json.dumps({"gen": gen, "seg": k, "runs": runs})
         atomic_write(os.path.join(self.directory, listfiles.segment_name(k, gen, "json")),
-                     (head + "\n" + "\n".join(public)).encode(), mode=0o644, durable=False)
+                     (head + "\n" + ",\n".join(public)).encode(), mode=0o644, durable=False)
         atomic_write(os.path.join(self.directory, listfiles.segment_name(k, gen)),
                      listfiles.encode_segment({"gen": gen, "seg": k}, parts), mode=0o644, durable=False)
         return uids

@@ -91,7 +91,7 @@ def file_table(p, folded):
 
 def file_entries(p, uid):
     chunks = listfiles.read(lambda l: l.entries(uid), p.directory)
-    return [json.loads(line) for c in chunks for line in c.split(b"\n")]
+    return json.loads(b"[" + listfiles.ENTRY_SEP.join(chunks) + b"]")
 
 
 def assert_same_as_bus(w, p):

@@ -64,18 +64,20 @@ def _from_files(folded: bool, term: render.Terminal) -> None:
 
 
 def write_table(header: str, rows: list[str], submitted: list[int] | None, term: render.Terminal) -> None:
-    """The queue's table: on a terminal (or with --color=always) fitted, "3m ago" and coloured; else as is."""
+    """The queue's table: on a terminal (or with --color=always) fitted, "3m ago" and coloured; else as is.
+    Rows come escaped (the daemon's listing.printable); escaped again here all the same, before the only
+    escape codes that may reach the terminal, render's own colours, are added."""
+    header, rows = safe(header), [safe(row) for row in rows]
     lines: Iterable[str] = [header, *rows]
     if term.tty or term.colour:
         lines = render.queue_table(header, rows, submitted, time.time(), term)
-    sys.stdout.write("".join(safe(line) + "\n" for line in lines) if not term.colour else
-                     "".join(line + "\n" for line in lines))      # colour codes are ours; rows are escaped
+    sys.stdout.write("".join(line + "\n" for line in lines))
 
 
 def _write_json(chunks: list[bytes]) -> None:
     out = sys.stdout.buffer
     out.write(b'{"version": %d, "jobs": [' % JSON_VERSION)
-    out.write(b",\n".join(chunk.replace(b"\n", b",\n") for chunk in chunks if chunk))
+    out.write(listfiles.ENTRY_SEP.join(chunk for chunk in chunks if chunk))     # the files' entries as they are
     out.write(b"]}\n")
 
 
