@@ -1,4 +1,5 @@
-"""The job listing as text and JSON, cached per job, and `printable`, the one escape for terminals.
+"""The job listing as text and JSON, cached per job (and `printable`, the one escape for terminals, from
+escape.py, where gpuschedctl takes it without the rest).
 
 `gpuschedctl list` with 100,000 queued jobs must stay fast, so each job's row and JSON are rendered once per
 change of the job, not once per request. Every entry is bounded in bytes (MAX_ENTRY), so the bus API can
@@ -14,6 +15,7 @@ from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from gpusched import sweep
+from gpusched.escape import printable
 from gpusched.model import Job, job_to_dict
 
 PRIVATE_FIELDS = ("log", "source", "history", "stop_intent", "stop_requested", "usage", "cpu_seconds",
@@ -26,24 +28,6 @@ MAX_ENTRY = 1 << 20     # bytes of JSON for one job in a listing; a bigger recor
 # what a cut entry keeps: fields of bounded size
 _SMALL_FIELDS = ("id", "name", "user", "uid", "state", "submitted", "started", "ended", "exit_code", "signal",
                  "gpus", "unit", "attempt", "preemptions", "priority", "gpus_requested", "preemptible", "gid")
-
-
-def printable(text: str, keep: str = "") -> str:
-    r"""`text` with every character a terminal could act on written as an escape: C0 and C1 controls (ESC,
-    CR, BEL, ...), DEL, format characters (bidi overrides such as U+202E, zero-width ones), line and
-    paragraph separators, surrogates (undecodable file names) and unassigned code points: \x1b, \u202e, ...
-    Characters in `keep` (say "\n\t" for a log) pass. A printable result is returned unchanged, so
-    escaping twice is escaping once."""
-    if text.isprintable():
-        return text
-    out = []
-    for c in text:
-        if c.isprintable() or c in keep:
-            out.append(c)
-        else:
-            n = ord(c)
-            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
-    return "".join(out)
 
 
 def to_json(value: Any) -> str:

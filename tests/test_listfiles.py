@@ -251,12 +251,13 @@ def test_a_segment_file_is_checked(tmp_path):
 
 
 def test_the_client_starts_without_the_bus_the_config_or_the_policy():
-    """gpuschedctl list reads files: importing PyGObject, pydbus or the config (with the job-file and policy
-    modules) would cost more than the read itself (docs/performance.md)."""
+    """gpuschedctl list reads files: importing PyGObject, pydbus, the config, the job-file parser, the job
+    model or dataclasses would cost more than the read itself (docs/performance.md)."""
     from gpusched import config
     assert importlib.import_module("gpusched.ctl.main").DEFAULT_CONFIG == config.DEFAULT_PATH
     out = subprocess.run([sys.executable, "-c", "import sys, gpusched.ctl.main; print(sorted(k for k in sys.modules "
-                          "if k.split('.')[0] in ('gi', 'pydbus') or k in ('gpusched.policy', 'gpusched.config')))"],
+                          "if k.split('.')[0] in ('gi', 'pydbus') or k in ('gpusched.policy', 'gpusched.config', 'gpusched.jobfile', "
+                          "'gpusched.model', 'dataclasses')))"],
                          capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.strip() == "[]"
 

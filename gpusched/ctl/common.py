@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from gpusched.listing import printable
+from gpusched.escape import printable
 from gpusched.units import format_duration, format_size, parse_duration
 
 if TYPE_CHECKING:

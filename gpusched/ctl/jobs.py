@@ -10,15 +10,15 @@ import time
 import tomllib
 from typing import Any
 
-from gpusched import jobfile
 from gpusched.ctl import client as clientmod
-from gpusched.ctl import offline, spoolfile
+from gpusched.ctl import offline
 from gpusched.ctl.common import (print_json, UNREACHABLE, CtlError, _field, _resolve, _shown,
                                  job_target, printable, usage_value, warn)
-from gpusched.model import FINAL, State
 from gpusched.units import format_size
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from gpusched import jobfile                       # here: `list` and `show` need no job-file parser
+    from gpusched.ctl import spoolfile
     try:
         with open(args.file, "rb") as f:
             data = f.read(jobfile.MAX_BYTES + 1)
@@ -91,6 +91,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    from gpusched.model import FINAL, State
     try:
         client = clientmod.Client()
     except CtlError as e:                              # gpusched down: the log its status file names

@@ -12,11 +12,9 @@ string, never for TERM=dumb; --color=always and --color=never overrule that (alw
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import unicodedata
-from dataclasses import dataclass
-from typing import Iterable, Mapping, TextIO
+from typing import Iterable, Mapping, NamedTuple, TextIO
 
 CUT = "…"
 MIN_COLUMN = 4                     # a column is never cut narrower than this (3 characters and the "…")
@@ -26,9 +24,9 @@ STATE_COLOURS = {"running": "32", "starting": "36", "stopping": "36", "held": "3
                  "failed": "31", "rejected": "31", "dependency_failed": "31", "cancelled": "2"}
 
 
-@dataclass(frozen=True)
-class Terminal:
-    """Where the output goes: width None means don't cut (not a terminal)."""
+class Terminal(NamedTuple):
+    """Where the output goes: width None means don't cut (not a terminal). (A NamedTuple, not a dataclass:
+    importing dataclasses costs a read command more than its listing.)"""
     width: int | None = None
     colour: bool = False
 
@@ -52,7 +50,11 @@ def terminal(stream: TextIO | None = None, choice: str = "auto", environ: Mappin
         tty = stream.isatty()
     except (AttributeError, ValueError):
         tty = False
-    width = shutil.get_terminal_size().columns if tty else None
+    if tty:
+        import shutil                                  # here: only a terminal has a width
+        width: int | None = shutil.get_terminal_size().columns
+    else:
+        width = None
     return Terminal(width, colour_wanted(tty, choice, os.environ if environ is None else environ))
 
 
