@@ -137,6 +137,9 @@ def scale(n: int) -> dict:
     while stats()["passes"] < passes + 2 or stats()["live"] > n:
         time.sleep(0.05)
     s = stats()
+    # the listing files are current (rendered after the last change) and gpuschedctl reads them, not the bus
+    check = subprocess.run("gpuschedctl --debug list > /dev/null", shell=True, capture_output=True, text=True)
+    assert check.returncode == 0 and "listing files not used" not in check.stderr, check.stderr
     ctl = {}
     for args in ("list", "list --json"):
         best = None
@@ -148,7 +151,8 @@ def scale(n: int) -> dict:
         ctl[args] = best * 1e3
     return {"n": n, "ingest_files_per_s": n / ingest, "write_s": written, "rss_mb": s["rss_bytes"] / 2**20,
             "pass_ms": s["last_pass_seconds"] * 1e3, "policy_ms": s["last_policy_seconds"] * 1e3,
-            "list_ms": ctl["list"], "list_json_ms": ctl["list --json"]}
+            "list_ms": ctl["list"], "list_json_ms": ctl["list --json"],
+            "render_ms": s.get("last_listing_seconds", 0) * 1e3, "render_max_ms": s.get("max_listing_seconds", 0) * 1e3}
 
 
 def restart(n: int) -> dict:

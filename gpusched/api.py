@@ -47,14 +47,22 @@ FINAL_STATES = frozenset(str(s) for s in FINAL)
 class Manager:
     """What the bus exports, as plain calls: `caller` is a uid the bus vouched for."""
 
-    def __init__(self, engine: Engine, access: Access):
+    def __init__(self, engine: Engine, access: Access, publish_now: Callable[[], None] = lambda: None):
         self.engine = engine
         self.access = access
         self._feed = topfeed.Feed()
+        # called before answering a call that changed jobs (an act, a submission's Lookup): the listing
+        # files (listfiles.py) are brought up to date first, so the caller's next `list` shows the change
+        self.publish_now = publish_now
 
     def page(self, caller: int, all: bool, after: int, table: bool, fold: bool = False) -> str:
-        text, last = self.engine.page(all, after, self.access.caller(caller), table, PAGE_BYTES, PAGE, fold=fold)
-        return '{"last": %d, "ok": %s}' % (last or 0, text)
+        who = self.access.caller(caller)
+        if not table:
+            text, last = self.engine.page(all, after, who, table, PAGE_BYTES, PAGE)
+            return '{"last": %d, "ok": %s}' % (last or 0, text)
+        submitted: list[int] = []                          # each row's submission time, for "3m ago"
+        text, last = self.engine.page(all, after, who, table, PAGE_BYTES, PAGE, fold=fold, submitted=submitted)
+        return '{"last": %d, "ok": %s, "submitted": %s}' % (last or 0, text, to_json(submitted))
 
     def show(self, caller: int, job_id: int) -> str:
         job = self.engine.get(job_id)
@@ -80,13 +88,19 @@ class Manager:
         job = self.engine.get(job_id)
         who = self.access.caller(caller)
         elements = self.engine.array(job)
-        if elements is not None:
-            return self.array_act(verb, job.id, elements, who)
-        return self._one(verb, job, who)
+        try:
+            if elements is not None:
+                return self.array_act(verb, job.id, elements, who)
+            return self._one(verb, job, who)
+        finally:
+            self.publish_now()
 
     def element_act(self, verb: str, array_id: int, index: int, caller: int) -> str:
         """The verb on one element of an array (`gpuschedctl cancel 12[3]`), as on a job alone."""
-        return self._one(verb, self.engine.element(array_id, index), self.access.caller(caller))
+        try:
+            return self._one(verb, self.engine.element(array_id, index), self.access.caller(caller))
+        finally:
+            self.publish_now()
 
     def element(self, array_id: int, index: int) -> int:
         """Element `index` of an array: its job id (the listing shows every job to everyone, so this does)."""
@@ -179,7 +193,10 @@ class Manager:
                 "rss_bytes": rss, **self.engine.stats}
 
     def lookup(self, caller: int, source: str, inode: int) -> int:
-        return self.engine.lookup(caller, source, inode)
+        job_id = self.engine.lookup(caller, source, inode)
+        if job_id:
+            self.publish_now()
+        return job_id
 
     # --- issue 9: accounting (usage.py) -------------------------------------------------------------------
 

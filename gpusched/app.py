@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from gpusched import config as configmod
-from gpusched import fds
+from gpusched import fds, listfiles
 from gpusched.access import Access
 from gpusched.api import Manager
 from gpusched.clock import Clock, SystemClock
@@ -23,6 +23,7 @@ from gpusched.daemon import Loop
 from gpusched.engine import Engine
 from gpusched.gpus import Probe, make_probe
 from gpusched.intake import Intake
+from gpusched.listpublish import Publisher
 from gpusched.log import log
 from gpusched.recorder import StoreRecorder
 from gpusched.runner import ScopeRunner
@@ -42,6 +43,7 @@ class Gpusched:
     recorder: StoreRecorder
     access: Access
     manager: Manager
+    publisher: Publisher | None = None
 
     def recover(self) -> None:
         """Before READY=1: the recorded jobs, the spool entries taken when the daemon died, each active job
@@ -53,7 +55,7 @@ class Gpusched:
 
 
 def build(cfg: configmod.Config, store: Store, spool: Spool, units: Units, probe: Probe,
-          spawner: Spawner | None = None, clock: Clock | None = None) -> Gpusched:
+          spawner: Spawner | None = None, clock: Clock | None = None, listing_dir: str | None = None) -> Gpusched:
     clock = clock or SystemClock()
     loop = Loop(clock)
     access = Access(cfg.admin_group)
@@ -63,7 +65,11 @@ def build(cfg: configmod.Config, store: Store, spool: Spool, units: Units, probe
                     expire_rejected=spool.expire_rejected)
     intake = Intake(cfg, spool, store, engine, access, clock, log, loop.idle)
     loop.attach(engine, intake, runner)
-    return Gpusched(cfg, loop, engine, intake, runner, recorder, access, Manager(engine, access))
+    if listing_dir is None:                              # no listing files (listpublish.py): the bus only
+        return Gpusched(cfg, loop, engine, intake, runner, recorder, access, Manager(engine, access))
+    publisher = Publisher(engine, loop.later, log, directory=listing_dir, admin_group=cfg.admin_group)
+    return Gpusched(cfg, loop, engine, intake, runner, recorder, access,
+                    Manager(engine, access, publisher.publish_now), publisher)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     probe, what = make_probe(cfg.simulated_gpus)
     log(f"gpusched starting: spool {cfg.spool_dir}, state {cfg.state_dir}, {what}")
-    g = build(cfg, Store(cfg.state_dir), Spool(cfg.spool_dir), units, probe)
+    g = build(cfg, Store(cfg.state_dir), Spool(cfg.spool_dir), units, probe, listing_dir=listfiles.DIRECTORY)
+    if g.publisher is not None:                        # before recovery: its jobs are the first render
+        g.publisher.start()
     # watch before the first scan when the spool exists, so nothing dropped meanwhile is missed
     watcher = SpoolWatcher(cfg.spool_dir, g.intake.on_spool_entry) if os.path.isdir(cfg.spool_dir) else None
     g.recover()
@@ -104,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     link.on_up(lambda bus: publish(bus, g.manager))     # now, and again on every new connection
     g.loop.request_pass()
     g.loop.run()
+    if g.publisher is not None:
+        g.publisher.close()
     g.recorder.snapshot()
     link.stop()
     return 0

@@ -41,6 +41,11 @@ class Loop:
         Callable from any thread."""
         GLib.idle_add(fn, priority=GLib.PRIORITY_DEFAULT_IDLE)
 
+    def later(self, seconds: float, fn: Callable[[], Any]) -> None:
+        """Call fn once, `seconds` from now (at default priority, on this thread)."""
+        call = guarded(fn)
+        GLib.timeout_add(max(1, int(seconds * 1000)), lambda: call() and False)
+
     def watch_exit(self, pid: int, fn: Callable[[], None]) -> None:
         """Call fn once process `pid` has exited: a pidfd works for the zygote's children as for our own."""
         call = guarded(fn)

@@ -263,7 +263,7 @@ class Engine:
             self._index_dependencies(job, False)
         self.live.pop(job_id, None)
         self._active.discard(job_id)
-        self.listing.invalidate(job_id)
+        self.listing.invalidate(job_id, job.array_id if job is not None else 0)
         self._requests.pop(job_id, None)
         self._charged.pop(job_id, None)
         self._timers.pop(job_id, None)
@@ -671,13 +671,23 @@ class Engine:
         return self.submissions.get((caller, name, ino), 0)
 
     def page(self, all: bool, after: int, viewer: Viewer, table: bool, max_bytes: int,
-             max_count: int, fold: bool = False) -> tuple[str, int | None]:
+             max_count: int, fold: bool = False, submitted: list[int] | None = None) -> tuple[str, int | None]:
         """A page of the listing: jobs with ids above `after` (all: finished ones too); see Listing.page.
         fold (table only): an array's jobs as one row."""
         jobs = self.jobs if all else self.live
         ids = sorted(i for i in jobs if i > after)
         return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count,
-                                 self._folder(jobs) if fold else None)
+                                 self._folder(jobs) if fold else None, submitted)
+
+    def array_members(self, array_id: int) -> dict[int, int]:
+        """An array's jobs still in the table: index -> job id (empty for no such array)."""
+        return self._arrays.get(array_id, {})
+
+    def array_row(self, array_id: int) -> str:
+        """An array's folded row, counted over every element kept, finished ones too: "2 running, 3 queued,
+        1 succeeded"."""
+        elements = self._arrays[array_id]
+        return listing.fold_row(array_id, [self.jobs[elements[i]] for i in sorted(elements)])
 
     def _folder(self, jobs: dict[int, Job]) -> Callable[[Job], str | None]:
         """For a folded listing of `jobs`: an array's row at the first of its elements listed (the one with the
@@ -692,8 +702,7 @@ class Engine:
                 first[job.array_id] = min(i for i in elements.values() if i in jobs)
             if first[job.array_id] != job.id:
                 return ""
-            # counted over every element kept, finished ones too: "2 running, 3 queued, 1 succeeded"
-            return listing.fold_row(job.array_id, [self.jobs[elements[i]] for i in sorted(elements)])
+            return self.array_row(job.array_id)
         return fold
 
     def _holders(self) -> dict[int, int]:

@@ -1,4 +1,5 @@
-"""The job listing as text and JSON, cached per job, and `printable`, the one escape for terminals.
+"""The job listing as text and JSON, cached per job (and `printable`, the one escape for terminals, from
+escape.py, where gpuschedctl takes it without the rest).
 
 `gpuschedctl list` with 100,000 queued jobs must stay fast, so each job's row and JSON are rendered once per
 change of the job, not once per request. Every entry is bounded in bytes (MAX_ENTRY), so the bus API can
@@ -14,6 +15,7 @@ from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from gpusched import sweep
+from gpusched.escape import printable
 from gpusched.model import Job, job_to_dict
 
 PRIVATE_FIELDS = ("log", "source", "history", "stop_intent", "stop_requested", "usage", "cpu_seconds",
@@ -26,24 +28,6 @@ MAX_ENTRY = 1 << 20     # bytes of JSON for one job in a listing; a bigger recor
 # what a cut entry keeps: fields of bounded size
 _SMALL_FIELDS = ("id", "name", "user", "uid", "state", "submitted", "started", "ended", "exit_code", "signal",
                  "gpus", "unit", "attempt", "preemptions", "priority", "gpus_requested", "preemptible", "gid")
-
-
-def printable(text: str, keep: str = "") -> str:
-    r"""`text` with every character a terminal could act on written as an escape: C0 and C1 controls (ESC,
-    CR, BEL, ...), DEL, format characters (bidi overrides such as U+202E, zero-width ones), line and
-    paragraph separators, surrogates (undecodable file names) and unassigned code points: \x1b, \u202e, ...
-    Characters in `keep` (say "\n\t" for a log) pass. A printable result is returned unchanged, so
-    escaping twice is escaping once."""
-    if text.isprintable():
-        return text
-    out = []
-    for c in text:
-        if c.isprintable() or c in keep:
-            out.append(c)
-        else:
-            n = ord(c)
-            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
-    return "".join(out)
 
 
 def to_json(value: Any) -> str:
@@ -155,9 +139,25 @@ class Listing:
     def __init__(self) -> None:
         # id -> (full JSON, public JSON, table row as a JSON string's inside)
         self._cache: dict[int, tuple[str, str, str]] = {}
+        # for a watcher (the listing files, listfiles.Publisher): the ids changed since it last took them,
+        # each with its array's id (0: none), kept because a job removed from the table can't be asked
+        self._changed: dict[int, int] = {}
+        self._watch: Callable[[], None] | None = None
 
-    def invalidate(self, job_id: int) -> None:
+    def watch(self, fn: Callable[[], None]) -> None:
+        """Call fn at every change (it must be cheap: it is called once per change); take_changed says which."""
+        self._watch = fn
+
+    def invalidate(self, job_id: int, array_id: int = 0) -> None:
         self._cache.pop(job_id, None)
+        if self._watch is not None:
+            self._changed[job_id] = array_id or self._changed.get(job_id, 0)
+            self._watch()
+
+    def take_changed(self) -> dict[int, int]:
+        """The ids changed since the last call (id -> its array's id where the caller said it, else 0)."""
+        changed, self._changed = self._changed, {}
+        return changed
 
     def entry(self, job: Job) -> tuple[str, str, str]:
         e = self._cache.get(job.id)
@@ -167,13 +167,15 @@ class Listing:
         return e
 
     def page(self, jobs: Any, viewer: Viewer, table: bool, header: bool, max_bytes: int,
-             max_count: int, fold: Callable[[Job], str | None] | None = None) -> tuple[str, int | None]:
+             max_count: int, fold: Callable[[Job], str | None] | None = None,
+             submitted: list[int] | None = None) -> tuple[str, int | None]:
         """The next page of `jobs` (an iterator, in id order) as part of a JSON reply: a JSON array of
         entries (each in full where `viewer` may see it so, else its public part: access.py's rule), or a
         JSON string of table rows. At most max_count jobs and max_bytes of text (but always one job: an entry
         is at most MAX_ENTRY). Returns (text, id of the last job given if more are left, else None).
         fold (table only): a job's row in place of its own (an array's, folded), "" to leave it out (an array
-        already shown), or None for its own row."""
+        already shown), or None for its own row. submitted (table only): each row's submission time (whole
+        seconds) is appended to it, so a terminal can show it as "3m ago" (an array's: its first job's)."""
         parts: list[str] = [json.dumps(HEADER)[1:-1]] if table and header else []
         size = 2 + sum(len(p) + 2 for p in parts)
         last, count = None, 0
@@ -190,6 +192,8 @@ class Listing:
             if last is not None and (size + len(text) + 2 > max_bytes or count >= max_count):
                 return self._join(parts, table), last
             parts.append(text)
+            if submitted is not None and table:
+                submitted.append(int(job.submitted))
             size += len(text) + 2
             last, count = job.id, count + 1
         return self._join(parts, table), None

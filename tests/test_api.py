@@ -38,10 +38,11 @@ class Engine:
             raise NoSuchJob(f"no job {job_id}")
         return self.jobs[job_id]
 
-    def page(self, all, after, viewer, table, max_bytes, max_count, fold=False):
+    def page(self, all, after, viewer, table, max_bytes, max_count, fold=False, submitted=None):
         jobs = self.jobs if all else self.live
         ids = sorted(i for i in jobs if i > after)
-        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count)
+        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count,
+                                 submitted=submitted)
 
     def array(self, job):
         return None                                    # no job arrays here (tests/test_arrays.py has them)

@@ -92,3 +92,25 @@ def test_public_entries_hide_private_fields_from_others():
     mine = json.loads(listing.page(iter([j]), Caller(1000, False), False, True, 1 << 20, 10)[0])[0]
     theirs = json.loads(listing.page(iter([j]), Caller(1001, False), False, True, 1 << 20, 10)[0])[0]
     assert mine["source"] == "1.toml" and "source" not in theirs
+
+
+def test_a_table_page_says_when_each_row_was_submitted_for_relative_times():
+    listing = Listing()
+    jobs = [job(i) for i in range(1, 4)]
+    submitted = []
+    listing.page(iter(jobs), Caller(5, False), True, True, 1 << 20, 10, submitted=submitted)
+    assert submitted == [1_700_000_001, 1_700_000_002, 1_700_000_003]      # the header has none
+    submitted = []
+    listing.page(iter(jobs), Caller(5, False), False, True, 1 << 20, 10, submitted=submitted)
+    assert submitted == []                                                 # JSON entries carry their own
+
+
+def test_a_watcher_hears_of_each_change_and_takes_them_once():
+    listing = Listing()
+    heard = []
+    listing.invalidate(1)                               # nobody watching: nothing kept
+    listing.watch(lambda: heard.append(1))
+    listing.invalidate(2)
+    listing.invalidate(3, array_id=3)
+    listing.invalidate(3)                               # a later call without the array keeps it
+    assert len(heard) == 3 and listing.take_changed() == {2: 0, 3: 3} and listing.take_changed() == {}

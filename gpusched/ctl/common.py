@@ -10,12 +10,13 @@ import pwd
 import re
 import sys
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from gpusched import config as configmod
-from gpusched.access import Access, group_names
-from gpusched.listing import printable
+from gpusched.escape import printable
 from gpusched.units import format_duration, format_size, parse_duration
+
+if TYPE_CHECKING:
+    from gpusched import config as configmod
 
 # exit codes (docs/cli.md): 0 done; 1 failed or refused; 2 a usage error (argparse's own); 3 gpusched could
 # not be reached; `wait` exits with the job's own code for one job, and 124 when its --timeout passed
@@ -56,6 +57,7 @@ def die(message: str, code: int = 1) -> NoReturn:
 
 
 def _config(args: argparse.Namespace) -> configmod.Config:
+    from gpusched import config as configmod           # here: a read command needs none of it
     try:
         return configmod.load(args.config)
     except (configmod.ConfigError, OSError):
@@ -68,12 +70,14 @@ def _spool_dir(args: argparse.Namespace) -> str:
 
 def _privileged(cfg: configmod.Config) -> bool:
     """As the daemon judges it (access.py: root, or a member of admin_group), for the local check only."""
+    from gpusched.access import Access
     return Access(cfg.admin_group).is_admin(os.getuid())
 
 
 def _caller() -> tuple[str, list[str]]:
     """The caller's user name and groups, which decide the classes the file may ask for (as the daemon decides
     for the file's owner, which the caller will be)."""
+    from gpusched.access import group_names
     try:
         pw = pwd.getpwuid(os.getuid())
     except KeyError:
@@ -119,10 +123,12 @@ def _field(key: str, value: Any) -> None:
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
-    rows = [tuple(printable(str(c)) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    """Aligned columns, every cell escaped; on a terminal fitted to its width (the widest column is cut
+    first, render.fit_table), piped or redirected never cut."""
+    from gpusched.ctl import render
+    cells = [tuple(printable(str(c)) for c in r) for r in rows]
+    for line in render.fit_table(cells, render.terminal().width):
+        print(line)
 
 
 

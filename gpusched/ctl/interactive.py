@@ -26,11 +26,10 @@ import time
 import tty
 from typing import Any, Iterator
 
-from gpusched import launch, ptywire
+from gpusched import ptywire
 from gpusched.ctl import client as clientmod
-from gpusched.ctl import jobopts, spoolfile
+from gpusched.ctl import jobopts
 from gpusched.ctl.common import USAGE, CtlError, warn
-from gpusched.model import FINAL, State
 
 HELLO_TIMEOUT = 10.0       # seconds for a connected relay to say hello
 POLL = 1.0                 # seconds between looks at a queued job's state
@@ -107,6 +106,7 @@ def _runtime_dir() -> str | None:
 def peer_ok(pid: int, uid: int, job_id: int, own_uid: int, cgroup_text: str) -> str | None:
     """Why a connection must be refused (None: it is the job's relay): its process must be the caller's (or
     root's) and inside job `job_id`'s scope, as the kernel says (SO_PEERCRED, /proc/PID/cgroup)."""
+    from gpusched import launch
     if uid not in (own_uid, 0):
         return f"a process of uid {uid} connected"
     if f"/{launch.unit_name(job_id)}/" not in cgroup_text and not cgroup_text.rstrip().endswith(
@@ -158,6 +158,7 @@ def _accept(listener: Listener, job_id: int) -> tuple[socket.socket, Early] | No
 def _wait_turn(client: clientmod.Client, job: dict, listener: Listener) -> tuple[socket.socket, Early]:
     """Until the job's relay connects; says once why the job waits. A job that ends first (cancelled by
     someone, rejected, its dependency failed) raises CtlError."""
+    from gpusched.model import FINAL, State
     job_id = int(job["id"])
     said = False
     next_look = 0.0
@@ -305,6 +306,7 @@ def _settled(client: clientmod.Client, job_id: int, ended: int, timeout: float =
     """The job once gpusched has recorded the end of the attempt that was attached (the relay says goodbye a
     moment before), or as it stands after `timeout`. `ended`: how many attempts had ended before it. A job
     that is not final then was queued again (preempted, requeued, retried), and may have started again."""
+    from gpusched.model import FINAL
     deadline = time.monotonic() + timeout
     while True:
         job = client.call("Show", job_id)
@@ -328,6 +330,8 @@ def _cancel(client: clientmod.Client, job_id: int | None, name: str, ino: int) -
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gpusched.ctl import spoolfile
+    from gpusched.model import FINAL
     try:
         doc = jobopts.job_doc(args, args.job_command)           # main: what follows `--`
     except jobopts.OptionError as e:

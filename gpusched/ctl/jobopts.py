@@ -11,7 +11,6 @@ import argparse
 import os
 from typing import Any
 
-import tomli_w
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -77,4 +76,5 @@ def job_doc(args: argparse.Namespace, command: list[str], environ: dict[str, str
 
 
 def job_toml(doc: dict[str, Any]) -> bytes:
+    import tomli_w
     return tomli_w.dumps(doc).encode()

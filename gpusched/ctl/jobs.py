@@ -10,18 +10,18 @@ import time
 import tomllib
 from typing import Any
 
-from gpusched import jobfile
 from gpusched.ctl import client as clientmod
-from gpusched.ctl import jobopts, spoolfile
-from gpusched.ctl.common import (FAILED, USAGE, print_json, CtlError, _field, _resolve, _shown,
+from gpusched.ctl import jobopts, offline
+from gpusched.ctl.common import (FAILED, UNREACHABLE, USAGE, print_json, CtlError, _field, _resolve, _shown,
                                  job_target, printable, usage_value, warn)
 from gpusched.ctl.waiting import dry_run_text
-from gpusched.model import FINAL, State
 from gpusched.units import format_size
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """submit FILE|DIR..., or submit [OPTIONS] -- CMD: every file is checked before any is queued (one invalid
     file: nothing is submitted); then each is dropped into the spool and its id printed, one per line."""
+    from gpusched import jobfile
+    from gpusched.ctl import spoolfile
     jobs = _jobs(args)
     invalid = 0
     for label, _stem, data in jobs:
@@ -54,6 +54,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> list[tuple[str, str, bytes]]:
     """What to submit: (label for messages, spool name stem, the file's bytes with submit's own keys)."""
+    from gpusched import jobfile
     if args.job_command:
         if args.files:
             raise CtlError("give job files, or a command after --, not both (gpuschedctl submit --gpus 1 -- "
@@ -164,6 +165,7 @@ def cmd_priority(args: argparse.Namespace) -> int:
 
 
 def _priority(text: str) -> int:
+    from gpusched import jobfile
     try:
         value = int(text)
     except ValueError:
@@ -176,8 +178,14 @@ def _priority(text: str) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    client = clientmod.Client()
-    job = client.call("Show", _resolve(client, args.id))
+    try:
+        client = clientmod.Client()
+    except CtlError as e:                              # gpusched down: the caller's own status file
+        if e.code != UNREACHABLE:
+            raise
+        job = offline.job(args, args.id, e)
+    else:
+        job = client.call("Show", _resolve(client, args.id))
     if args.json:
         print_json("job", job)
         return 0
@@ -204,9 +212,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    client = clientmod.Client()
-    args.id = _resolve(client, args.id)
-    job = client.call("Show", args.id)
+    from gpusched.model import FINAL, State
+    try:
+        client = clientmod.Client()
+    except CtlError as e:                              # gpusched down: the log its status file names
+        if e.code != UNREACHABLE:
+            raise
+        job = offline.job(args, args.id, e)
+        args.id, args.follow = job["id"], False        # nobody to say when it ends: what is there now
+    else:
+        args.id = _resolve(client, args.id)
+        job = client.call("Show", args.id)
     while args.follow and job["state"] == "queued" and not job.get("log"):
         time.sleep(0.25)                               # wait for it to start
         job = client.call("Show", args.id)

@@ -7,17 +7,18 @@ import argparse
 import os
 import sys
 
-from gpusched import config as configmod
-from gpusched import jobfile
 from gpusched.ctl import accounting, admin, completion, interactive, jobs, queue, settings, top, waiting
 from gpusched.ctl.common import CtlError, die
 
 MODULES = (jobs, queue, admin, accounting, waiting, settings, top, interactive, completion)
+# config.DEFAULT_PATH (tests/test_listfiles.py checks they agree): importing the config module costs a read
+# command more than the listing files do (it brings the job-file and policy modules)
+DEFAULT_CONFIG = "/etc/gpusched/gpusched.toml"
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpuschedctl", description="Submit and manage gpusched jobs.")
-    ap.add_argument("--config", default=os.environ.get("GPUSCHED_CONFIG", configmod.DEFAULT_PATH))
+    ap.add_argument("--config", default=os.environ.get("GPUSCHED_CONFIG", DEFAULT_CONFIG))
     ap.add_argument("--spool", help="spool directory (default: from the config)")
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     # COMMAND, not argparse's {verb,...}: that would name the hidden __complete (completion.py)
@@ -40,13 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except CtlError as e:
         die(str(e), e.code)
-    except jobfile.JobFileError as e:
-        die(f"invalid job file:\n{e}")
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001
+        from gpusched import jobfile                    # here, not on every command's path
+        if isinstance(e, jobfile.JobFileError):
+            die(f"invalid job file:\n{e}")
         if args.debug:
             raise
         die(f"{type(e).__name__}: {e} (run with --debug for a traceback)")

@@ -4,17 +4,20 @@ effective settings, every one with its value, defaults included. Read-only; no d
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpusched import config as configmod
 from gpusched.ctl.common import CtlError, print_json, safe
+
+if TYPE_CHECKING:                                      # annotations only: the import costs every command
+    from gpusched import config as configmod
+
 
 
 def effective(cfg: configmod.Config) -> dict[str, Any]:
     """Every setting as plain data (durations in seconds, sizes in bytes, as config.py holds them)."""
+    import dataclasses
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         out[f.name] = _plain(getattr(cfg, f.name))
@@ -22,6 +25,7 @@ def effective(cfg: configmod.Config) -> dict[str, Any]:
 
 
 def _plain(v: Any) -> Any:
+    import dataclasses
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
     if isinstance(v, (frozenset, set)):
@@ -33,12 +37,14 @@ def _plain(v: Any) -> Any:
 
 def lines(cfg: configmod.Config) -> list[str]:
     """`key = value` for each setting, "# default" beside those the file leaves at their default."""
+    from gpusched import config as configmod
     mine, default = effective(cfg), effective(configmod.Config())
     width = max(map(len, mine))
     return [f"{k:<{width}} = {json.dumps(v)}" + ("    # default" if v == default[k] else "") for k, v in mine.items()]
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from gpusched import config as configmod
     path = args.file or args.config
     if args.file and not os.path.exists(path):
         raise CtlError(f"{path}: no such file; give the config's path (the daemon reads {configmod.DEFAULT_PATH})")

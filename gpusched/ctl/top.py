@@ -22,12 +22,14 @@ import sys
 import termios
 import time
 import tty
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpusched.ctl import client as clientmod
-from gpusched.ctl import topview
 from gpusched.ctl.common import UNREACHABLE, CtlError, print_json
-from gpusched.ctl.topview import Action, View
+
+if TYPE_CHECKING:                                      # annotations only: the import costs every command
+    from gpusched.ctl.topview import Action
+
 
 CALL_TIMEOUT = 5.0            # seconds a refresh waits for the daemon (the screen stays; it says so, retries)
 SNAPSHOT_WAITING = 50         # waiting jobs in a snapshot (--once, a pipe, --json)
@@ -62,6 +64,7 @@ class Source:
     def act(self, job: dict[str, Any], verb: str) -> tuple[str, bool]:
         """cancel, hold or release one job, as gpuschedctl does (an array's element as ID[i]: that element
         alone, not its array). (what the daemon said, refused?)."""
+        from gpusched.ctl import topview
         method = {"cancel": "Cancel", "hold": "Hold", "release": "Release"}[verb]
         try:
             if job.get("array_id"):
@@ -74,6 +77,8 @@ class Source:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    from gpusched.ctl import topview
+    from gpusched.ctl.topview import View
     source = Source()
     live = not (args.once or args.json) and sys.stdin.isatty() and sys.stdout.isatty()
     # the first answer is not retried: a daemon never reached is an error (exit 3 when unreachable)
@@ -135,6 +140,7 @@ class Screen:
     """The curses loop: refresh every `delay` seconds or on a key, redraw on every change and resize."""
 
     def __init__(self, screen: Any, source: Source, args: argparse.Namespace, top: dict[str, Any]):
+        from gpusched.ctl.topview import View
         import curses
         self.curses = curses
         self.screen = screen
@@ -168,6 +174,7 @@ class Screen:
         return attrs
 
     def run(self) -> int:
+        from gpusched.ctl import topview
         c = self.curses
         while True:
             self.paint()
@@ -189,6 +196,7 @@ class Screen:
 
     def paint(self) -> None:
         """The screen as topview draws it; curses sends only what changed since the last paint."""
+        from gpusched.ctl import topview
         height, width = self.screen.getmaxyx()
         lines = topview.draw(self.top, self.view, width, height, me=os.getuid(), error=self.source.error)
         self.screen.erase()
@@ -222,6 +230,7 @@ class Screen:
 
     def do(self, action: Action) -> bool:
         """Carry out a key's action; True: quit."""
+        from gpusched.ctl import topview
         if action.kind == "quit":
             return True
         if action.kind == "act" and action.job is not None:
@@ -240,6 +249,7 @@ class Screen:
     def follow(self, job: dict[str, Any]) -> None:
         """`gpuschedctl logs -f` of the job, outside curses, until it ends, q or Ctrl-C; then back. A log
         the caller may not read is refused on the status line, without leaving the screen."""
+        from gpusched.ctl import topview
         try:
             shown = self.source.client().call("Show", job["id"])
         except CtlError as e:
@@ -263,6 +273,7 @@ def _follow_outside(job: dict[str, Any], args: argparse.Namespace) -> None:
     threads) while reading keys: q ends it; Ctrl-C ends it (the terminal sends SIGINT to both of us: we
     only note it). When it ends by itself (the job ended, or it can't read the log and says why), a key
     goes back."""
+    from gpusched.ctl import topview
     out = sys.stdout
     out.write(f"--- job {topview.target(job)}: its log (q or Ctrl-C: back to top) ---\n")
     out.flush()

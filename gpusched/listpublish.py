@@ -1,0 +1,266 @@
+"""The daemon's side of the listing files (listfiles.py: the format and why): renders the live listing
+(queued and running jobs) into /run/gpusched/listing and keeps it current.
+
+What it costs the daemon, at 100,000 jobs as at 10:
+- Only what changed is rendered again: the segments (listfiles.SEGMENT job ids each) holding a changed job,
+  or an array's folded row; each job's row and JSON come from the listing's per-job cache (listing.py).
+- Not at every change: the first change after a render arms one timer. It fires after DEBOUNCE, or later
+  when rendering is costly: the next render waits BUDGET times the last one's duration after its end, so
+  rendering takes at most a fifth of the daemon's time. An idle daemon renders nothing and holds no timer.
+- Before answering a call that changed jobs (api.Manager.publish_now: an act such as cancel, or the Lookup
+  that tells `submit` its id) what changed is rendered at once, so the caller's next `list` shows it.
+- Memory: no copy of the listing is kept; the files are in /run (tmpfs): about 100 MB at 100,000 jobs.
+
+If the directory can't be made safe (not root's, a link, writable by others) or a write fails, the index is
+removed and the journal says so once: gpuschedctl then reads from the bus, as before.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import stat
+import time
+from typing import Any, Callable
+
+from gpusched import acl, listfiles
+from gpusched.atomicfile import atomic_write
+from gpusched.listing import HEADER
+
+DEBOUNCE = 0.5        # seconds from a change to the render that shows it (unless an act asked for it sooner)
+BUDGET = 4            # a render waits BUDGET times its own duration after the last one ended
+RETRY = 60.0          # seconds before trying again after a failed write
+
+Later = Callable[[float, Callable[[], Any]], None]      # call fn once, that many seconds from now
+
+
+def admin_gid(group: str) -> int | None:
+    try:
+        return grp.getgrnam(group).gr_gid if group else None
+    except KeyError:
+        return None
+
+
+class Publisher:
+    def __init__(self, engine: Any, later: Later, log: Callable[..., None], *,
+                 directory: str = listfiles.DIRECTORY, admin_group: str = "",
+                 clock: Callable[[], float] = time.monotonic):
+        self.engine = engine
+        self.later = later
+        self.log = log
+        self.directory = directory
+        self.clock = clock
+        self.admin_gid = admin_gid(admin_group)
+        self.ok = False                                  # the directory is ours and writable
+        self.private = False                             # private files can be made readable by their user alone
+        self._current: dict[int, tuple[int, list[int]]] = {}   # segment -> (gen, uids with a private file)
+        self._fold_at: dict[int, int] = {}               # array id -> the job id its folded row is shown at
+        self._dirty: set[int] = set()                    # segments to render again
+        self._gen = 0
+        self._armed = False
+        self._last_cost = 0.0
+        self._last_end = 0.0
+        self._failed_at: float | None = None
+        self.renders = 0                                 # for tests and stats
+        engine.listing.watch(self.changed)
+
+    # --- the directory -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Make the directory (root's, 0755, not a link), empty it of an earlier daemon's files. Said once in
+        the journal when that can't be done: the listing then comes from the bus only."""
+        try:
+            for d in (os.path.dirname(self.directory), self.directory):
+                try:
+                    os.mkdir(d, 0o755)
+                except FileExistsError:
+                    pass
+                st = os.lstat(d)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                    raise OSError(0, f"{d} is not a directory that only root may write")
+            self._clear()
+            self.private = acl.supported(self.directory)
+            self.ok = True
+        except OSError as e:
+            self.log(f"no listing files in {self.directory} ({e.strerror or e}); gpuschedctl list reads from "
+                     f"the bus", 4)
+
+    def _clear(self) -> None:
+        """Remove every file here (the index first, so no reader trusts what follows)."""
+        for name in sorted(os.listdir(self.directory), key=lambda n: n != "index"):
+            path = os.path.join(self.directory, name)
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)
+        self._current.clear()
+
+    def close(self) -> None:
+        """At a clean stop: readers go to the bus (and, with no daemon there, to the status files)."""
+        if self.ok:
+            try:
+                os.unlink(os.path.join(self.directory, "index"))
+            except OSError:
+                pass
+
+    # --- when to render ------------------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """A job changed (listing.invalidate): render soon, once, whatever more changes meanwhile."""
+        if self._armed or not self.ok:
+            return
+        self._armed = True
+        now = self.clock()
+        wait = max(DEBOUNCE, self._last_end + BUDGET * self._last_cost - now)
+        if self._failed_at is not None:
+            wait = max(wait, self._failed_at + RETRY - now)
+        self.later(wait, self._due)
+
+    def _due(self) -> bool:
+        self._armed = False
+        self.publish()
+        return False
+
+    def publish_now(self) -> None:
+        """Before answering a call that changed jobs: what changed is in the files when the answer goes."""
+        if self._failed_at is None:
+            self.publish()
+
+    def publish(self) -> None:
+        if not self.ok:
+            return
+        t0 = self.clock()
+        try:
+            if not self._render():
+                return                                   # nothing changed: no cost to budget for
+        except OSError as e:
+            self._failed(e)
+        else:
+            self._failed_at = None
+        self._last_end = self.clock()
+        self._last_cost = self._last_end - t0
+        stats = getattr(self.engine, "stats", None)      # gpuschedctl's Stats, and bench/run, show it
+        if isinstance(stats, dict):
+            stats["last_listing_seconds"] = self._last_cost
+            stats["max_listing_seconds"] = max(stats.get("max_listing_seconds", 0.0), self._last_cost)
+            stats["listing_renders"] = self.renders
+
+    def _failed(self, e: OSError) -> None:
+        if self._failed_at is None:
+            self.log(f"can't write the listing files in {self.directory} ({e.strerror}); gpuschedctl list reads "
+                     f"from the bus until they can be written (tried again every {RETRY:.0f}s)", 4)
+        self._failed_at = self.clock()
+        try:
+            self._clear()
+        except OSError:
+            pass
+        self._dirty = {i // listfiles.SEGMENT for i in self.engine.live}
+        if not self._armed:
+            self._armed = True
+            self.later(RETRY, self._due)
+
+    # --- rendering -----------------------------------------------------------------------------------
+
+    def _render(self) -> bool:
+        """Render what changed; False if nothing had."""
+        live, jobs = self.engine.live, self.engine.jobs
+        arrays = set()
+        for job_id, array_id in self.engine.listing.take_changed().items():
+            self._dirty.add(job_id // listfiles.SEGMENT)
+            job = jobs.get(job_id)
+            array_id = job.array_id if job is not None else array_id
+            if array_id:
+                arrays.add(array_id)
+        for array_id in arrays:
+            self._refold(array_id)
+        if not self._dirty:
+            return False
+        members: dict[int, list[int]] = {k: [] for k in self._dirty}
+        for job_id in live:                               # one pass, whatever the number of segments
+            k = job_id // listfiles.SEGMENT
+            if k in members:
+                members[k].append(job_id)
+        self._gen += 1
+        gone = []
+        for k, ids in sorted(members.items()):
+            old = self._current.pop(k, None)
+            if old is not None:
+                gone.append((k, old))
+            if ids:
+                self._current[k] = (self._gen, self._write_segment(k, self._gen, sorted(ids)))
+        self._dirty.clear()
+        self._write_index()
+        for k, (gen, uids) in gone:                       # now that no index names them
+            for part in [None, "json", *uids]:
+                name = listfiles.segment_name(k, gen, part)
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except FileNotFoundError:
+                    pass
+        self.renders += 1
+        return True
+
+    def _refold(self, array_id: int) -> None:
+        """Where an array's folded row goes (its first live job, as engine._folder puts it): both the segment
+        it was at and the one it is at now are rendered again (its counts changed, or its place)."""
+        live = self.engine.live
+        first = min((i for i in self.engine.array_members(array_id).values() if i in live), default=None)
+        old = self._fold_at.pop(array_id, None)
+        if old is not None:
+            self._dirty.add(old // listfiles.SEGMENT)
+        if first is not None:
+            self._fold_at[array_id] = first
+            self._dirty.add(first // listfiles.SEGMENT)
+
+    def _write_segment(self, k: int, gen: int, ids: list[int]) -> list[int]:
+        """Segment k's files at gen; returns the uids given a private file."""
+        listing, live = self.engine.listing, self.engine.live
+        rows, folded, public, submitted, folded_submitted = [], [], [], [], []
+        private: dict[int, list[str]] = {}
+        runs: list[list[int]] = []
+        for job_id in ids:
+            job = live[job_id]
+            full, pub, row = listing.entry(job)
+            when = str(int(job.submitted))
+            rows.append(row)
+            submitted.append(when)
+            at = self._fold_at.get(job.array_id) if job.array_id else None
+            if at is None:
+                folded.append(row)
+                folded_submitted.append(when)
+            elif at == job_id:
+                folded.append(json.dumps(self.engine.array_row(job.array_id))[1:-1])
+                folded_submitted.append(when)
+            public.append(pub)
+            private.setdefault(job.uid, []).append(full)
+            if runs and runs[-1][0] == job.uid:
+                runs[-1][1] += 1
+            else:
+                runs.append([job.uid, 1])
+        parts = {"rows": _text(rows), "folded": _text(folded), "submitted": " ".join(submitted).encode(),
+                 "folded_submitted": " ".join(folded_submitted).encode()}
+        uids = sorted(private) if self.private else []
+        for uid in uids:                                 # first: the index names none of them yet
+            head = json.dumps({"gen": gen, "seg": k, "uid": uid})
+            data = (head + "\n" + ",\n".join(private[uid])).encode()      # listfiles.ENTRY_SEP between entries
+            path = os.path.join(self.directory, listfiles.segment_name(k, gen, uid))
+            if not atomic_write(path, data, mode=0o400, reader_uid=uid if uid else None, durable=False):
+                os.unlink(path)                          # the ACL was refused after all: never the user's file
+                raise OSError(0, "the filesystem refused an ACL")
+        head = json.dumps({"gen": gen, "seg": k, "runs": runs})
+        atomic_write(os.path.join(self.directory, listfiles.segment_name(k, gen, "json")),
+                     (head + "\n" + ",\n".join(public)).encode(), mode=0o644, durable=False)
+        atomic_write(os.path.join(self.directory, listfiles.segment_name(k, gen)),
+                     listfiles.encode_segment({"gen": gen, "seg": k}, parts), mode=0o644, durable=False)
+        return uids
+
+    def _write_index(self) -> None:
+        index = {"format": listfiles.FORMAT, "pid": os.getpid(), "start": listfiles.process_start(os.getpid()),
+                 "written": time.time(), "header": HEADER, "admin_gid": self.admin_gid, "private": self.private,
+                 "segments": [[k, gen] for k, (gen, _) in sorted(self._current.items())]}
+        atomic_write(os.path.join(self.directory, "index"), json.dumps(index).encode(), mode=0o644, durable=False)
+
+
+def _text(rows: list[str]) -> bytes:
+    """Rows cached as the inside of a JSON string (listing.Listing.entry) as plain UTF-8 text, one line each:
+    one decode for the whole segment."""
+    return json.loads('"' + "\\n".join(rows) + '"').encode() if rows else b""
