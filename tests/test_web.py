@@ -53,16 +53,19 @@ def test_find_owner_picks_the_client_end_and_only_an_established_one():
     assert peer.find_owner(["garbage", "1: zz:zz"], ("127.0.0.1", 1), server) is None
 
 
-@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
-def test_owner_of_a_real_loopback_connection_is_this_process_user(family, host):
+@pytest.mark.parametrize("family,host,client_family,via", [
+    (socket.AF_INET, "127.0.0.1", socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1", socket.AF_INET6, "::1"),
+    # a dual-stack client: an IPv6 socket to ::ffff:127.0.0.1 is listed in tcp6, the connection is IPv4
+    (socket.AF_INET, "127.0.0.1", socket.AF_INET6, "::ffff:127.0.0.1")])
+def test_owner_of_a_real_loopback_connection_is_this_process_user(family, host, client_family, via):
     try:
         listener = socket.socket(family)
         listener.bind((host, 0))
     except OSError:
         pytest.skip(f"no {host} here")
     listener.listen()
-    client = socket.socket(family)
-    client.connect(listener.getsockname()[:2])
+    client = socket.socket(client_family)
+    client.connect((via, listener.getsockname()[1]))
     accepted, _ = listener.accept()
     try:
         assert peer.owner_uid(accepted.getpeername(), accepted.getsockname()) == os.getuid()
