@@ -5,7 +5,9 @@ Only the dashboard's own system user (config `[web] user`, default gpusched-web)
 policy (units/org.gpusched1.conf) lets no one else send to the org.gpusched1.Web interface, and `WebCalls`
 checks the bus caller's uid again, so a policy file edited by mistake opens nothing. Every call then runs the
 same Manager verb with the same access.py rule as `gpuschedctl` run by that uid: the dashboard can never do
-for a person more than they could do themselves.
+for a person more than they could do themselves. And only for people (people.py: login.defs' UID_MIN to
+UID_MAX): never root nor a system account, whose loopback connections are services that someone steered (a
+taken-over web service can't run jobs as postgres or www-data, nor act as root).
 
 Two things the CLI does by itself, the web service (a different, unprivileged user) can't, so the daemon does
 them here for that uid, with the same rules:
@@ -13,8 +15,7 @@ them here for that uid, with the same rules:
   offset, opened without following links;
 - submitting a job file (`submit`): checked with that user's limits exactly as `gpuschedctl submit` checks it,
   then written into the spool and handed to that user (fchown before it is closed), so the spool stays the
-  one way in and the intake judges the file as that user's, as for any other. Never for root: a web service
-  taken over must not be a way to run code as root.
+  one way in and the intake judges the file as that user's, as for any other (never root's: not a person).
 """
 
 from __future__ import annotations
@@ -27,19 +28,23 @@ import secrets
 import stat
 from typing import Any
 
-from gpusched import jobfile
+from gpusched import jobfile, people
 from gpusched.access import group_names
 from gpusched.errors import Invalid, NotAllowed
 
 LOG_CHUNK = 256 << 10        # bytes of log in one answer at most (the answer is base64: a third more)
-MAX_ARGS = 4096              # characters of JSON arguments (a submitted job file comes apart, as bytes)
+# characters of JSON arguments: a submitted job file may be as large as one dropped with gpuschedctl, and JSON
+# writes a character as up to 6 (\u0001); jobfile.parse then refuses what is over its own MAX_BYTES
+MAX_ARGS = 6 * jobfile.MAX_BYTES + 4096
 VERBS = ("gpu_history", "show", "page", "act", "element_act", "usage", "history", "log", "submit", "lookup", "whoami")
+PUBLIC = ("gpu_history",)    # what the dashboard asks for the public view too, as its own (system) user
 
 
 class WebCalls:
-    def __init__(self, manager: Any, web_user: str | None = None):
+    def __init__(self, manager: Any, web_user: str | None = None, person: Any = people.is_person):
         self.m = manager
         self._web_user = web_user
+        self.person = person
 
     @property
     def web_user(self) -> str:
@@ -72,6 +77,9 @@ class WebCalls:
             pwd.getpwuid(uid)
         except KeyError:
             raise NotAllowed(f"uid {uid} has no account on this machine") from None
+        if verb not in PUBLIC and not self.person(uid):
+            raise NotAllowed(f"uid {uid} is not a person's account (login.defs UID_MIN to UID_MAX; root neither): "
+                             f"the web dashboard acts for people only")
         try:
             return getattr(self, "_" + verb)(uid, *args)
         except TypeError:
@@ -148,8 +156,6 @@ class WebCalls:
     def _submit(self, uid: int, text: str, stem: str) -> dict[str, Any]:
         """A job file from the dashboard's form, as `gpuschedctl submit` run by `uid` would drop it:
         {"name", "inode"} of the spool entry (`lookup` then gives its job id), or the parser's problems."""
-        if uid == 0:
-            raise NotAllowed("root submits with gpuschedctl, not through the web dashboard")
         pw = pwd.getpwuid(uid)
         data = str(text).encode("utf-8", "surrogatepass")
         name = f"web-{''.join(c for c in str(stem) if c.isascii() and (c.isalnum() or c in '-_'))[:40] or 'job'}-" \

@@ -15,7 +15,8 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp", reason="python3-aiohttp is not installed (scripts/setup-deps)")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from gpusched.web import csrf, pages, peer  # noqa: E402
+from gpusched import people  # noqa: E402
+from gpusched.web import csrf, pages, peer, server  # noqa: E402
 from gpusched.web.daemon import DaemonError  # noqa: E402
 from gpusched.web.server import Dashboard  # noqa: E402
 
@@ -53,16 +54,19 @@ def test_find_owner_picks_the_client_end_and_only_an_established_one():
     assert peer.find_owner(["garbage", "1: zz:zz"], ("127.0.0.1", 1), server) is None
 
 
-@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
-def test_owner_of_a_real_loopback_connection_is_this_process_user(family, host):
+@pytest.mark.parametrize("family,host,client_family,via", [
+    (socket.AF_INET, "127.0.0.1", socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1", socket.AF_INET6, "::1"),
+    # a dual-stack client: an IPv6 socket to ::ffff:127.0.0.1 is listed in tcp6, the connection is IPv4
+    (socket.AF_INET, "127.0.0.1", socket.AF_INET6, "::ffff:127.0.0.1")])
+def test_owner_of_a_real_loopback_connection_is_this_process_user(family, host, client_family, via):
     try:
         listener = socket.socket(family)
         listener.bind((host, 0))
     except OSError:
         pytest.skip(f"no {host} here")
     listener.listen()
-    client = socket.socket(family)
-    client.connect(listener.getsockname()[:2])
+    client = socket.socket(client_family)
+    client.connect((via, listener.getsockname()[1]))
     accepted, _ = listener.accept()
     try:
         assert peer.owner_uid(accepted.getpeername(), accepted.getsockname()) == os.getuid()
@@ -161,6 +165,8 @@ class FakeDaemon:
     def __init__(self):
         self.acts: list[tuple] = []
         self.log = [b"line 1\n", b"line 2 <b>\x1b[31m\n"]
+        self.calls: list[tuple] = []
+        self.quiet = False                      # the log: a running job that prints nothing
 
     async def call(self, method, *args):
         if method == "Show":
@@ -177,8 +183,10 @@ class FakeDaemon:
         return [_job(name="train")]
 
     async def as_user(self, uid, verb, *args):
+        self.calls.append((uid, verb) + args)
         if verb == "whoami":
-            return {"uid": uid, "name": {1000: "alice", 1001: "bob"}[uid], "admin": False}
+            names = {1000: "alice", 1001: "bob", 0: "root", 33: "www-data", 65534: "nobody"}
+            return {"uid": uid, "name": names[uid], "admin": uid == 0}
         if verb == "gpu_history":
             return {}
         if verb == "show":
@@ -191,6 +199,8 @@ class FakeDaemon:
         if verb == "log":
             if uid != 1000:
                 raise DaemonError("job 7 belongs to alice; its log is for its owner, root and admins")
+            if self.quiet:
+                return {"data": "", "offset": 0, "state": "running"}
             i = args[1]
             data = self.log[i] if i < len(self.log) else b""
             state = "running" if i < len(self.log) else "succeeded"
@@ -199,9 +209,10 @@ class FakeDaemon:
 
 
 def _run(uid, fn, port=8765):
-    """fn(client, dash) against a dashboard whose every connection is owned by `uid`."""
+    """fn(client, dash) against a dashboard whose every connection is owned by `uid` (people: 1000 to 60000)."""
     daemon = FakeDaemon()
-    dash = Dashboard(daemon, port, own_uid=999, secret=b"s" * 32, lookup=lambda _p, _s: uid)
+    dash = Dashboard(daemon, port, own_uid=999, secret=b"s" * 32, lookup=lambda _p, _s: uid,
+                     person=lambda u: people.in_range(u, (1000, 60000)))
 
     async def go():
         client = TestClient(TestServer(dash.app(), host="127.0.0.1"))    # any free port: Host is ours to send
@@ -261,6 +272,56 @@ def test_public_view_cannot_act_and_sees_no_log():
         assert (await client.get("/jobs/7/log", headers=H)).status == 403
     _run(None, fn)
     _run(999, fn)                                    # the web service's own uid is nobody's
+    # root and system accounts: their connections come from services (a proxy, a fetcher) that someone steered,
+    # so they are not signed in: a root-owned forwarder gives no admin view, a www-data one no jobs as www-data
+    for uid in (0, 33, 65534):
+        _run(uid, fn)
+
+
+def test_people_are_the_login_defs_range():
+    text = ["# comment", "UID_MIN\t 2000 # people from here", "UID_MAX 0x7fff", "SYS_UID_MAX 999", "junk"]
+    assert people.uid_range(text) == (2000, 0x7FFF)
+    assert people.uid_range(["UID_MIN x"]) == people.DEFAULTS
+    bounds = people.uid_range(text)
+    assert [people.in_range(u, bounds) for u in (0, 999, 2000, 0x7FFF, 0x8000)] == [False, False, True, True, False]
+    assert not people.in_range(0, (0, 60000))         # root never, whatever the file says
+
+
+def test_a_user_follows_a_bounded_number_of_logs():
+    async def fn(client, dash, daemon):
+        daemon.quiet = True
+        open_ = [await client.get("/jobs/7/log", headers=H) for _ in range(server.FOLLOW_PER_UID)]
+        assert all(r.status == 200 for r in open_)
+        r = await client.get("/jobs/7/log", headers=H)
+        assert r.status == 429 and "too many logs" in await r.text()
+        open_.pop().close()                                # a reader that goes away frees its place
+        for _ in range(50):
+            if dash._following.get(1000, 0) < server.FOLLOW_PER_UID:
+                break
+            await asyncio.sleep(0.05)
+        r = await client.get("/jobs/7/log", headers=H)
+        assert r.status == 200
+        for r in open_ + [r]:
+            r.close()
+        for _ in range(50):                                 # and the daemon is asked no more for them
+            if not dash._following:
+                break
+            await asyncio.sleep(0.05)
+        assert dash._following == {}
+        n = len(daemon.calls)
+        await asyncio.sleep(3 * server.LOG_POLL)
+        assert len(daemon.calls) == n
+    _run(1000, fn)
+
+
+def test_names_and_admin_flags_are_asked_again_after_a_while(monkeypatch):
+    async def fn(client, dash, daemon):
+        for _ in range(3):
+            assert (await client.get("/queue", headers=H)).status == 200
+        return sum(1 for c in daemon.calls if c[1] == "whoami")
+    assert _run(1000, fn) == 1
+    monkeypatch.setattr(server, "WHO_TTL", -1.0)
+    assert _run(1000, fn) == 3
 
 
 def test_live_log_streams_escaped_text_then_ends():

@@ -4,23 +4,25 @@ web service's user may call, and each verb answers exactly what access.py allows
 from __future__ import annotations
 
 import base64
+import json
 import os
 from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
-from gpusched import webcalls
+from gpusched import people, webcalls
 from gpusched.access import Access
 from gpusched.api import Manager
 from gpusched.config import Config
 from gpusched.errors import Invalid, NotAllowed
+from gpusched import jobfile
 from gpusched.jobfile import JobSpec
 from gpusched.model import State
 from gpusched.testing import World
 
-WEB, ALICE, BOB = 990, 1000, 1001
-ACCOUNTS = {WEB: "gpusched-web", ALICE: "alice", BOB: "bob", 0: "root"}
+WEB, ALICE, BOB, POSTGRES = 990, 1000, 1001, 101
+ACCOUNTS = {WEB: "gpusched-web", ALICE: "alice", BOB: "bob", 0: "root", POSTGRES: "postgres"}
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +41,7 @@ def setup(tmp_path, **cfg):
     w = World(gpus=2, duration=lambda job: 600, cfg=replace(Config(), spool_dir=str(tmp_path), **cfg))
     w.settle()
     m = Manager(w.engine, Access())
-    return w, webcalls.WebCalls(m, "gpusched-web")
+    return w, webcalls.WebCalls(m, "gpusched-web", person=lambda uid: people.in_range(uid, (1000, 60000)))
 
 
 def test_only_the_web_user_may_call(tmp_path):
@@ -61,6 +63,31 @@ def test_bad_requests_are_refused(tmp_path):
             calls.call(WEB, ALICE, verb, args)
     with pytest.raises(NotAllowed, match="no account"):
         calls.call(WEB, 4242, "whoami", "[]")
+
+
+def test_only_for_people_but_the_gpu_history_for_all(tmp_path):
+    w, calls = setup(tmp_path)
+    job = w.submit(JobSpec(name="train", command="true", gpus=1), uid=ALICE, user="alice")
+    w.settle()
+    for uid in (0, POSTGRES):
+        for verb, args in (("whoami", "[]"), ("act", f'["cancel", {job.id}]'), ("log", f"[{job.id}, 0]")):
+            with pytest.raises(NotAllowed, match="acts for people only"):
+                calls.call(WEB, uid, verb, args)
+    assert job.state == State.RUNNING
+    assert calls.call(WEB, WEB, "gpu_history", "[]") == calls.call(WEB, ALICE, "gpu_history", "[]")
+
+
+def test_a_job_file_as_large_as_the_cli_takes(tmp_path):
+    w, calls = setup(tmp_path)
+    text = 'command = """\n' + "echo 'a line of a long inline script'\n" * 2000 + '"""\n'   # 72 KiB
+    if os.geteuid() != 0:
+        with pytest.raises(PermissionError):           # checked, then written: giving it to alice needs root
+            calls.call(WEB, ALICE, "submit", json.dumps([text, "long"]))
+        return
+    entry = calls.call(WEB, ALICE, "submit", json.dumps([text, "long"]))
+    assert (tmp_path / entry["name"]).read_text() == text
+    with pytest.raises(Invalid, match="larger than"):
+        calls.call(WEB, ALICE, "submit", json.dumps(["#" * (jobfile.MAX_BYTES + 1), "big"]))
 
 
 def test_show_and_act_follow_access_rules(tmp_path):
@@ -103,8 +130,9 @@ def test_log_chunks_for_the_owner_only(tmp_path):
 
 def test_submit_checks_like_the_cli_and_drops_the_file_as_the_user(tmp_path):
     w, calls = setup(tmp_path, max_grace=300.0)
-    with pytest.raises(NotAllowed, match="root submits with gpuschedctl"):
-        calls.call(WEB, 0, "submit", '["command = \\"true\\"", "x"]')
+    for uid in (0, POSTGRES):              # root and system accounts: never (not a person's account)
+        with pytest.raises(NotAllowed, match="acts for people only"):
+            calls.call(WEB, uid, "submit", '["command = \\"true\\"", "x"]')
     with pytest.raises(Invalid, match=r"web-x-\w+\.toml:2: grace"):
         calls.call(WEB, ALICE, "submit", '["command = \\"true\\"\\ngrace = \\"1h\\"", "x"]')
     assert os.listdir(tmp_path) == []

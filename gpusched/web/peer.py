@@ -88,9 +88,15 @@ def owner_uid(peername: tuple, sockname: tuple, tables: dict[int, str] = TABLES)
         return None
     if not (is_loopback(peer[0]) and is_loopback(server[0])):
         return None
-    version = ipaddress.ip_address(peer[0]).version
-    try:
-        with open(tables[version]) as f:
-            return find_owner(f, peer, server)
-    except OSError:
-        return None
+    # an IPv4 connection's client may be an IPv6 socket connected to ::ffff:127.0.0.1 (dual-stack programs): it
+    # is listed in tcp6, with the mapped addresses that decode_address writes as IPv4
+    versions = (4, 6) if ipaddress.ip_address(peer[0]).version == 4 else (6,)
+    for version in versions:
+        try:
+            with open(tables[version]) as f:
+                uid = find_owner(f, peer, server)
+        except OSError:
+            continue
+        if uid is not None:
+            return uid
+    return None

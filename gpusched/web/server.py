@@ -2,7 +2,8 @@
 
 Who: each request's connection is looked up in the kernel's socket table (peer.py) while the server holds it;
 the uid found is the viewer, with nothing the browser sends (no cookie, no header) able to change it. No uid
-(not loopback, not found, or the web service's own) is the public view: GPUs and the queue as
+(not loopback, not found, the web service's own, or not a person's account: root and system accounts, whose
+connections are made by services that someone steered, people.py) is the public view: GPUs and the queue as
 `gpuschedctl list` shows everyone.
 
 Checks, before anything else:
@@ -13,6 +14,10 @@ Checks, before anything else:
   an HMAC of the viewer's uid under a key made at start (csrf.py): a page elsewhere in the user's browser can
   neither forge it nor read it.
 - Responses say no framing, no sniffing, no referrer to other sites, and scripts only from /static (no inline script).
+
+Bounds: a followed log costs the single-threaded daemon a call every LOG_POLL while the job is quiet, so a uid
+may follow at most FOLLOW_PER_UID logs at once and everyone together FOLLOW_TOTAL (429 beyond): a user opening
+thousands of streams would otherwise keep the daemon busy for everyone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gpusched import people
 from gpusched.listing import printable
 from gpusched.web import csrf, pages
 from gpusched.web.daemon import Daemon, DaemonError
@@ -36,6 +42,9 @@ STATIC = os.path.join(os.path.dirname(__file__), "static")
 LOG_POLL = 0.2               # seconds between log reads while a followed job's log has nothing new
 MAX_BODY = 2 << 20           # bytes of a POST body (a job file is at most 1 MiB)
 VERBS = ("cancel", "cancel-now", "hold", "release", "requeue")
+FOLLOW_PER_UID = 8           # logs one uid may follow at once (tabs open on their jobs)
+FOLLOW_TOTAL = 64            # logs followed at once by everyone together
+WHO_TTL = 60.0               # seconds a uid's name and admin flag are kept (a user leaving admin_group shows soon)
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -47,14 +56,16 @@ VIEWER = "gpusched.viewer"     # the request's key for its Viewer
 
 class Dashboard:
     def __init__(self, daemon: Daemon, port: int, own_uid: int, secret: bytes | None = None,
-                 lookup: Any = owner_uid):
+                 lookup: Any = owner_uid, person: Any = people.is_person):
         self.daemon = daemon
         self.port = port
         self.own_uid = own_uid
         self.secret = secret or os.urandom(32)
         self.lookup = lookup
+        self.person = person
         self.hosts = csrf.allowed_hosts(port)
-        self._who: dict[int, tuple[str, bool]] = {}
+        self._who: dict[int, tuple[str, bool, float]] = {}
+        self._following: dict[int, int] = {}        # uid -> logs it follows now
 
     # --- who is asking -----------------------------------------------------------------------------------
 
@@ -63,16 +74,16 @@ class Dashboard:
         if transport is None:
             return pages.Viewer(None)
         uid = self.lookup(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
-        if uid is None or uid == self.own_uid:
+        if uid is None or uid == self.own_uid or not self.person(uid):
             return pages.Viewer(None)
-        name, admin = self._who.get(uid, ("", False))
-        if not name:
+        name, admin, when = self._who.get(uid, ("", False, 0.0))
+        if not name or time.monotonic() - when > WHO_TTL:
             try:
                 me = await self.daemon.as_user(uid, "whoami")
                 name, admin = me["name"], bool(me["admin"])
                 if len(self._who) > 1000:
                     self._who.clear()
-                self._who[uid] = (name, admin)
+                self._who[uid] = (name, admin, time.monotonic())
             except DaemonError:
                 return pages.Viewer(None)
         return pages.Viewer(uid, name, admin, csrf.token(self.secret, uid))
@@ -170,6 +181,21 @@ class Dashboard:
         viewer, job_id = request[VIEWER], self._id(request)
         if not viewer.signed_in:
             return _text(403, "the log is for the job's owner, root and admins")
+        mine = self._following.get(viewer.uid, 0)
+        if mine >= FOLLOW_PER_UID or sum(self._following.values()) >= FOLLOW_TOTAL:
+            return _text(429, f"too many logs followed at once ({FOLLOW_PER_UID} per user, {FOLLOW_TOTAL} in all): "
+                              f"close some of this dashboard's tabs")
+        self._following[viewer.uid] = mine + 1
+        try:
+            return await self._follow(request, viewer, job_id)
+        finally:
+            left = self._following[viewer.uid] - 1
+            if left:
+                self._following[viewer.uid] = left
+            else:
+                del self._following[viewer.uid]
+
+    async def _follow(self, request: web.Request, viewer: pages.Viewer, job_id: int) -> web.StreamResponse:
         first = await self.daemon.as_user(viewer.uid, "log", job_id, 0)      # refused here: before any event
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                                "X-Accel-Buffering": "no"})
@@ -189,6 +215,8 @@ class Dashboard:
                 break
             if not data:
                 await asyncio.sleep(LOG_POLL)
+            if request.transport is None or request.transport.is_closing():
+                break            # the reader went away (aiohttp >= 3.9 no longer cancels the handler): stop asking
             try:
                 chunk = await self.daemon.as_user(viewer.uid, "log", job_id, chunk["offset"])
             except DaemonError as e:

@@ -1,0 +1,157 @@
+"""The web dashboard attacked by local users in the box (issue 12's red team): who a connection is said to be
+when it comes through forwarders, dual-stack sockets and system accounts, what a user can make the daemon do
+through it, and the bounds. Plain HTTP clients run as each user (no browser needed: the identity is the
+socket's, whatever speaks on it)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.integration import test_web
+from tests.integration.test_web import WEB_CALL, _uid
+
+web = test_web.web                 # the fixture: the dashboard running in the box
+
+# A TCP forwarder: 127.0.0.1:PORT -> 127.0.0.1:8765, run as whichever user the test says (systemd-run).
+FORWARDER = r'''
+import socket, sys, threading
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen()
+def pipe(a, b):
+    try:
+        while (d := a.recv(65536)):
+            b.sendall(d)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+while True:
+    c, _ = l.accept()
+    u = socket.create_connection(("127.0.0.1", 8765))
+    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+    threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+'''
+
+# GET a path over a raw socket of the given family and address; prints who the page says we are.
+WHO = r'''
+import re, socket, sys
+family = {"4": socket.AF_INET, "6": socket.AF_INET6}[sys.argv[1]]
+s = socket.socket(family)
+s.connect((sys.argv[2], int(sys.argv[3])))
+s.sendall(b"GET /queue HTTP/1.0\r\nHost: localhost:8765\r\n\r\n")
+data = b""
+while (c := s.recv(65536)):
+    data += c
+m = re.search(r'signed in as <b>([^<]*)</b>( \(admin\))?', data.decode())
+print(m.group(1) + (m.group(2) or "") if m else "public")
+'''
+
+
+def _who(web, user, family="4", address="127.0.0.1", port=8765):
+    return web.box.run(f"/usr/bin/python3 - {family} {address} {port}", user=user, input=WHO).stdout.strip()
+
+
+@pytest.fixture
+def forwarder(web):
+    """forward(user, port): a forwarder to the dashboard run as `user` (None: root) on 127.0.0.1:port."""
+    web.box.run("cat > /run/gs-test-forwarder.py", input=FORWARDER)
+    started = []
+
+    def forward(user, port):
+        unit = f"gs-test-fwd-{port}"
+        as_user = f"-p User={user} " if user else ""
+        web.sh(f"systemd-run --unit={unit} {as_user}/usr/bin/python3 /run/gs-test-forwarder.py {port}")
+        started.append(unit)
+        for _ in range(50):
+            if web.sh(f"curl -s -o /dev/null http://127.0.0.1:{port}/", check=False).returncode == 0:
+                return
+            web.sh("sleep 0.1")
+        raise AssertionError(f"forwarder on {port} did not start")
+    yield forward
+    for unit in started:
+        web.sh(f"systemctl stop {unit}", check=False)
+
+
+def test_root_and_system_accounts_are_the_public_view(web, forwarder):
+    assert _who(web, "bob") == "bob"
+    assert _who(web, None) == "public"                       # root at a terminal: gpuschedctl, not the web
+    # a root-owned service that forwards to loopback (a proxy, a fetcher): bob through it is not root
+    forwarder(None, 18765)
+    assert _who(web, "bob", port=18765) == "public"
+    forwarder("www-data", 18766)                              # nor www-data (its jobs could read /var/www)
+    assert _who(web, "bob", port=18766) == "public"
+    # the documented limit (docs/web.md): a forwarder a person runs lends their identity to whoever uses it
+    forwarder("alice", 18767)
+    assert _who(web, "bob", port=18767) == "alice"
+
+
+def test_a_dual_stack_client_is_known(web):
+    assert _who(web, "alice", "6", "::ffff:127.0.0.1") == "alice"       # an IPv6 socket to the IPv4 address
+    assert _who(web, "alice", "6", "::1") == "alice"
+
+
+def test_the_daemon_acts_for_people_only(web):
+    job = web.submit("alice", 'command = "sleep 300"\ngpus = 0\n')
+    web.wait(job, "running")
+    as_web = "setpriv --reuid=gpusched-web --regid=gpusched-web --clear-groups " + WEB_CALL
+    for uid in (0, _uid(web, "www-data")):
+        p = web.sh(f"{as_web} {uid} act '[\"cancel\", {job}]'", check=False)
+        assert "acts for people only" in p.stdout, p
+    assert web.status(job)["state"] == "running"
+    ok = web.sh(f"{as_web} {_uid(web, 'alice')} act '[\"cancel\", {job}]'")
+    assert "error" not in ok.stdout
+    web.wait(job, "cancelled")
+
+
+# Opens N log streams of a job at once; prints each one's HTTP status.
+STREAMS = r'''
+import socket, sys
+job, n = sys.argv[1], int(sys.argv[2])
+socks, codes = [], []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", 8765))
+    s.sendall(f"GET /jobs/{job}/log HTTP/1.1\r\nHost: localhost:8765\r\n\r\n".encode())
+    codes.append(s.recv(64).split()[1].decode())
+    socks.append(s)
+print(" ".join(codes))
+'''
+
+
+def test_a_user_cannot_flood_the_daemon_with_log_streams(web):
+    job = web.submit("bob", 'command = "sleep 300"\ngpus = 0\n')
+    web.wait(job, "running")
+    codes = web.box.run(f"/usr/bin/python3 - {job} 9", user="bob", input=STREAMS).stdout.split()
+    assert codes == ["200"] * 8 + ["429"], codes
+    # closed (the script has ended): their places are free again once the dashboard has seen them go
+    for _ in range(20):
+        codes = web.box.run(f"/usr/bin/python3 - {job} 1", user="bob", input=STREAMS).stdout.split()
+        if codes == ["200"]:
+            break
+        web.sh("sleep 0.1")
+    assert codes == ["200"]
+    web.sh(f"gpuschedctl cancel {job}", user="bob")
+
+
+# Submits a job file through the form as the user running it: GET /submit for the token, POST it back.
+SUBMIT = r'''
+import re, sys, urllib.parse, urllib.request
+page = urllib.request.urlopen("http://localhost:8765/submit").read().decode()
+token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+body = urllib.parse.urlencode({"csrf": token, "stem": "long", "text": sys.stdin.read()}).encode()
+req = urllib.request.Request("http://localhost:8765/submit", body, {"Origin": "http://localhost:8765"})
+print(urllib.request.urlopen(req).geturl())
+'''
+
+
+def test_a_long_job_file_goes_through_the_form(web):
+    script = 'command = """\n' + "echo 'a line of a long inline script'\n" * 500 + '"""\ngpus = 0\n'   # 18 KiB
+    web.box.run("cat > /run/gs-test-submit.py", input=SUBMIT)
+    p = web.box.run("/usr/bin/python3 /run/gs-test-submit.py", user="alice", input=script, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    job = int(re.search(r"/jobs/(\d+)$", p.stdout.strip()).group(1))
+    done = web.wait(job, {"succeeded", "failed"})
+    assert done["user"] == "alice" and done["state"] == "succeeded"
