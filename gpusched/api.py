@@ -23,10 +23,10 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from gpusched import intake, jobfile, lifecycle, sweep, topfeed
+from gpusched import callbudget, intake, jobfile, lifecycle, sweep, topfeed
 from gpusched.access import Access, Caller
 from gpusched.engine import Engine
-from gpusched.errors import Invalid, NotAllowed, Refused
+from gpusched.errors import Busy, Invalid, NotAllowed, Refused
 from gpusched.listing import fold_counts, to_json
 from gpusched.model import ACTIVE, State
 from gpusched.log import log
@@ -50,12 +50,32 @@ class Manager:
         self.engine = engine
         self.access = access
         self._feed = topfeed.Feed()
+        self._budget = callbudget.Budget()
+
+    def _costly(self, caller: int, fn: Callable[[], Any]) -> Any:
+        """A call whose cost grows with the queue (show, why, check), within the caller's budget of the
+        daemon's time (callbudget.py): refused while it is spent, so one user can't keep the others waiting."""
+        clock = self.engine.clock
+        start = clock.monotonic()
+        wait = self._budget.wait(caller, start)
+        if wait > 0:
+            raise Busy(f"gpusched has spent its share of time on your recent show, why and --dry-run calls "
+                       f"({self.engine.queued_count()} jobs are queued, and each of these orders them all); ask "
+                       f"again in {max(1, round(wait))} s")
+        try:
+            return fn()
+        finally:
+            end = clock.monotonic()
+            self._budget.charge(caller, end - start, end)
 
     def page(self, caller: int, all: bool, after: int, table: bool, fold: bool = False) -> str:
         text, last = self.engine.page(all, after, self.access.caller(caller), table, PAGE_BYTES, PAGE, fold=fold)
         return '{"last": %d, "ok": %s}' % (last or 0, text)
 
     def show(self, caller: int, job_id: int) -> str:
+        return self._costly(caller, lambda: self._show(caller, job_id))
+
+    def _show(self, caller: int, job_id: int) -> str:
         job = self.engine.get(job_id)
         who = self.access.caller(caller)
         d = who.view(job)
@@ -241,7 +261,10 @@ class Manager:
     def why(self, caller: int, job_id: int) -> dict[str, Any]:
         """`gpuschedctl why`: a job's state and, queued, where it stands (engine.outlook). What it says is what
         `show` gives everyone of a queued job (its place, class, fair share); its dependencies only to those
-        who see its private fields."""
+        who see its private fields. Within the caller's budget (_costly)."""
+        return self._costly(caller, lambda: self._why(caller, job_id))
+
+    def _why(self, caller: int, job_id: int) -> dict[str, Any]:
         job = self.engine.get(job_id)
         who = self.access.caller(caller)
         view = who.view(job)
@@ -256,7 +279,11 @@ class Manager:
     def check(self, caller: int, name: str, text: str) -> dict[str, Any]:
         """`gpuschedctl submit --dry-run`: the daemon's verdict on a job file as if the caller had dropped it
         (intake.judge: parsed for them, with the server's limits and their queue), and where and when it would
-        start now (engine.outlook). Nothing is recorded, queued or written."""
+        start now (engine.outlook). Nothing is recorded, queued or written. Within the caller's budget
+        (_costly)."""
+        return self._costly(caller, lambda: self._check(caller, name, text))
+
+    def _check(self, caller: int, name: str, text: str) -> dict[str, Any]:
         data = text.encode("utf-8", "surrogateescape")
         if len(data) > jobfile.MAX_BYTES:
             raise Invalid(f"{name}: the file is {len(data)} bytes; a job file may have at most {jobfile.MAX_BYTES}")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from gpusched import dependencies
+from gpusched import callbudget, dependencies
 from gpusched import engine as enginemod
 from gpusched.access import Access
 from gpusched.api import Manager
+from gpusched.errors import Busy
 from gpusched.jobfile import JobSpec, parse
+from gpusched.model import State
 from gpusched.policy import forecast
 from gpusched.testing import World
 
@@ -109,3 +111,46 @@ def test_outcomes_stops_at_its_budget_of_jobs_and_answers_the_rest_when_asked_ag
     assert [o["id"] for o in m.outcomes([1, 4, lone.id])] == [1]           # 3 jobs, then 6: over 4
     assert [o["id"] for o in m.outcomes([4, lone.id])] == [4, lone.id]      # 3, then 4
     assert [o["id"] for o in m.outcomes([4] * 1000)] == [4]
+
+
+def test_show_why_and_check_are_refused_once_a_caller_has_spent_its_share_of_the_daemons_time():
+    w = World(gpus=1)
+    jobs = [w.submit(spec(name, gpus=1, time_limit=60), uid=NOBODY, user="nobody") for name in ("a", "b")]
+    w.settle()
+    queued = next(j for j in jobs if j.state == State.QUEUED)
+    real = w.engine.outlook
+
+    def slow(job):                                     # as at 100,000 queued jobs on a slow machine
+        w.clock.advance(0.5)
+        return real(job)
+    w.engine.outlook = slow
+    m = Manager(w.engine, Access())
+    answered = 0
+    with pytest.raises(Busy, match=r"ask again in \d+ s"):
+        for _ in range(20):
+            m.why(NOBODY, queued.id)
+            answered += 1
+    assert 4 <= answered <= 8                          # a burst of about callbudget.BURST seconds
+    with pytest.raises(Busy):
+        m.check(NOBODY, "a.toml", FILE)                # one budget for all three
+    with pytest.raises(Busy):
+        m.show(NOBODY, queued.id)
+    assert m.why(1000, queued.id)["state"] == "queued"   # another user is not held up
+    w.clock.advance(30)                                # the bucket drains at callbudget.RATE
+    assert m.why(NOBODY, queued.id)["state"] == "queued"
+
+
+def test_budget_drains_at_its_rate_and_forgets_drained_callers():
+    b = callbudget.Budget(rate=0.5, burst=1.0)
+    b.charge(1, 3.0, now=0.0)
+    assert b.wait(1, 0.0) == pytest.approx(4.0) and b.wait(2, 0.0) == 0
+    assert b.wait(1, 2.0) == pytest.approx(2.0) and b.wait(1, 4.0) == 0
+    b.charge(1, -5, now=4.0)                           # a clock that went back charges nothing, refunds nothing
+    assert b.wait(1, 4.0) == 0 and b._level(1, 4.0) == pytest.approx(1.0)
+    callbudget.MAX_CALLERS, old = 2, callbudget.MAX_CALLERS
+    try:
+        for uid in range(3):
+            b.charge(uid, 0.0, now=100.0)
+        assert len(b._owed) <= 2
+    finally:
+        callbudget.MAX_CALLERS = old
