@@ -423,6 +423,26 @@ def test_submit_says_a_rejection_with_the_daemons_reason_and_queues_the_others(s
     assert out == "101\n" and "job 100 rejected: no, says the daemon" in err
 
 
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "device"])
+def test_submit_reads_only_regular_files_and_never_blocks(spool, tmp_path, capsys, kind):
+    # a directory may be anyone's: a FIFO named x.toml in it made submit hang on reading it
+    jd = tmp_path / "jobs"
+    jd.mkdir()
+    (jd / "a.toml").write_text('command = "true"\ngpus = 0\n')
+    if kind == "fifo":
+        os.mkfifo(jd / "x.toml")
+    elif kind == "link to a fifo":
+        os.mkfifo(tmp_path / "fifo")
+        os.symlink(tmp_path / "fifo", jd / "x.toml")
+    else:
+        os.symlink("/dev/zero", jd / "x.toml")
+    with pytest.raises(SystemExit) as e:
+        ctl.main(["--config", spool.cfg, "submit", str(jd)])
+    assert e.value.code == 1
+    assert f"{jd / 'x.toml'}: not a regular file; nothing was submitted" in capsys.readouterr().err
+    assert os.listdir(spool.dir) == []
+
+
 def test_submit_checks_every_file_first_and_queues_nothing_if_one_is_invalid(spool, tmp_path, capsys):
     good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
     good.write_text('command = "true"\n')

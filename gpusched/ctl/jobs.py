@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import os
+import stat
 import sys
 import time
 import tomllib
@@ -73,11 +74,7 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, str, bytes]]:
                        "(gpuschedctl submit --gpus 1 -- python train.py)", USAGE)
     out = []
     for path in _expand(args.files):
-        try:
-            with open(path, "rb") as f:
-                data = f.read(jobfile.MAX_BYTES + 1)
-        except OSError as e:
-            raise CtlError(f"{path}: {e.strerror}; nothing was submitted") from None
+        data = _read(path)
         base = os.path.basename(path)
         out.append((path, base[:-5] if base.endswith(".toml") else base, _with_options(data, args, path)))
     return out
@@ -107,6 +104,25 @@ def _expand(paths: list[str]) -> list[str]:
             raise CtlError(f"more than {MAX_FILES} job files at once; submit them in parts (or as one [sweep] "
                            f"file, docs/jobfile.md)")
     return out
+
+
+def _read(path: str) -> bytes:
+    """A job file's bytes (at most one over the limit, for the check to refuse): a regular file only, looked at
+    before it is opened and again once open without blocking, so a FIFO or a terminal in a directory (anyone's
+    may be given) can't hang submit, and a device is never read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CtlError(f"{path}: not a regular file; nothing was submitted")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        raise CtlError(f"{path}: {e.strerror}; nothing was submitted") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CtlError(f"{path}: not a regular file; nothing was submitted")
+        try:
+            return f.read(jobfile.MAX_BYTES + 1)
+        except OSError as e:
+            raise CtlError(f"{path}: {e.strerror}; nothing was submitted") from None
 
 
 def _file_name(label: str) -> str:
