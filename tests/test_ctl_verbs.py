@@ -465,6 +465,14 @@ def test_submit_a_command_writes_its_job_file(spool, capsys):
     assert doc["after"] == [7] and doc["hold"] is True
 
 
+@pytest.mark.parametrize("name, stem", [(".x", "job-.x"), ("#x", "job-#x"), ("~x", "job-~x"), ("4913", "job-4913"),
+                                        ("a/../b", "a_.._b"), ("plain", "plain")])
+def test_submit_a_command_names_its_spool_file_so_that_the_daemon_takes_it(spool, capsys, name, stem):
+    # the spool's daemon passes over dotfiles and editors' temporary names: a job named so waited for nothing
+    assert ctl.main(["--config", spool.cfg, "submit", "--name", name, "--", "true"]) == 0
+    assert os.listdir(spool.dir) == [f"{stem}.toml"]
+
+
 def test_submit_refuses_mixed_or_misplaced_options(spool, tmp_path, capsys):
     f = tmp_path / "a.toml"
     f.write_text('command = "true"\n')

@@ -15,6 +15,7 @@ from typing import Any
 
 from gpusched import jobfile
 from gpusched.ctl.common import CtlError, _caller, _config, _privileged, _spool_dir
+from gpusched.spool import ignored
 
 
 def check(data: bytes, name: str, args: argparse.Namespace) -> jobfile.JobSpec:
@@ -28,7 +29,9 @@ def drop(data: bytes, stem: str, args: argparse.Namespace) -> tuple[str, int]:
     """Write `data` into the spool under a free name made from `stem` (O_EXCL, never through a link);
     the daemon takes the file when it is closed. (name, inode)."""
     spool = _spool_dir(args)
-    stem = stem.lstrip(".") or "job"
+    stem = stem.replace("/", "_")                      # --name a/b: a name, not a path out of the spool
+    if ignored(f"{stem}.toml") or not stem:            # --name '#x': the daemon never takes such a name
+        stem = f"job-{stem}".rstrip("-")
     for n in range(1000):
         name = f"{stem}.toml" if n == 0 else f"{stem}-{n}.toml"
         try:
