@@ -23,10 +23,10 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from gpusched import intake, jobfile, lifecycle, sweep, topfeed
+from gpusched import callbudget, intake, jobfile, lifecycle, sweep, topfeed
 from gpusched.access import Access, Caller
 from gpusched.engine import Engine
-from gpusched.errors import Invalid, NotAllowed, Refused
+from gpusched.errors import Busy, Invalid, NotAllowed, Refused
 from gpusched.listing import fold_counts, to_json
 from gpusched.model import ACTIVE, State
 from gpusched.log import log
@@ -54,6 +54,23 @@ class Manager:
         # called before answering a call that changed jobs (an act, a submission's Lookup): the listing
         # files (listfiles.py) are brought up to date first, so the caller's next `list` shows the change
         self.publish_now = publish_now
+        self._budget = callbudget.Budget()
+
+    def _costly(self, caller: int, fn: Callable[[], Any]) -> Any:
+        """A call whose cost grows with the queue (show, why, check), within the caller's budget of the
+        daemon's time (callbudget.py): refused while it is spent, so one user can't keep the others waiting."""
+        clock = self.engine.clock
+        start = clock.monotonic()
+        wait = self._budget.wait(caller, start)
+        if wait > 0:
+            raise Busy(f"gpusched has spent its share of time on your recent show, why and --dry-run calls "
+                       f"({self.engine.queued_count()} jobs are queued, and each of these orders them all); ask "
+                       f"again in {max(1, round(wait))} s")
+        try:
+            return fn()
+        finally:
+            end = clock.monotonic()
+            self._budget.charge(caller, end - start, end)
 
     def page(self, caller: int, all: bool, after: int, table: bool, fold: bool = False) -> str:
         who = self.access.caller(caller)
@@ -65,6 +82,9 @@ class Manager:
         return '{"last": %d, "ok": %s, "submitted": %s}' % (last or 0, text, to_json(submitted))
 
     def show(self, caller: int, job_id: int) -> str:
+        return self._costly(caller, lambda: self._show(caller, job_id))
+
+    def _show(self, caller: int, job_id: int) -> str:
         job = self.engine.get(job_id)
         who = self.access.caller(caller)
         d = who.view(job)
@@ -236,11 +256,17 @@ class Manager:
     def outcomes(self, ids: list[int]) -> list[dict[str, Any]]:
         """`gpuschedctl wait`'s poll, cheap whatever the queue holds: for each id, whether it has ended and
         how; an array's id stands for all its jobs (ended when all have; failed: how many did not succeed).
-        What it says is public (`list` shows every job's state); at most MAX_IDS ids."""
-        out = []
-        for job_id in ids[:MAX_IDS]:
+        What it says is public (`list` shows every job's state). At most MAX_IDS ids, each answered once
+        however often it is named, and at most MAX_ELEMENTS jobs looked at: the ids past that are left out
+        of the answer (wait asks again for what it was not told)."""
+        out: list[dict[str, Any]] = []
+        looked = 0
+        for job_id in dict.fromkeys(ids[:MAX_IDS]):
             job = self.engine.get(job_id)
             elements = self.engine.array(job)
+            looked += len(elements) if elements is not None else 1
+            if looked > MAX_ELEMENTS and out:
+                break
             if elements is None:
                 out.append({"id": job.id, "state": str(job.state), "final": job.state in FINAL,
                             "exit_code": job.exit_code, "signal": job.signal})
@@ -253,7 +279,10 @@ class Manager:
     def why(self, caller: int, job_id: int) -> dict[str, Any]:
         """`gpuschedctl why`: a job's state and, queued, where it stands (engine.outlook). What it says is what
         `show` gives everyone of a queued job (its place, class, fair share); its dependencies only to those
-        who see its private fields."""
+        who see its private fields. Within the caller's budget (_costly)."""
+        return self._costly(caller, lambda: self._why(caller, job_id))
+
+    def _why(self, caller: int, job_id: int) -> dict[str, Any]:
         job = self.engine.get(job_id)
         who = self.access.caller(caller)
         view = who.view(job)
@@ -268,7 +297,11 @@ class Manager:
     def check(self, caller: int, name: str, text: str) -> dict[str, Any]:
         """`gpuschedctl submit --dry-run`: the daemon's verdict on a job file as if the caller had dropped it
         (intake.judge: parsed for them, with the server's limits and their queue), and where and when it would
-        start now (engine.outlook). Nothing is recorded, queued or written."""
+        start now (engine.outlook). Nothing is recorded, queued or written. Within the caller's budget
+        (_costly)."""
+        return self._costly(caller, lambda: self._check(caller, name, text))
+
+    def _check(self, caller: int, name: str, text: str) -> dict[str, Any]:
         data = text.encode("utf-8", "surrogateescape")
         if len(data) > jobfile.MAX_BYTES:
             raise Invalid(f"{name}: the file is {len(data)} bytes; a job file may have at most {jobfile.MAX_BYTES}")
@@ -314,6 +347,7 @@ class Manager:
 WHY_FIELDS = ("id", "name", "user", "state", "reason", "class", "priority", "gpus_requested", "submitted",
               "started", "ended", "gpus", "unit", "exit_code", "signal", "held", "array_id", "array_index")
 MAX_IDS = 1000               # ids in one Outcomes call
+MAX_ELEMENTS = 100000        # jobs one Outcomes call looks at (an array's id is all its jobs): ~40 ms
 
 
 def _iso(t: float | None) -> str | None:

@@ -1052,8 +1052,10 @@ class Engine:
         if job.spec is not None and job.spec.window:
             floor = max(floor, windows.waiting_reason(job.spec.window, self._windows.get(job.spec.window), now,
                                                       self.tz)[1] or 0.0)
-        f = forecast.expected_start(mine, [r for r in ahead if not self._waits_for(self.jobs[r.id], now)],
-                                    [self._holder(j) for j in self.live.values() if j.state in ACTIVE],
+        # beyond forecast.MAX_AHEAD the forecast gives up: the jobs ahead are not looked at one by one
+        playable = ahead if len(ahead) > forecast.MAX_AHEAD else [
+            r for r in ahead if not self._waits_for(self.jobs[r.id], now)]
+        f = forecast.expected_start(mine, playable, [self._holder(self.jobs[i]) for i in sorted(self._active)],
                                     self.inventory.gpus, now, floor)
         out["expected_start"], out["expected_gpus"], out["expected_source"] = f.at, list(f.gpus), "forecast"
         if f.at is None:
@@ -1065,7 +1067,9 @@ class Engine:
         if job.held:
             return f"held by {job.held} until released"
         if job.after and not job.deps_met:
-            verdict, why = dependencies.check(job.after, self._dependency_state)
+            # the pass's verdict where it has one (kept until a dependency ends): checking afresh costs up to
+            # 192 look-ups per job, and `why` asks this of every job ahead
+            verdict, why = self._verdicts.get(job.id) or dependencies.check(job.after, self._dependency_state)
             if verdict != "ready":
                 return f"{why} (their end can't be dated)" if verdict == "wait" else why
         if job.user in self.paused:

@@ -22,3 +22,7 @@ class NotAllowed(Refused, PermissionError):
 
 class Invalid(Refused, ValueError):
     """The request can't be done in the job's current state (cancelling an ended job, ...)."""
+
+
+class Busy(Refused):
+    """The caller has used its share of the daemon's time for costly calls (callbudget.py): ask again later."""

@@ -10,6 +10,7 @@ from gpusched.errors import NoSuchJob
 from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing
 from gpusched.model import FINAL, State
+from gpusched.testing import FakeClock
 
 ALICE, BOB = 1000, 1001
 
@@ -32,6 +33,7 @@ class Engine:
         self.live = {j.id: j for j in jobs if j.state not in FINAL}
         self.listing = Listing()
         self.cancelled = []
+        self.clock = FakeClock()                       # show's budget of the daemon's time (callbudget.py)
 
     def get(self, job_id):
         if job_id not in self.jobs:

@@ -135,6 +135,34 @@ def test_logs_are_escaped_on_a_terminal_and_raw_otherwise(client, monkeypatch, t
         assert out == data
 
 
+def test_logs_follow_polls_the_state_with_outcomes_and_shows_the_job_once_it_started(monkeypatch, tmp_path):
+    # Show of a queued job works out its place in the whole queue: polled four times a second by every
+    # `logs -f` (and top's `l` key) on a waiting job, it cost the daemon more than all of its time
+    log = tmp_path / "1.log"
+    log.write_bytes(b"hello\n")
+    states = iter(["queued", "queued", "running", "running", "succeeded"])
+    calls = []
+
+    class Client:
+        def call(self, method, *args):
+            calls.append(method)
+            if method == "Outcomes":
+                return [{"id": 1, "state": next(states), "final": False}]
+            assert method == "Show"
+            started = calls.count("Outcomes") >= 3 or calls.count("Show") > 5     # (Show polled: ends too)
+            if not started:
+                return {"state": "queued", "user": "alice"}
+            return {"state": "running" if calls.count("Show") < 9 else "succeeded", "log": str(log)}
+
+    monkeypatch.setattr(clientmod, "Client", Client)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    buf = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(buf))
+    assert ctl.main(["logs", "-f", "1"]) == 0
+    assert buf.getvalue() == b"hello\n"
+    assert calls.count("Show") == 2                  # once at first, once when it had started
+
+
 def remote(name, text):
     return GLib.Error.new_literal(Gio.io_error_quark(), f"GDBus.Error:{name}: {text}", Gio.IOErrorEnum.DBUS_ERROR)
 

@@ -377,24 +377,31 @@ def test_config_check_of_the_default_path_when_there_is_none(tmp_path, capsys):
 
 @pytest.fixture
 def spool(tmp_path, monkeypatch):
-    """A spool in tmp_path (the config names it), and a daemon that takes each file as job 100, 101, ..."""
+    """A spool in tmp_path (the config names it), and a daemon that takes each file as job 100, 101, ...;
+    it rejects the files named in `rejected` (Show, which works out a queued job's place in the whole queue,
+    is asked only for a rejected one's reason)."""
     d = tmp_path / "spool"
     d.mkdir()
     cfg = tmp_path / "gpusched.toml"
     cfg.write_text(f'spool_dir = "{d}"\n')
-    taken = []
+    taken, rejected = [], set()
+
+    def state(job_id):
+        return "rejected" if taken[job_id - 100] in rejected else "queued"
 
     class Fake:
         def call(self, method, *args):
             if method == "Lookup":
                 taken.append(args[0])
                 return 99 + len(taken)
-            if method == "Show":
-                return {"id": args[0], "state": "queued"}
+            if method == "Outcomes":
+                return [{"id": i, "state": state(i), "final": state(i) == "rejected"} for i in args[0]]
+            if method == "Show" and state(args[0]) == "rejected":
+                return {"id": args[0], "state": "rejected", "reason": "no, says the daemon"}
             raise AssertionError(method)
 
     monkeypatch.setattr(clientmod, "Client", Fake)
-    return argparse.Namespace(dir=d, cfg=str(cfg), taken=taken)
+    return argparse.Namespace(dir=d, cfg=str(cfg), taken=taken, rejected=rejected)
 
 
 def test_submit_a_directory_in_order_one_id_per_line(spool, tmp_path, capsys):
@@ -405,6 +412,35 @@ def test_submit_a_directory_in_order_one_id_per_line(spool, tmp_path, capsys):
     assert ctl.main(["--config", spool.cfg, "submit", str(jd)]) == 0
     assert capsys.readouterr().out == "100\n101\n"
     assert spool.taken == ["a.toml", "b.toml"] and sorted(os.listdir(spool.dir)) == ["a.toml", "b.toml"]
+
+
+def test_submit_says_a_rejection_with_the_daemons_reason_and_queues_the_others(spool, tmp_path, capsys):
+    for name in ("a.toml", "b.toml"):
+        (tmp_path / name).write_text('command = "true"\ngpus = 0\n')
+    spool.rejected.add("a.toml")
+    assert ctl.main(["--config", spool.cfg, "submit", str(tmp_path / "a.toml"), str(tmp_path / "b.toml")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "101\n" and "job 100 rejected: no, says the daemon" in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "device"])
+def test_submit_reads_only_regular_files_and_never_blocks(spool, tmp_path, capsys, kind):
+    # a directory may be anyone's: a FIFO named x.toml in it made submit hang on reading it
+    jd = tmp_path / "jobs"
+    jd.mkdir()
+    (jd / "a.toml").write_text('command = "true"\ngpus = 0\n')
+    if kind == "fifo":
+        os.mkfifo(jd / "x.toml")
+    elif kind == "link to a fifo":
+        os.mkfifo(tmp_path / "fifo")
+        os.symlink(tmp_path / "fifo", jd / "x.toml")
+    else:
+        os.symlink("/dev/zero", jd / "x.toml")
+    with pytest.raises(SystemExit) as e:
+        ctl.main(["--config", spool.cfg, "submit", str(jd)])
+    assert e.value.code == 1
+    assert f"{jd / 'x.toml'}: not a regular file; nothing was submitted" in capsys.readouterr().err
+    assert os.listdir(spool.dir) == []
 
 
 def test_submit_checks_every_file_first_and_queues_nothing_if_one_is_invalid(spool, tmp_path, capsys):
@@ -427,6 +463,14 @@ def test_submit_a_command_writes_its_job_file(spool, capsys):
     doc = tomllib.loads((spool.dir / "python.toml").read_text())
     assert doc["command"] == ["python", "train.py", "--lr", "1"] and doc["gpus"] == 2 and doc["tags"] == ["x"]
     assert doc["after"] == [7] and doc["hold"] is True
+
+
+@pytest.mark.parametrize("name, stem", [(".x", "job-.x"), ("#x", "job-#x"), ("~x", "job-~x"), ("4913", "job-4913"),
+                                        ("a/../b", "a_.._b"), ("plain", "plain")])
+def test_submit_a_command_names_its_spool_file_so_that_the_daemon_takes_it(spool, capsys, name, stem):
+    # the spool's daemon passes over dotfiles and editors' temporary names: a job named so waited for nothing
+    assert ctl.main(["--config", spool.cfg, "submit", "--name", name, "--", "true"]) == 0
+    assert os.listdir(spool.dir) == [f"{stem}.toml"]
 
 
 def test_submit_refuses_mixed_or_misplaced_options(spool, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import os
+import stat
 import sys
 import time
 import tomllib
@@ -54,7 +55,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> list[tuple[str, str, bytes]]:
     """What to submit: (label for messages, spool name stem, the file's bytes with submit's own keys)."""
-    from gpusched import jobfile
     if args.job_command:
         if args.files:
             raise CtlError("give job files, or a command after --, not both (gpuschedctl submit --gpus 1 -- "
@@ -74,11 +74,7 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, str, bytes]]:
                        "(gpuschedctl submit --gpus 1 -- python train.py)", USAGE)
     out = []
     for path in _expand(args.files):
-        try:
-            with open(path, "rb") as f:
-                data = f.read(jobfile.MAX_BYTES + 1)
-        except OSError as e:
-            raise CtlError(f"{path}: {e.strerror}; nothing was submitted") from None
+        data = _read(path)
         base = os.path.basename(path)
         out.append((path, base[:-5] if base.endswith(".toml") else base, _with_options(data, args, path)))
     return out
@@ -108,6 +104,26 @@ def _expand(paths: list[str]) -> list[str]:
             raise CtlError(f"more than {MAX_FILES} job files at once; submit them in parts (or as one [sweep] "
                            f"file, docs/jobfile.md)")
     return out
+
+
+def _read(path: str) -> bytes:
+    """A job file's bytes (at most one over the limit, for the check to refuse): a regular file only, looked at
+    before it is opened and again once open without blocking, so a FIFO or a terminal in a directory (anyone's
+    may be given) can't hang submit, and a device is never read."""
+    from gpusched import jobfile
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CtlError(f"{path}: not a regular file; nothing was submitted")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        raise CtlError(f"{path}: {e.strerror}; nothing was submitted") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CtlError(f"{path}: not a regular file; nothing was submitted")
+        try:
+            return f.read(jobfile.MAX_BYTES + 1)
+        except OSError as e:
+            raise CtlError(f"{path}: {e.strerror}; nothing was submitted") from None
 
 
 def _file_name(label: str) -> str:
@@ -225,7 +241,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         job = client.call("Show", args.id)
     while args.follow and job["state"] == "queued" and not job.get("log"):
         time.sleep(0.25)                               # wait for it to start
-        job = client.call("Show", args.id)
+        if _state(client, args.id) != "queued":
+            job = client.call("Show", args.id)
     path = job.get("log")
     if not path:
         if "source" not in job:                        # the daemon hides private fields from others
@@ -262,10 +279,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if not args.follow:
                 emit(b"", final=True)
                 return 0
-            if client.call("Show", args.id)["state"] in FINAL | {State.QUEUED}:   # ended or requeued
+            if _state(client, args.id) in FINAL | {State.QUEUED}:   # ended or requeued
                 emit(f.read(), final=True)
                 return 0
             time.sleep(0.25)
+
+
+def _state(client: Any, job_id: int) -> str:
+    """A job's state, for the polls of logs -f: from Outcomes, cheap whatever the queue holds (Show of a
+    queued job works out its place in the whole queue, too much to ask four times a second)."""
+    return str(client.call("Outcomes", [job_id])[0]["state"])
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

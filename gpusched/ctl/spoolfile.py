@@ -15,6 +15,7 @@ from typing import Any
 
 from gpusched import jobfile
 from gpusched.ctl.common import CtlError, _caller, _config, _privileged, _spool_dir
+from gpusched.spool import ignored
 
 
 def check(data: bytes, name: str, args: argparse.Namespace) -> jobfile.JobSpec:
@@ -28,7 +29,9 @@ def drop(data: bytes, stem: str, args: argparse.Namespace) -> tuple[str, int]:
     """Write `data` into the spool under a free name made from `stem` (O_EXCL, never through a link);
     the daemon takes the file when it is closed. (name, inode)."""
     spool = _spool_dir(args)
-    stem = stem.lstrip(".") or "job"
+    stem = stem.replace("/", "_")                      # --name a/b: a name, not a path out of the spool
+    if ignored(f"{stem}.toml") or not stem:            # --name '#x': the daemon never takes such a name
+        stem = f"job-{stem}".rstrip("-")
     for n in range(1000):
         name = f"{stem}.toml" if n == 0 else f"{stem}-{n}.toml"
         try:
@@ -51,14 +54,15 @@ def drop(data: bytes, stem: str, args: argparse.Namespace) -> tuple[str, int]:
 
 
 def taken(client: Any, name: str, ino: int, timeout: float) -> dict[str, Any]:
-    """Wait for the daemon to take the file `name` (inode `ino`): the job as Show gives it. A rejection
-    raises CtlError with the daemon's reason."""
+    """Wait for the daemon to take the file `name` (inode `ino`): its job's id and state (Outcomes'). A
+    rejection raises CtlError with the daemon's reason (Show's). Not Show for every file: a queued job's Show
+    works out its place in the whole queue, which a directory of files into a long queue would ask each time."""
     deadline = time.monotonic() + timeout
     while (job_id := client.call("Lookup", name, ino)) == 0:
         if time.monotonic() > deadline:
             raise CtlError(f"{name} is in the spool but gpusched has not taken it after {timeout:.0f}s")
         time.sleep(0.02)
-    job = client.call("Show", job_id)
-    if job["state"] == "rejected":
-        raise CtlError(f"job {job_id} rejected: {job.get('reason', '')}")
-    return job
+    outcome = client.call("Outcomes", [job_id])[0]
+    if outcome["state"] == "rejected":
+        raise CtlError(f"job {job_id} rejected: {client.call('Show', job_id).get('reason', '')}")
+    return outcome

@@ -96,4 +96,6 @@ def ordered(queued: Sequence[Request], key: KeyFunc) -> Iterator[Request]:
 def ahead(job: Request, queued: Sequence[Request], key: KeyFunc) -> list[Request]:
     """The jobs ordered before `job` in this pass, first first (for `gpuschedctl show`: one linear scan)."""
     mine = key(job)
-    return sorted((r for r in queued if r.id != job.id and key(r) < mine), key=key)
+    keyed = [(k, r) for r in queued if r.id != job.id and (k := key(r)) < mine]   # each key computed once
+    keyed.sort(key=lambda kr: kr[0])
+    return [r for _, r in keyed]
