@@ -374,7 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "run", usage="gpuschedctl run [OPTIONS] -- CMD [ARGS...]", help="run a command as a job attached to this terminal (like srun --pty): it waits its "
+        "run", usage="%(prog)s [-h] [OPTIONS] -- CMD [ARGS...]", help="run a command as a job attached to this terminal (like srun --pty): it waits its "
                     "turn, then runs with its GPUs; leaving ends it",
         description="Queue CMD as a job, wait for its turn, then run it attached to this terminal (a "
                     "pseudo-terminal on the job's side: keys, Ctrl-C and window size changes reach it). Ctrl-C "
