@@ -17,7 +17,7 @@ def test_colour_only_on_a_terminal_and_never_with_no_color_or_a_dumb_terminal():
     assert not render.colour_wanted(False, "auto", {"TERM": "xterm"})
     assert not render.colour_wanted(True, "auto", {"TERM": "xterm", "NO_COLOR": "1"})
     assert not render.colour_wanted(True, "auto", {"TERM": "xterm", "NO_COLOR": "no"})   # any value
-    assert render.colour_wanted(True, "auto", {"TERM": "xterm", "NO_COLOR": ""})        # no-color.org: empty is unset
+    assert not render.colour_wanted(True, "auto", {"TERM": "xterm", "NO_COLOR": ""})    # set, even empty: as top
     assert not render.colour_wanted(True, "auto", {"TERM": "dumb"})
     assert render.colour_wanted(False, "always", {"NO_COLOR": "1"})                      # asked for outright
     assert not render.colour_wanted(True, "never", {})

@@ -5,8 +5,8 @@ colour; and, piped or redirected, exactly the plain text scripts read (no cut, n
 TERM, --color); everything else here is pure, on text that listing.printable has already escaped (these
 functions add only their own colour codes, never a user's).
 
-Colour, as no-color.org asks: only on a terminal, never when NO_COLOR is set to anything but the empty
-string, never for TERM=dumb; --color=always and --color=never overrule that (always: even piped).
+Colour: only on a terminal, never when NO_COLOR is set (to anything, the empty string too: the issue's
+"never with NO_COLOR", stricter than no-color.org's non-empty rule, and what `top` does), never for TERM=dumb; --color=always and --color=never overrule that (always: even piped).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def colour_wanted(tty: bool, choice: str, environ: Mapping[str, str]) -> bool:
         return True
     if choice == "never":
         return False
-    return tty and not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"
+    return tty and "NO_COLOR" not in environ and environ.get("TERM") != "dumb"
 
 
 def terminal(stream: TextIO | None = None, choice: str = "auto", environ: Mapping[str, str] | None = None) -> Terminal:

@@ -12,11 +12,12 @@ terminal's width in cells (a wide character takes two), so nothing wraps or writ
 from __future__ import annotations
 
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from gpusched.listing import printable
+from gpusched.ctl.render import fit
+from gpusched.ctl.render import width_of as cells
 from gpusched.units import format_size
 
 Segment = tuple[str, str]              # (text, attribute name; "" for plain)
@@ -47,26 +48,6 @@ STATE_ATTR = {"running": "running", "starting": "running", "stopping": "stopping
 
 
 # --- cells: what fits a terminal's width -----------------------------------------------------------------
-
-def cells(text: str) -> int:
-    """Terminal cells `text` takes: a wide (East Asian) character two, a combining mark none."""
-    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
-               for c in text)
-
-
-def fit(text: str, width: int) -> str:
-    """`text` cut to `width` cells, "…" marking the cut."""
-    if cells(text) <= width:
-        return text
-    out, used = [], 0
-    for c in text:
-        w = cells(c)
-        if used + w > width - 1:
-            break
-        out.append(c)
-        used += w
-    return "".join(out) + "…" if width > 0 else ""
-
 
 def pad(text: str, width: int) -> str:
     """`text` fitted and padded to exactly `width` cells."""
