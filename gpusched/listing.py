@@ -1,9 +1,11 @@
-"""The job listing as text and JSON, cached per job (and `printable`, the one escape for terminals, from
-escape.py, where gpuschedctl takes it without the rest).
+"""The job listing as text and JSON (and `printable`, the one escape for terminals, from escape.py, where
+gpuschedctl takes it without the rest).
 
-`gpuschedctl list` with 100,000 queued jobs must stay fast, so each job's row and JSON are rendered once per
-change of the job, not once per request. Every entry is bounded in bytes (MAX_ENTRY), so the bus API can
-cut pages by size. Everything people's terminals show of a job passes through `printable`: job names, file
+`gpuschedctl list` reads the listing files (listfiles.py), which keep each job's row and JSON from one
+render to the next (listpublish.py); the bus's pages (`list --all`, an admin's `--json`) render on demand,
+through a small cache of recent entries (CACHE_BYTES) for repeated calls over a small queue: a cache of every
+job cost about 1 KB per job (100 MB at 100,000), measured. Every entry is bounded in bytes (MAX_ENTRY), so
+the bus API can cut pages by size. Everything people's terminals show of a job passes through `printable`: job names, file
 names and reasons come from users, and a raw ESC, CR, BEL or bidi override would let one user write on
 another's terminal.
 """
@@ -11,6 +13,7 @@ another's terminal.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Callable, Protocol
 
@@ -25,6 +28,7 @@ TIME_FORMAT = "%m-%d %H:%M:%S"                  # fits SUBMITTED's width
 HEADER = "".join(f"{name:<{width}}" for name, width in COLUMNS) + "INFO"
 INFO_WIDTH = 80
 MAX_ENTRY = 1 << 20     # bytes of JSON for one job in a listing; a bigger record is listed cut (see _cut)
+CACHE_BYTES = 4 << 20   # of recently rendered entries (Listing.entry): a few thousand jobs
 # what a cut entry keeps: fields of bounded size
 _SMALL_FIELDS = ("id", "name", "user", "uid", "state", "submitted", "started", "ended", "exit_code", "signal",
                  "gpus", "unit", "attempt", "preemptions", "priority", "gpus_requested", "preemptible", "gid")
@@ -135,10 +139,18 @@ class Viewer(Protocol):
     def sees_private(self, job: Job) -> bool: ...
 
 
+def lines(job: Job) -> tuple[str, str, str]:
+    """A job's full JSON entry, its public one and its table row: what the listing shows of it."""
+    d = job_to_dict(job)
+    return bounded_json(d), bounded_json(public(d)), row(job)
+
+
 class Listing:
     def __init__(self) -> None:
-        # id -> (full JSON, public JSON, table row as a JSON string's inside)
-        self._cache: dict[int, tuple[str, str, str]] = {}
+        # id -> (full JSON, public JSON, table row as a JSON string's inside), the least recently used first,
+        # at most CACHE_BYTES of text in all (and always the last one, whatever its size)
+        self._cache: OrderedDict[int, tuple[str, str, str]] = OrderedDict()
+        self._cached = 0
         # for a watcher (the listing files, listfiles.Publisher): the ids changed since it last took them,
         # each with its array's id (0: none), kept because a job removed from the table can't be asked
         self._changed: dict[int, int] = {}
@@ -149,7 +161,9 @@ class Listing:
         self._watch = fn
 
     def invalidate(self, job_id: int, array_id: int = 0) -> None:
-        self._cache.pop(job_id, None)
+        e = self._cache.pop(job_id, None)
+        if e is not None:
+            self._cached -= _size(e)
         if self._watch is not None:
             self._changed[job_id] = array_id or self._changed.get(job_id, 0)
             self._watch()
@@ -160,10 +174,16 @@ class Listing:
         return changed
 
     def entry(self, job: Job) -> tuple[str, str, str]:
+        """lines(job), its row as the inside of a JSON string (a table page is one), from the cache if there."""
         e = self._cache.get(job.id)
-        if e is None:
-            d = job_to_dict(job)
-            e = self._cache[job.id] = (bounded_json(d), bounded_json(public(d)), json.dumps(row(job))[1:-1])
+        if e is not None:
+            self._cache.move_to_end(job.id)
+            return e
+        full, pub, text = lines(job)
+        e = self._cache[job.id] = (full, pub, json.dumps(text)[1:-1])
+        self._cached += _size(e)
+        while self._cached > CACHE_BYTES and len(self._cache) > 1:
+            self._cached -= _size(self._cache.popitem(last=False)[1])
         return e
 
     def page(self, jobs: Any, viewer: Viewer, table: bool, header: bool, max_bytes: int,
@@ -201,3 +221,7 @@ class Listing:
     @staticmethod
     def _join(parts: list[str], table: bool) -> str:
         return '"' + "\\n".join(parts) + '"' if table else "[" + ",".join(parts) + "]"
+
+
+def _size(e: tuple[str, str, str]) -> int:
+    return len(e[0]) + len(e[1]) + len(e[2])
