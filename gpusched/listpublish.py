@@ -3,13 +3,17 @@
 
 What it costs the daemon, at 100,000 jobs as at 10:
 - Only what changed is rendered again: the segments (listfiles.SEGMENT job ids each) holding a changed job,
-  or an array's folded row; each job's row and JSON come from the listing's per-job cache (listing.py).
+  or an array's folded row; and in them only the changed jobs' lines (listing.lines): every other job's
+  row and JSON entries are read back from the segment's previous files, where they are one line per job in
+  id order (_kept). Its cost is the segment's (a few ms), not the queue's.
 - Not at every change: the first change after a render arms one timer. It fires after DEBOUNCE, or later
   when rendering is costly: the next render waits BUDGET times the last one's duration after its end, so
   rendering takes at most a fifth of the daemon's time. An idle daemon renders nothing and holds no timer.
 - Before answering a call that changed jobs (api.Manager.publish_now: an act such as cancel, or the Lookup
   that tells `submit` its id) what changed is rendered at once, so the caller's next `list` shows it.
-- Memory: no copy of the listing is kept; the files are in /run (tmpfs): about 100 MB at 100,000 jobs.
+- Memory: no copy of the listing is kept, only each segment's job ids and owners (12 bytes a job); a
+  per-job cache of rows and JSON, its first design, cost 1 KB a job (100 MB at 100,000). The files are in
+  /run (tmpfs): about 100 MB at 100,000 jobs.
 
 If the directory can't be made safe (not root's, a link, writable by others) or a write fails, the index is
 removed and the journal says so once: gpuschedctl then reads from the bus, as before.
