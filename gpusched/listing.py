@@ -145,11 +145,16 @@ def lines(job: Job) -> tuple[str, str, str]:
     return bounded_json(d), bounded_json(public(d)), row(job)
 
 
+FULL, PUBLIC, ROW = 0, 1, 2      # the parts of a cached entry
+_ENTRY_COST = 120                # bytes a cached entry costs besides its text (its list, its key)
+
+
 class Listing:
     def __init__(self) -> None:
-        # id -> (full JSON, public JSON, table row as a JSON string's inside), the least recently used first,
-        # at most CACHE_BYTES of text in all (and always the last one, whatever its size)
-        self._cache: OrderedDict[int, tuple[str, str, str]] = OrderedDict()
+        # id -> [full JSON, public JSON, table row as a JSON string's inside], each None until asked for (a
+        # table page needs rows alone), the least recently used first; at most CACHE_BYTES in all (and
+        # always the last one, whatever its size)
+        self._cache: OrderedDict[int, list[str | None]] = OrderedDict()
         self._cached = 0
         # for a watcher (the listing files, listfiles.Publisher): the ids changed since it last took them,
         # each with its array's id (0: none), kept because a job removed from the table can't be asked
@@ -174,17 +179,30 @@ class Listing:
         return changed
 
     def entry(self, job: Job) -> tuple[str, str, str]:
-        """lines(job), its row as the inside of a JSON string (a table page is one), from the cache if there."""
+        """The job's full JSON entry, its public one, and its row as the inside of a JSON string."""
+        return self.part(job, FULL), self.part(job, PUBLIC), self.part(job, ROW)
+
+    def part(self, job: Job, which: int) -> str:
+        """One part of the job's entry (FULL, PUBLIC or ROW), rendered alone if not cached: a table page over
+        100,000 jobs needs no JSON, a JSON page one of the two per job."""
         e = self._cache.get(job.id)
-        if e is not None:
+        if e is None:
+            e = self._cache[job.id] = [None, None, None]
+            self._cached += _ENTRY_COST
+        else:
             self._cache.move_to_end(job.id)
-            return e
-        full, pub, text = lines(job)
-        e = self._cache[job.id] = (full, pub, json.dumps(text)[1:-1])
-        self._cached += _size(e)
-        while self._cached > CACHE_BYTES and len(self._cache) > 1:
-            self._cached -= _size(self._cache.popitem(last=False)[1])
-        return e
+        text = e[which]
+        if text is None:
+            if which == ROW:
+                text = json.dumps(row(job))[1:-1]
+            else:
+                d = job_to_dict(job)
+                text = bounded_json(d if which == FULL else public(d))
+            e[which] = text
+            self._cached += len(text)
+            while self._cached > CACHE_BYTES and len(self._cache) > 1:
+                self._cached -= _size(self._cache.popitem(last=False)[1])
+        return text
 
     def page(self, jobs: Any, viewer: Viewer, table: bool, header: bool, max_bytes: int,
              max_count: int, fold: Callable[[Job], str | None] | None = None,
@@ -205,8 +223,7 @@ class Listing:
                 last = job.id
                 continue
             if text is None:
-                e = self.entry(job)
-                text = e[2] if table else e[0 if viewer.sees_private(job) else 1]
+                text = self.part(job, ROW if table else FULL if viewer.sees_private(job) else PUBLIC)
             else:
                 text = json.dumps(text)[1:-1]
             if last is not None and (size + len(text) + 2 > max_bytes or count >= max_count):
@@ -223,5 +240,5 @@ class Listing:
         return '"' + "\\n".join(parts) + '"' if table else "[" + ",".join(parts) + "]"
 
 
-def _size(e: tuple[str, str, str]) -> int:
-    return len(e[0]) + len(e[1]) + len(e[2])
+def _size(e: list[str | None]) -> int:
+    return _ENTRY_COST + sum(len(t) for t in e if t is not None)

@@ -122,20 +122,36 @@ def test_the_entry_cache_keeps_recent_entries_within_its_bytes(monkeypatch):
     from gpusched import listing as listingmod
     listing = Listing()
     jobs = [job(i) for i in range(1, 201)]
-    one = sum(len(t) for t in listing.entry(jobs[0]))
+    listing.entry(jobs[0])
+    one = listing._cached                                # the first job's entry, all three parts
     monkeypatch.setattr(listingmod, "CACHE_BYTES", 10 * one + one // 2)
     for j in jobs:
         listing.entry(j)
     assert list(listing._cache) == [j.id for j in jobs[-10:]]
-    assert listing._cached == sum(len(t) for e in listing._cache.values() for t in e) <= 10 * one + one // 2
+    assert listing._cached == sum(listingmod._size(e) for e in listing._cache.values()) <= 10 * one + one // 2
     listing.entry(jobs[-10])                            # used again: the last to go
     listing.entry(jobs[0])
     assert jobs[-10].id in listing._cache and jobs[-9].id not in listing._cache
     listing.invalidate(jobs[-1].id)
     assert jobs[-1].id not in listing._cache
-    assert listing._cached == sum(len(t) for e in listing._cache.values() for t in e)
+    assert listing._cached == sum(listingmod._size(e) for e in listing._cache.values())
     jobs[0].reason = "changed"                           # what is rendered after a change is the new text
     listing.invalidate(jobs[0].id)
     assert "changed" in listing.entry(jobs[0])[0]
     monkeypatch.setattr(listingmod, "CACHE_BYTES", 1)
     assert listing.entry(jobs[5]) and list(listing._cache) == [jobs[5].id]   # one bigger than it all: kept
+
+
+def test_a_table_page_renders_rows_alone_and_a_json_page_one_entry_a_job(monkeypatch):
+    from gpusched import listing as listingmod
+    listing = Listing()
+    jobs = [job(i, uid=1000 + i % 2) for i in range(1, 5)]
+    dumped = []
+    real = listingmod.job_to_dict
+    monkeypatch.setattr(listingmod, "job_to_dict", lambda j: dumped.append(j.id) or real(j))
+    listing.page(iter(jobs), Caller(1000, False), True, True, 1 << 20, 10)
+    assert dumped == [] and all(e[listingmod.FULL] is None for e in listing._cache.values())
+    text, _ = listing.page(iter(jobs), Caller(1000, False), False, True, 1 << 20, 10)
+    assert dumped == [1, 2, 3, 4]
+    assert ["source" in e for e in json.loads(text)] == [False, True, False, True]
+    assert json.loads(text) == [json.loads(listing.entry(j)[0 if j.uid == 1000 else 1]) for j in jobs]
