@@ -173,6 +173,7 @@ class Publisher:
         except OSError:
             pass
         self._dirty = {i // listfiles.SEGMENT for i in self.engine.live}
+        self._fresh.clear()                              # no files to keep lines from: every job is rendered
         self._rescan = True
         if not self._armed:
             self._armed = True
