@@ -1,9 +1,11 @@
-"""The job listing as text and JSON, cached per job (and `printable`, the one escape for terminals, from
-escape.py, where gpuschedctl takes it without the rest).
+"""The job listing as text and JSON (and `printable`, the one escape for terminals, from escape.py, where
+gpuschedctl takes it without the rest).
 
-`gpuschedctl list` with 100,000 queued jobs must stay fast, so each job's row and JSON are rendered once per
-change of the job, not once per request. Every entry is bounded in bytes (MAX_ENTRY), so the bus API can
-cut pages by size. Everything people's terminals show of a job passes through `printable`: job names, file
+`gpuschedctl list` reads the listing files (listfiles.py), which keep each job's row and JSON from one
+render to the next (listpublish.py); the bus's pages (`list --all`, an admin's `--json`) render on demand,
+through a small cache of recent entries (CACHE_BYTES) for repeated calls over a small queue: a cache of every
+job cost about 1 KB per job (100 MB at 100,000), measured. Every entry is bounded in bytes (MAX_ENTRY), so
+the bus API can cut pages by size. Everything people's terminals show of a job passes through `printable`: job names, file
 names and reasons come from users, and a raw ESC, CR, BEL or bidi override would let one user write on
 another's terminal.
 """
@@ -11,6 +13,7 @@ another's terminal.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Callable, Protocol
 
@@ -25,6 +28,7 @@ TIME_FORMAT = "%m-%d %H:%M:%S"                  # fits SUBMITTED's width
 HEADER = "".join(f"{name:<{width}}" for name, width in COLUMNS) + "INFO"
 INFO_WIDTH = 80
 MAX_ENTRY = 1 << 20     # bytes of JSON for one job in a listing; a bigger record is listed cut (see _cut)
+CACHE_BYTES = 4 << 20   # of recently rendered entries (Listing.entry): a few thousand jobs
 # what a cut entry keeps: fields of bounded size
 _SMALL_FIELDS = ("id", "name", "user", "uid", "state", "submitted", "started", "ended", "exit_code", "signal",
                  "gpus", "unit", "attempt", "preemptions", "priority", "gpus_requested", "preemptible", "gid")
@@ -135,10 +139,23 @@ class Viewer(Protocol):
     def sees_private(self, job: Job) -> bool: ...
 
 
+def lines(job: Job) -> tuple[str, str, str]:
+    """A job's full JSON entry, its public one and its table row: what the listing shows of it."""
+    d = job_to_dict(job)
+    return bounded_json(d), bounded_json(public(d)), row(job)
+
+
+FULL, PUBLIC, ROW = 0, 1, 2      # the parts of a cached entry
+_ENTRY_COST = 120                # bytes a cached entry costs besides its text (its list, its key)
+
+
 class Listing:
     def __init__(self) -> None:
-        # id -> (full JSON, public JSON, table row as a JSON string's inside)
-        self._cache: dict[int, tuple[str, str, str]] = {}
+        # id -> [full JSON, public JSON, table row as a JSON string's inside], each None until asked for (a
+        # table page needs rows alone), the least recently used first; at most CACHE_BYTES in all (and
+        # always the last one, whatever its size)
+        self._cache: OrderedDict[int, list[str | None]] = OrderedDict()
+        self._cached = 0
         # for a watcher (the listing files, listfiles.Publisher): the ids changed since it last took them,
         # each with its array's id (0: none), kept because a job removed from the table can't be asked
         self._changed: dict[int, int] = {}
@@ -149,7 +166,9 @@ class Listing:
         self._watch = fn
 
     def invalidate(self, job_id: int, array_id: int = 0) -> None:
-        self._cache.pop(job_id, None)
+        e = self._cache.pop(job_id, None)
+        if e is not None:
+            self._cached -= _size(e)
         if self._watch is not None:
             self._changed[job_id] = array_id or self._changed.get(job_id, 0)
             self._watch()
@@ -160,11 +179,30 @@ class Listing:
         return changed
 
     def entry(self, job: Job) -> tuple[str, str, str]:
+        """The job's full JSON entry, its public one, and its row as the inside of a JSON string."""
+        return self.part(job, FULL), self.part(job, PUBLIC), self.part(job, ROW)
+
+    def part(self, job: Job, which: int) -> str:
+        """One part of the job's entry (FULL, PUBLIC or ROW), rendered alone if not cached: a table page over
+        100,000 jobs needs no JSON, a JSON page one of the two per job."""
         e = self._cache.get(job.id)
         if e is None:
-            d = job_to_dict(job)
-            e = self._cache[job.id] = (bounded_json(d), bounded_json(public(d)), json.dumps(row(job))[1:-1])
-        return e
+            e = self._cache[job.id] = [None, None, None]
+            self._cached += _ENTRY_COST
+        else:
+            self._cache.move_to_end(job.id)
+        text = e[which]
+        if text is None:
+            if which == ROW:
+                text = json.dumps(row(job))[1:-1]
+            else:
+                d = job_to_dict(job)
+                text = bounded_json(d if which == FULL else public(d))
+            e[which] = text
+            self._cached += len(text)
+            while self._cached > CACHE_BYTES and len(self._cache) > 1:
+                self._cached -= _size(self._cache.popitem(last=False)[1])
+        return text
 
     def page(self, jobs: Any, viewer: Viewer, table: bool, header: bool, max_bytes: int,
              max_count: int, fold: Callable[[Job], str | None] | None = None,
@@ -185,8 +223,7 @@ class Listing:
                 last = job.id
                 continue
             if text is None:
-                e = self.entry(job)
-                text = e[2] if table else e[0 if viewer.sees_private(job) else 1]
+                text = self.part(job, ROW if table else FULL if viewer.sees_private(job) else PUBLIC)
             else:
                 text = json.dumps(text)[1:-1]
             if last is not None and (size + len(text) + 2 > max_bytes or count >= max_count):
@@ -201,3 +238,7 @@ class Listing:
     @staticmethod
     def _join(parts: list[str], table: bool) -> str:
         return '"' + "\\n".join(parts) + '"' if table else "[" + ",".join(parts) + "]"
+
+
+def _size(e: list[str | None]) -> int:
+    return _ENTRY_COST + sum(len(t) for t in e if t is not None)

@@ -268,3 +268,96 @@ def test_queued_jobs_of_a_state_are_listed_in_it(world):
     p.publish()
     rows, _ = file_table(p, False)
     assert job.state == State.QUEUED and " queued " in rows[1]
+
+
+def test_a_change_renders_that_job_alone_and_keeps_the_others_lines_from_the_files(world, monkeypatch):
+    """No per-job cache in the daemon: a segment is rendered again from its previous files, with only the
+    jobs that changed rendered anew (listpublish._kept)."""
+    from gpusched import listpublish
+    w, p, _ = world
+    jobs = [w.submit(spec(f"j{i}", gpus=8), uid=(ALICE, BOB, 0)[i % 3]) for i in range(30)]
+    p.publish()
+    rendered = []
+    real = listpublish.listing.lines
+    monkeypatch.setattr(listpublish.listing, "lines", lambda job: rendered.append(job.id) or real(job))
+    w.engine.hold(jobs[7], Access().caller(0), True)
+    p.publish()
+    assert rendered == [jobs[7].id]
+    assert_same_as_bus(w, p)
+    w.engine.cancel(jobs[3], Access().caller(0))        # a job leaves the segment: nothing rendered
+    w.submit(spec("new", gpus=8), uid=BOB)
+    rendered.clear()
+    p.publish()
+    assert rendered == [w._next_id - 1]
+    assert_same_as_bus(w, p)
+    assert not p._fresh and len(p._current[0].ids) == 30
+
+
+def test_a_segment_whose_files_disagree_is_rendered_again_from_its_jobs(world):
+    w, p, _ = world
+    said = []
+    p.log = lambda text, *a: said.append(text)
+    jobs = [w.submit(spec(f"j{i}", gpus=8), uid=(ALICE, BOB)[i % 2]) for i in range(10)]
+    p.publish()
+    gen = p._current[0].gen
+    path = os.path.join(p.directory, f"0.{gen}.{ALICE}")     # one of alice's entries lost
+    data = open(path, "rb").read()
+    os.chmod(path, 0o600)
+    open(path, "wb").write(data[:data.rindex(listfiles.ENTRY_SEP)])
+    w.engine.hold(jobs[1], Access().caller(0), True)
+    p.publish()
+    assert "rendered again from its jobs" in said[0]
+    assert_same_as_bus(w, p)
+
+
+def test_after_a_failed_write_every_segment_is_written_again(world, monkeypatch):
+    from gpusched import listpublish
+    w, p, timers = world
+    said = []
+    p.log = lambda text, *a: said.append(text)
+    w.submit(spec("a", gpus=8), uid=ALICE)
+    w._next_id = listfiles.SEGMENT * 2
+    w.submit(spec("b", gpus=8), uid=BOB)
+    timers.fire()
+    real = listpublish.atomic_write
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(listpublish, "atomic_write", full)
+    w.submit(spec("c", gpus=8), uid=BOB)
+    timers.fire()
+    assert "can't write the listing files" in said[0] and os.listdir(p.directory) == []
+    with pytest.raises(listfiles.Unusable):
+        listfiles.read(lambda l: l.table(True), p.directory)
+    monkeypatch.setattr(listpublish, "atomic_write", real)
+    timers.fire()                                       # the retry: every segment, found again from the jobs
+    assert sorted(p._current) == [0, 2]
+    assert_same_as_bus(w, p)
+
+
+def test_the_files_follow_many_random_changes(world):
+    """Jobs of several owners interleaved across segment edges, arrays, holds, cancels, starts and ends: after
+    each round the files say what the bus says, to each reader."""
+    import random
+    w, p, timers = world
+    m = Manager(w.engine, Access(), p.publish_now)
+    rnd = random.Random(7)
+    owners = (ALICE, BOB, 0)
+    w._next_id = listfiles.SEGMENT - 20
+    jobs = []
+    for round in range(8):
+        for _ in range(rnd.randrange(1, 15)):
+            if rnd.random() < 0.15:
+                jobs.extend(submit_array(w, SWEEP, uid=rnd.choice((ALICE, BOB))))
+            else:
+                jobs.append(w.submit(spec(f"r{round}", gpus=rnd.choice((1, 8))), uid=rnd.choice(owners)))
+        for job in rnd.sample(jobs, min(len(jobs), 4)):
+            if job.id in w.engine.live:
+                act = rnd.choice(("hold", "release", "cancel"))
+                try:
+                    m.act(act, job.id, 0)
+                except Exception:  # noqa: BLE001 - an act that does not apply to this job's state
+                    pass
+        w.run_until(w.clock.time() + rnd.choice((0, 50, 150)))
+        timers.fire()
+        assert_same_as_bus(w, p)

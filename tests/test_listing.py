@@ -114,3 +114,44 @@ def test_a_watcher_hears_of_each_change_and_takes_them_once():
     listing.invalidate(3, array_id=3)
     listing.invalidate(3)                               # a later call without the array keeps it
     assert len(heard) == 3 and listing.take_changed() == {2: 0, 3: 3} and listing.take_changed() == {}
+
+
+def test_the_entry_cache_keeps_recent_entries_within_its_bytes(monkeypatch):
+    """The bus's pages render on demand; the cache holds at most CACHE_BYTES of recent entries (a cache of
+    every job cost 1 KB a job: docs/performance.md), always the last one, and a change drops a job's."""
+    from gpusched import listing as listingmod
+    listing = Listing()
+    jobs = [job(i) for i in range(1, 201)]
+    listing.entry(jobs[0])
+    one = listing._cached                                # the first job's entry, all three parts
+    monkeypatch.setattr(listingmod, "CACHE_BYTES", 10 * one + one // 2)
+    for j in jobs:
+        listing.entry(j)
+    assert list(listing._cache) == [j.id for j in jobs[-10:]]
+    assert listing._cached == sum(listingmod._size(e) for e in listing._cache.values()) <= 10 * one + one // 2
+    listing.entry(jobs[-10])                            # used again: the last to go
+    listing.entry(jobs[0])
+    assert jobs[-10].id in listing._cache and jobs[-9].id not in listing._cache
+    listing.invalidate(jobs[-1].id)
+    assert jobs[-1].id not in listing._cache
+    assert listing._cached == sum(listingmod._size(e) for e in listing._cache.values())
+    jobs[0].reason = "changed"                           # what is rendered after a change is the new text
+    listing.invalidate(jobs[0].id)
+    assert "changed" in listing.entry(jobs[0])[0]
+    monkeypatch.setattr(listingmod, "CACHE_BYTES", 1)
+    assert listing.entry(jobs[5]) and list(listing._cache) == [jobs[5].id]   # one bigger than it all: kept
+
+
+def test_a_table_page_renders_rows_alone_and_a_json_page_one_entry_a_job(monkeypatch):
+    from gpusched import listing as listingmod
+    listing = Listing()
+    jobs = [job(i, uid=1000 + i % 2) for i in range(1, 5)]
+    dumped = []
+    real = listingmod.job_to_dict
+    monkeypatch.setattr(listingmod, "job_to_dict", lambda j: dumped.append(j.id) or real(j))
+    listing.page(iter(jobs), Caller(1000, False), True, True, 1 << 20, 10)
+    assert dumped == [] and all(e[listingmod.FULL] is None for e in listing._cache.values())
+    text, _ = listing.page(iter(jobs), Caller(1000, False), False, True, 1 << 20, 10)
+    assert dumped == [1, 2, 3, 4]
+    assert ["source" in e for e in json.loads(text)] == [False, True, False, True]
+    assert json.loads(text) == [json.loads(listing.entry(j)[0 if j.uid == 1000 else 1]) for j in jobs]
