@@ -62,6 +62,10 @@ def test_the_dashboard_refuses_to_listen_beyond_loopback_without_tls(tmp_path, m
         webmain.tls_context(tls)
     assert webmain.tls_context(_cfg(tmp_path, "")) is None
     assert webmain.far_names(tls) == ("gpu1", "192.0.2.7")
+    monkeypatch.setattr(webmain.socket, "gethostname", lambda: "GPU1")
+    monkeypatch.setattr(webmain.socket, "getfqdn", lambda: "localhost")       # what DNS says without a name
+    unnamed = _cfg(tmp_path, '[web]\nlisten = ["192.0.2.7"]\ntls_cert = "/c"\ntls_key = "/k"\n')
+    assert webmain.far_names(unnamed) == ("gpu1", "192.0.2.7")
     monkeypatch.setenv("GPUSCHED_CONFIG", str(tmp_path / "gpusched.toml"))
     (tmp_path / "gpusched.toml").write_text('[web]\nlisten = ["192.0.2.7"]\n')
     assert webmain.main([]) == 2

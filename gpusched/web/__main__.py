@@ -45,7 +45,9 @@ def far_names(cfg: configmod.Config) -> tuple[str, ...]:
     from gpusched.web import csrf
     if not cfg.web_far():
         return ()
-    names = cfg.web_names or tuple(dict.fromkeys(n.lower() for n in (socket.gethostname(), socket.getfqdn()) if n))
+    names = cfg.web_names or tuple(dict.fromkeys(
+        n.lower() for n in (socket.gethostname(), socket.getfqdn())
+        if n and n.lower().split(".")[0] != "localhost"))    # getfqdn() says localhost where DNS knows no better
     return csrf.far_names(names, cfg.web_listen)
 
 
