@@ -22,6 +22,7 @@ and a taken-over web service must not be a password oracle.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import pwd
 import re
@@ -114,8 +115,10 @@ class Authenticator:
             secret[:] = b"\0" * len(secret)
             raise Invalid(f"the password is too long (at most {MAX_PASSWORD} bytes)")
         try:
+            source = str(ipaddress.ip_address(source.split("%")[0]))     # for PAM_RHOST and the journal: no scope
             key = source_key(source)
         except ValueError:
+            secret[:] = b"\0" * len(secret)
             raise Invalid("the source is not an IP address") from None
         name = user[:MAX_USER + 1]              # a longer name exists nowhere: counted as itself, refused
         now = self.clock()
@@ -133,8 +136,14 @@ class Authenticator:
                 raise NotAllowed("other sign-ins are being checked: try again in a few seconds")
             ticket = secrets.token_urlsafe(16)
             attempt = self._attempts[ticket] = Attempt(name, key, now)
-        threading.Thread(target=self._run, args=(attempt, secret, source), name="web sign-in",
-                         daemon=True).start()
+        try:
+            threading.Thread(target=self._run, args=(attempt, secret, source), name="web sign-in",
+                             daemon=True).start()
+        except RuntimeError:                    # no thread to be had: the attempt never ran
+            secret[:] = b"\0" * len(secret)
+            with self._lock:
+                del self._attempts[ticket]
+            raise NotAllowed("other sign-ins are being checked: try again in a few seconds") from None
         return ticket
 
     def result(self, ticket: Any) -> dict[str, Any]:

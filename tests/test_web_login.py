@@ -251,6 +251,8 @@ def test_bad_arguments_and_sizes(auth):
             auth.start(*args)
     assert not auth.fake.asked
     assert auth.result("no-such-ticket")["uid"] is None
+    _finish(auth, auth.start("alice", "right", "fe80::1%eth0\0\nx"))           # the scope is dropped
+    assert auth.fake.asked[-1][2] == "fe80::1"
 
 
 def test_a_bug_in_the_check_ends_as_a_refusal(auth):
