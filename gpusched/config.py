@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Collection, Iterator
@@ -82,10 +83,19 @@ class Config:
     idle_action: str = "flag"
     idle_threshold: float = 5.0
     # issue 12, the web dashboard ([web], docs/web.md): its system user (the only one the daemon acts for on
-    # behalf of others), its port and the addresses it listens on (loopback only is what is built)
+    # behalf of others), its port and the addresses it listens on; beyond loopback, its TLS certificate and
+    # key (gpusched-web refuses to start without them there) and the host names it answers to there
     web_user: str = "gpusched-web"
     web_port: int = 8765
     web_listen: tuple[str, ...] = ("127.0.0.1", "::1")
+    web_tls_cert: str = ""
+    web_tls_key: str = ""
+    web_names: tuple[str, ...] = ()
+
+    def web_far(self) -> tuple[str, ...]:
+        """The [web] listen addresses beyond loopback (the unspecified 0.0.0.0 and :: too): where a person
+        must sign in with a password, over TLS (docs/web.md)."""
+        return tuple(a for a in self.web_listen if not ipaddress.ip_address(a).is_loopback)
 
     def job_limits(self, user: str | None = None, groups: Collection[str] = ()) -> jobfile.Limits:
         """What a job file may ask for on this server (jobfile.parse checks it); user and groups: its owner's,
@@ -120,7 +130,8 @@ _TOP = {"spool_dir", "state_dir", "gpu_poll_interval", "admin_group", "gpus", "m
         "idle_after", "idle_action", "idle_threshold", "max_array_size",
         *_INTS, *_DURATIONS, *_SIZES}
 _TOP |= {"hooks", "web"}
-_WEB = {"user", "port", "listen"}
+_WEB = {"user", "port", "listen", "tls_cert", "tls_key", "names"}
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*", re.I)
 _HOOKS = {"on_finish", "user", "timeout"}
 _FAIR_SHARE = {"half_life", "default_share", "users", "groups"}
 _CLASS_KEYS = {"priority", "users", "groups", "max_gpus_per_user", "max_time_limit", "default_time_limit",
@@ -235,14 +246,16 @@ def parse(text: str, filename: str = DEFAULT_PATH) -> Config:
 
 
 def _web(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
-    """[web]: user (the dashboard's system user), port, listen (IP addresses; the dashboard refuses to start
-    on one that is not loopback: a login for those is not built, docs/web.md)."""
+    """[web]: user (the dashboard's system user), port, listen (IP addresses), tls_cert and tls_key (absolute
+    paths, both or neither), names (host names it answers to beyond loopback). A listen address beyond
+    loopback without TLS is refused by gpusched-web when it starts (web/__main__.py), not here: the daemon
+    must not fail for the dashboard's sake."""
     web = doc.get("web", {})
     if not isinstance(web, dict):
         raise err("web", "expected a table ([web])")
     for key in web:
         if key not in _WEB:
-            raise err(f"web.{key}", "unknown key (user, port, listen)")
+            raise err(f"web.{key}", "unknown key (user, port, listen, tls_cert, tls_key, names)")
     if "user" in web:
         v = web["user"]
         if not isinstance(v, str) or not jobfile._USER_NAME.fullmatch(v) or len(v) > 32 or v == "root":
@@ -264,6 +277,21 @@ def _web(doc: dict[str, Any], kw: dict[str, Any], err: Any) -> None:
             except (ValueError, TypeError):
                 raise err("web.listen", f"{str(a)[:60]!r} is not an IP address") from None
         kw["web_listen"] = tuple(out)
+    for key in ("tls_cert", "tls_key"):
+        if key in web:
+            v = web[key]
+            if not isinstance(v, str) or not v.startswith("/") or "\0" in v or len(v) > 4096:
+                raise err(f"web.{key}", "expected an absolute path")
+            kw[f"web_{key}"] = v
+    if ("tls_cert" in web) != ("tls_key" in web):
+        raise err("web.tls_cert" if "tls_cert" not in web else "web.tls_key",
+                  "tls_cert and tls_key go together (the certificate and its private key)")
+    if "names" in web:
+        v = web["names"]
+        if not isinstance(v, list) or len(v) > 16 or not all(isinstance(n, str) and _HOST_NAME.fullmatch(n)
+                                                             for n in v):
+            raise err("web.names", "expected a list of host names (at most 16)")
+        kw["web_names"] = tuple(n.lower() for n in v)
 
 
 def _named_tables(doc: dict[str, Any], section: str, what: str, keys: Collection[str], err: Any, not_table: str,

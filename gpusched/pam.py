@@ -1,4 +1,5 @@
-"""A login session of its own for each job, as cron gives its jobs: PAM through a small ctypes wrapper of libpam.
+"""PAM through a small ctypes wrapper of libpam: a login session of its own for each job, as cron gives its
+jobs, and the web dashboard's password check (`authenticate`).
 
 The monitor (root, before it forks the job) runs the PAM service `gpusched` (/etc/pam.d/gpusched, shipped in
 units/gpusched.pam) for the job's user: the account stack (an expired or otherwise refused account's job
@@ -11,6 +12,12 @@ Whatever the PAM file says, the two things jobs must never share are checked aft
 a session keyring still equal to the service's is replaced (KEYCTL_JOIN_SESSION_KEYRING, owned by the
 user), and a loginuid that is not the user's is written. Without libpam or without the service file the
 same fallback is all that runs. Each job's journal has one line saying which path ran.
+
+The web sign-in (docs/web.md): `authenticate` runs the PAM service `gpusched-web` (units/gpusched-web.pam)'s
+auth and account stacks for a user name and a password, in a short-lived root process of its own
+(gpusched/pamcheck.py, started by the daemon's webauth.py). Its conversation answers the one hidden prompt
+(the password) once and nothing else; the password is never logged, and the buffers that held it are
+overwritten once PAM is done (what Python itself copied can't be: that process ends right after).
 
 Why ctypes: Debian's python3-pampy (PyPI python-pam) only authenticates; python3-pam (PyPAM 0.4.2, not on
 PyPI) is an unmaintained C extension. libpam.so.0's API is small and stable, and this wrapper needs nothing
@@ -28,6 +35,7 @@ import sysconfig
 from collections.abc import Callable, Mapping
 
 SERVICE = "gpusched"
+WEB_SERVICE = "gpusched-web"                 # the web dashboard's sign-in (units/gpusched-web.pam)
 PAM_DIRS = ("/etc/pam.d", "/usr/lib/pam.d")
 LOGINUID = "/proc/self/loginuid"
 NO_LOGINUID = 4294967295                     # (uid_t)-1: the loginuid was never set
@@ -37,6 +45,8 @@ PAM_SUCCESS = 0
 PAM_BUF_ERR = 5
 PAM_CONV_ERR = 19
 PAM_SILENT = 0x8000
+PAM_DISALLOW_NULL_AUTHTOK = 0x1
+PAM_USER, PAM_RHOST = 2, 4                   # pam_set_item / pam_get_item
 PAM_ESTABLISH_CRED = 0x2
 PAM_DELETE_CRED = 0x4
 PAM_PROMPT_ECHO_OFF, PAM_PROMPT_ECHO_ON, PAM_ERROR_MSG, PAM_TEXT_INFO = 1, 2, 3, 4
@@ -98,6 +108,11 @@ class _Response(ctypes.Structure):
     _fields_ = [("resp", ctypes.c_char_p), ("resp_retcode", ctypes.c_int)]
 
 
+class _Reply(ctypes.Structure):
+    """struct pam_response as it is written: resp a malloc'ed address (PAM frees it), not a Python bytes."""
+    _fields_ = [("resp", ctypes.c_void_p), ("resp_retcode", ctypes.c_int)]
+
+
 _CONV_FUNC = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.POINTER(_Message)),
                               ctypes.POINTER(ctypes.POINTER(_Response)), ctypes.c_void_p)
 
@@ -118,17 +133,23 @@ def _load() -> tuple[ctypes.CDLL, ctypes.CDLL]:
         h, s, i, vp = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p
         pam.pam_start.argtypes = [s, s, ctypes.POINTER(_Conv), ctypes.POINTER(h)]
         pam.pam_end.argtypes = [h, i]
-        for name in ("pam_acct_mgmt", "pam_setcred", "pam_open_session", "pam_close_session"):
+        for name in ("pam_authenticate", "pam_acct_mgmt", "pam_setcred", "pam_open_session", "pam_close_session"):
             getattr(pam, name).argtypes = [h, i]
             getattr(pam, name).restype = i
         pam.pam_strerror.argtypes = [h, i]
         pam.pam_strerror.restype = s
+        pam.pam_set_item.argtypes = [h, i, vp]
+        pam.pam_set_item.restype = i
+        pam.pam_get_item.argtypes = [h, i, ctypes.POINTER(vp)]
+        pam.pam_get_item.restype = i
         pam.pam_getenvlist.argtypes = [h]
         pam.pam_getenvlist.restype = ctypes.POINTER(vp)   # char **, each string and the array ours to free
         libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
         libc.calloc.restype = vp
         libc.free.argtypes = [vp]
         libc.free.restype = None
+        libc.memset.argtypes = [vp, i, ctypes.c_size_t]
+        libc.memset.restype = vp
         _libs = (pam, libc)
     return _libs
 
@@ -178,12 +199,15 @@ def preload(service: str = SERVICE) -> None:
 
 
 class Pam:
-    """One PAM transaction (pam_start .. pam_end) for one user, with a conversation that answers no prompt:
-    nobody is there to answer, so a module that asks fails (PAM_CONV_ERR); what modules say is logged."""
+    """One PAM transaction (pam_start .. pam_end) for one user. Its conversation answers no prompt for a job
+    (nobody is there to answer, so a module that asks fails: PAM_CONV_ERR); for a sign-in (`secret`, the
+    password) it answers the first hidden prompt with it, once, and nothing else. What modules say is
+    logged; the password never is."""
 
-    def __init__(self, service: str, user: str, log: Log):
+    def __init__(self, service: str, user: str, log: Log, secret: bytearray | None = None):
         self.lib, self.libc = _load()
         self.user, self.log = user, log
+        self._secret, self._answered = secret, False
         self.handle = ctypes.c_void_p()
         # kept on self: libpam calls back into it until pam_end, and ctypes frees what Python doesn't hold
         self._conv_func = _CONV_FUNC(self._converse)
@@ -196,8 +220,9 @@ class Pam:
         self.said: list[str] = []                     # what modules said during the last call
 
     def _converse(self, n, messages, responses, _appdata) -> int:
+        replies = None
         try:
-            replies = self.libc.calloc(max(n, 1), ctypes.sizeof(_Response))
+            replies = self.libc.calloc(max(n, 1), ctypes.sizeof(_Reply))
             if not replies:
                 return PAM_BUF_ERR
             answer = PAM_SUCCESS
@@ -208,16 +233,57 @@ class Pam:
                     self.log(f"PAM for {self.user}: {text}", 4 if m.msg_style == PAM_ERROR_MSG else 6)
                     if len(self.said) < 4:
                         self.said.append(text)
+                elif m.msg_style == PAM_PROMPT_ECHO_OFF and self._secret is not None and not self._answered:
+                    self._answered = True                 # one password, answered once (no "new password")
+                    buf = self._copy_secret()
+                    if not buf:
+                        answer = PAM_BUF_ERR
+                        break
+                    ctypes.cast(replies, ctypes.POINTER(_Reply))[k].resp = buf
                 else:
-                    self.log(f"PAM for {self.user} asked {text!r}; jobs answer no prompts", 4)
+                    asked = "a job answers no prompts" if self._secret is None else "a sign-in answers only " \
+                                                                                   "its one password prompt"
+                    self.log(f"PAM for {self.user} asked {text!r}; {asked}", 4)
                     answer = PAM_CONV_ERR
             if answer != PAM_SUCCESS:
-                self.libc.free(replies)
+                self._free_replies(replies, n)
                 return answer
-            responses[0] = ctypes.cast(replies, ctypes.POINTER(_Response))   # empty answers, PAM frees them
+            responses[0] = ctypes.cast(replies, ctypes.POINTER(_Response))   # PAM frees them
             return PAM_SUCCESS
         except BaseException:  # noqa: BLE001 - an exception must not unwind through libpam's C frames
+            if replies:
+                self._free_replies(replies, n)
             return PAM_CONV_ERR
+
+    def _copy_secret(self) -> int:
+        """The password in a malloc'ed, NUL-terminated C string (PAM takes it and frees it), 0 if none."""
+        assert self._secret is not None
+        size = len(self._secret)
+        buf = self.libc.calloc(size + 1, 1)
+        if buf and size:
+            ctypes.memmove(buf, (ctypes.c_char * size).from_buffer(self._secret), size)
+        return buf or 0
+
+    def _free_replies(self, replies: int, n: int) -> None:
+        """Free an answer PAM won't take, the password in it overwritten first."""
+        array = ctypes.cast(replies, ctypes.POINTER(_Reply))
+        for k in range(n):
+            if array[k].resp:
+                self.libc.memset(array[k].resp, 0, len(self._secret or b"") + 1)
+                self.libc.free(array[k].resp)
+        self.libc.free(replies)
+
+    def set_item(self, item: int, value: str) -> None:
+        rc = self.lib.pam_set_item(self.handle, item, ctypes.c_char_p(value.encode()))
+        if rc != PAM_SUCCESS:
+            raise SessionError(f"PAM for {self.user}: pam_set_item: {self._strerror(rc)}")
+
+    def get_item(self, item: int) -> str | None:
+        value = ctypes.c_void_p()
+        rc = self.lib.pam_get_item(self.handle, item, ctypes.byref(value))
+        if rc != PAM_SUCCESS or not value.value:
+            return None
+        return ctypes.string_at(value.value).decode("utf-8", "replace")
 
     def _strerror(self, rc: int) -> str:
         text = self.lib.pam_strerror(self.handle, rc)
@@ -477,3 +543,35 @@ def _abandon(pam: Pam | None, done: list[str]) -> None:
             except SessionError:
                 pass
     pam.end()
+
+
+# --- the web sign-in ------------------------------------------------------------------------------------------
+
+def authenticate(service: str, user: str, password: bytearray, rhost: str, log: Log) -> str | None:
+    """Whether `service`'s auth and account stacks accept `user` with `password` (from `rhost`): None if they
+    do, else why not, for the daemon's journal only (never shown to the person: it would tell whether the
+    account exists). A null password is never accepted, whatever the stack says (Debian's common-auth has
+    `nullok`), and neither is a user name a module changed: the caller acts for the name it asked about.
+    The caller overwrites `password` afterwards; the copy PAM was given is PAM's to overwrite (pam_unix does)."""
+    if not password:
+        return "no password"
+    if service_file(service) is None:
+        return f"no PAM service {service!r} in {' or '.join(PAM_DIRS)}"
+    try:
+        pam = Pam(service, user, log, secret=password)
+    except OSError as e:                              # libpam.so.0 is not installed
+        return f"libpam not loadable ({e})"
+    except SessionError as e:
+        return str(e)
+    try:
+        pam.set_item(PAM_RHOST, rhost)
+        pam.call("authenticate", PAM_DISALLOW_NULL_AUTHTOK)
+        pam.call("acct_mgmt", PAM_DISALLOW_NULL_AUTHTOK)
+        now = pam.get_item(PAM_USER)
+        if now != user:
+            return f"the PAM stack changed the user name to {str(now)[:64]!r}"
+        return None
+    except SessionError as e:
+        return str(e).replace("session of ", "sign-in of ", 1)
+    finally:
+        pam.end()

@@ -16,6 +16,11 @@ them here for that uid, with the same rules:
 - submitting a job file (`submit`): checked with that user's limits exactly as `gpuschedctl submit` checks it,
   then written into the spool and handed to that user (fchown before it is closed), so the spool stays the
   one way in and the intake judges the file as that user's, as for any other (never root's: not a person).
+
+And one thing it can't do at all: check a password. Where the config listens beyond loopback, a connection
+from elsewhere signs in (docs/web.md), and `authenticate` / `auth_result` have the daemon check the password
+with PAM, off its main loop and bounded against guessing (webauth.py). They act for no uid: the `uid`
+argument of those two is ignored.
 """
 
 from __future__ import annotations
@@ -31,20 +36,25 @@ from typing import Any
 from gpusched import jobfile, people
 from gpusched.access import group_names
 from gpusched.errors import Invalid, NotAllowed
+from gpusched.webauth import Authenticator
 
 LOG_CHUNK = 256 << 10        # bytes of log in one answer at most (the answer is base64: a third more)
 # characters of JSON arguments: a submitted job file may be as large as one dropped with gpuschedctl, and JSON
 # writes a character as up to 6 (\u0001); jobfile.parse then refuses what is over its own MAX_BYTES
 MAX_ARGS = 6 * jobfile.MAX_BYTES + 4096
-VERBS = ("gpu_history", "show", "page", "act", "element_act", "usage", "history", "log", "submit", "lookup", "whoami")
+VERBS = ("gpu_history", "show", "page", "act", "element_act", "usage", "history", "log", "submit", "lookup", "whoami",
+         "authenticate", "auth_result")
 PUBLIC = ("gpu_history",)    # what the dashboard asks for the public view too, as its own (system) user
+SIGN_IN = ("authenticate", "auth_result")     # for no uid: the web sign-in (webauth.py)
 
 
 class WebCalls:
-    def __init__(self, manager: Any, web_user: str | None = None, person: Any = people.is_person):
+    def __init__(self, manager: Any, web_user: str | None = None, person: Any = people.is_person,
+                 auth: Authenticator | None = None):
         self.m = manager
         self._web_user = web_user
         self.person = person
+        self.auth = auth or Authenticator()
 
     @property
     def web_user(self) -> str:
@@ -73,6 +83,8 @@ class WebCalls:
             raise Invalid("the arguments are not JSON") from None
         if not isinstance(args, list):
             raise Invalid("the arguments are not a JSON array")
+        if verb in SIGN_IN:
+            return self._sign_in(verb, args)
         try:
             pwd.getpwuid(uid)
         except KeyError:
@@ -84,6 +96,18 @@ class WebCalls:
             return getattr(self, "_" + verb)(uid, *args)
         except TypeError:
             raise Invalid(f"wrong arguments for {verb}") from None
+
+    def _sign_in(self, verb: str, args: list[Any]) -> Any:
+        """authenticate(user, password, source address) -> {"ticket"}; auth_result(ticket) -> webauth's."""
+        if not self.m.engine.cfg.web_far():
+            raise NotAllowed("the web sign-in is off: [web] listen names loopback addresses only (docs/web.md)")
+        if verb == "authenticate":
+            if len(args) != 3:
+                raise Invalid("wrong arguments for authenticate")
+            return {"ticket": self.auth.start(*args)}
+        if len(args) != 1:
+            raise Invalid("wrong arguments for auth_result")
+        return self.auth.result(args[0])
 
     # --- the verbs: each as the Manager does it for `uid` ---------------------------------------------------
 

@@ -89,12 +89,13 @@ def test_host_and_origin_checks():
     hosts = csrf.allowed_hosts(8765)
     assert csrf.host_ok("localhost:8765", hosts) and csrf.host_ok("[::1]:8765", hosts)
     assert not csrf.host_ok("evil.example:8765", hosts) and not csrf.host_ok("localhost:9999", hosts)
-    assert csrf.post_refusal("http://localhost:8765", None, hosts) == ""
-    assert csrf.post_refusal("http://evil.example", None, hosts)
-    assert csrf.post_refusal("https://localhost:8765", None, hosts)       # not ours: we serve http
-    assert csrf.post_refusal("null", "http://127.0.0.1:8765/jobs/1", hosts) == ""
-    assert csrf.post_refusal("null", None, hosts)
-    assert csrf.post_refusal(None, None, hosts)
+    origins = csrf.allowed_origins(8765)
+    assert csrf.post_refusal("http://localhost:8765", None, origins) == ""
+    assert csrf.post_refusal("http://evil.example", None, origins)
+    assert csrf.post_refusal("https://localhost:8765", None, origins)       # not ours: we serve http
+    assert csrf.post_refusal("null", "http://127.0.0.1:8765/jobs/1", origins) == ""
+    assert csrf.post_refusal("null", None, origins)
+    assert csrf.post_refusal(None, None, origins)
     key = b"k" * 32
     assert csrf.token_ok(key, 1000, csrf.token(key, 1000))
     assert not csrf.token_ok(key, 1001, csrf.token(key, 1000))

@@ -1,4 +1,8 @@
-"""gpusched-web: `python3 -m gpusched.web` (gpusched-web.service runs it as the gpusched-web user)."""
+"""gpusched-web: `python3 -m gpusched.web` (gpusched-web.service runs it as the gpusched-web user).
+
+Loopback listeners serve plain HTTP (the kernel says who connects; ssh -L brings people there). A listener
+beyond loopback serves HTTPS only, and only if [web] tls_cert and tls_key are set: there people sign in with
+their password, which must never cross the network in clear (docs/web.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import argparse
 import asyncio
 import ipaddress
 import os
+import socket
+import ssl
 import sys
 
 from gpusched import config as configmod
@@ -15,25 +21,54 @@ def refusal(cfg: configmod.Config) -> str:
     """Why the dashboard won't start with this config ("" if it will)."""
     if os.geteuid() == 0:
         return "gpusched-web never runs as root (gpusched-web.service runs it as its own user)"
-    far = [a for a in cfg.web_listen if not ipaddress.ip_address(a).is_loopback]
-    if far:
-        return (f"[web] listen names {', '.join(far)}, which is not loopback: only loopback is built (the kernel "
-                f"says who owns a loopback connection; a login for other addresses is not built, docs/web.md)")
+    far = cfg.web_far()
+    if far and not (cfg.web_tls_cert and cfg.web_tls_key):
+        return (f"[web] listen names {', '.join(far)}, beyond loopback: there people sign in with their password, "
+                f"which must never cross the network in clear, so that needs TLS: set [web] tls_cert and tls_key "
+                f"(a certificate and its key; docs/web.md), or listen on loopback only and use ssh -L")
     return ""
 
 
-async def serve(cfg: configmod.Config) -> None:
+def tls_context(cfg: configmod.Config) -> ssl.SSLContext | None:
+    """The TLS server context of the listeners beyond loopback (None without any); ssl.SSLError or OSError
+    when the certificate or key can't be loaded."""
+    if not cfg.web_far():
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cfg.web_tls_cert, cfg.web_tls_key)
+    return ctx
+
+
+def far_names(cfg: configmod.Config) -> tuple[str, ...]:
+    """The names the dashboard answers to beyond loopback: [web] names, or this machine's host names."""
+    from gpusched.web import csrf
+    if not cfg.web_far():
+        return ()
+    names = cfg.web_names or tuple(dict.fromkeys(
+        n.lower() for n in (socket.gethostname(), socket.getfqdn())
+        if n and n.lower().split(".")[0] != "localhost"))    # getfqdn() says localhost where DNS knows no better
+    return csrf.far_names(names, cfg.web_listen)
+
+
+async def serve(cfg: configmod.Config, tls: ssl.SSLContext | None) -> None:
     from aiohttp import web
 
     from gpusched.web.daemon import Daemon
     from gpusched.web.server import Dashboard
-    dash = Dashboard(Daemon(), cfg.web_port, os.geteuid())
+    # a wildcard listener (0.0.0.0, ::) serves loopback connections too, over its TLS
+    wildcard = any(ipaddress.ip_address(a).is_unspecified for a in cfg.web_listen)
+    names = far_names(cfg)
+    dash = Dashboard(Daemon(), cfg.web_port, os.geteuid(), far_names=names,
+                     loopback_schemes=("http", "https") if wildcard else ("http",))
     runner = web.AppRunner(dash.app(), access_log=None)
     await runner.setup()
     for address in cfg.web_listen:
-        await web.TCPSite(runner, address, cfg.web_port, reuse_address=True).start()
-    print(f"gpusched-web: listening on {', '.join(cfg.web_listen)} port {cfg.web_port}: "
-          f"http://localhost:{cfg.web_port}/", flush=True)
+        far = address in cfg.web_far()
+        await web.TCPSite(runner, address, cfg.web_port, reuse_address=True, ssl_context=tls if far else None).start()
+    urls = [f"http://localhost:{cfg.web_port}/"] + [f"https://{n}:{cfg.web_port}/ (sign in)" for n in names]
+    print(f"gpusched-web: listening on {', '.join(cfg.web_listen)} port {cfg.web_port}: {', '.join(urls)}",
+          flush=True)
     await asyncio.Event().wait()
 
 
@@ -51,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpusched-web: {why}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(cfg))
+        tls = tls_context(cfg)
+    except (ssl.SSLError, OSError) as e:
+        print(f"gpusched-web: can't load [web] tls_cert {cfg.web_tls_cert} and tls_key {cfg.web_tls_key}: {e}",
+              file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(cfg, tls))
     except KeyboardInterrupt:
         pass
     except OSError as e:

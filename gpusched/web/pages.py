@@ -33,10 +33,11 @@ def e(value: Any) -> str:
 
 
 class Viewer:
-    """Who the page is for: an established uid (name, admin) or the public (uid None)."""
+    """Who the page is for: an established uid (name, admin) or the public (uid None). `far`: a connection
+    from beyond loopback, where a person signs in with a password (a session, which they can end)."""
 
-    def __init__(self, uid: int | None, name: str = "", admin: bool = False, token: str = ""):
-        self.uid, self.name, self.admin, self.token = uid, name, admin, token
+    def __init__(self, uid: int | None, name: str = "", admin: bool = False, token: str = "", far: bool = False):
+        self.uid, self.name, self.admin, self.token, self.far = uid, name, admin, token, far
 
     @property
     def signed_in(self) -> bool:
@@ -50,8 +51,11 @@ def layout(title: str, body: str, viewer: Viewer, active: str = "") -> str:
     nav = "".join(f'<a href="{href}"{" class=on" if key == active else ""}>{label}</a>'
                   for key, href, label in (("gpus", "/", "GPUs"), ("queue", "/queue", "Queue"),
                                            ("usage", "/usage", "Usage"), ("submit", "/submit", "Submit")))
+    out = (f'<form method="post" action="/logout" class="logout"><input type="hidden" name="csrf" '
+           f'value="{e(viewer.token)}"><button id="logout">sign out</button></form>' if viewer.far else "")
     who = (f'<span class="who">signed in as <b>{e(viewer.name)}</b>{" (admin)" if viewer.admin else ""}'
-           f'</span>' if viewer.signed_in else
+           f'{out}</span>' if viewer.signed_in else
+           '<span class="who public">not signed in</span>' if viewer.far else
            '<span class="who public">public view: who you are is not known on this connection</span>')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -301,6 +305,22 @@ def submit_page(viewer: Viewer, text: str = EXAMPLE, problems: str = "", done: s
             f'<textarea name="text" id="jobfile" rows="18" cols="90" spellcheck="false">{e(text)}</textarea><br>'
             f'<button id="do-submit">Submit</button></form>')
     return layout("Submit", body, viewer, "submit")
+
+
+# --- signing in (beyond loopback) -------------------------------------------------------------------------------
+
+def login_page(token: str, user: str = "", problem: str = "") -> str:
+    """The sign-in form: a user name and a password, checked by the server's PAM (docs/web.md)."""
+    err = f'<p class="error" id="error">{e(problem)}</p>' if problem else ""
+    body = (f'{err}<p>Sign in with your account on this server (your login password).</p>'
+            f'<form method="post" action="/login" class="login"><input type="hidden" name="csrf" '
+            f'value="{e(token)}"><label>user <input name="user" id="user" value="{e(user)}" size="20" '
+            f'maxlength="32" autocomplete="username" autocapitalize="none" required></label><br>'
+            f'<label>password <input type="password" name="password" id="password" size="20" '
+            f'autocomplete="current-password" required></label><br><button id="do-login">Sign in</button></form>'
+            f'<p class="muted">From the server itself, or through <code>ssh -L</code>, no password is needed: '
+            f'see docs/web.md.</p>')
+    return layout("Sign in", body, Viewer(None, far=True))
 
 
 # --- usage ----------------------------------------------------------------------------------------------------

@@ -15,6 +15,12 @@ Checks, before anything else:
   neither forge it nor read it.
 - Responses say no framing, no sniffing, no referrer to other sites, and scripts only from /static (no inline script).
 
+Beyond loopback (a connection to a [web] listen address that is not loopback, over HTTPS): no kernel
+identity, so a person signs in with their password (login.py) and their session names their uid; without
+one, such a connection gets the sign-in form and nothing else (not even the public view: the queue's names
+are for the server's users, not the network's). Host names and origins are then this server's names
+(`[web] names`) too, over https.
+
 Bounds: a followed log costs the single-threaded daemon a call every LOG_POLL while the job is quiet, so a uid
 may follow at most FOLLOW_PER_UID logs at once and everyone together FOLLOW_TOTAL (429 beyond): a user opening
 thousands of streams would otherwise keep the daemon busy for everyone.
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import hmac
 import json
 import os
 import time
@@ -36,7 +43,8 @@ from gpusched import people
 from gpusched.listing import printable
 from gpusched.web import csrf, pages
 from gpusched.web.daemon import Daemon, DaemonError
-from gpusched.web.peer import owner_uid
+from gpusched.web.login import Login
+from gpusched.web.peer import is_loopback, owner_uid
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
 LOG_POLL = 0.2               # seconds between log reads while a followed job's log has nothing new
@@ -52,30 +60,46 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 VIEWER = "gpusched.viewer"     # the request's key for its Viewer
+OPEN_BEYOND_LOOPBACK = ("/login",)   # what a connection from beyond loopback gets before it signs in (and /static)
 
 
 class Dashboard:
     def __init__(self, daemon: Daemon, port: int, own_uid: int, secret: bytes | None = None,
-                 lookup: Any = owner_uid, person: Any = people.is_person):
+                 lookup: Any = owner_uid, person: Any = people.is_person, far_names: tuple[str, ...] = (),
+                 loopback_schemes: tuple[str, ...] = ("http",), far: Any = None):
         self.daemon = daemon
         self.port = port
         self.own_uid = own_uid
         self.secret = secret or os.urandom(32)
         self.lookup = lookup
         self.person = person
-        self.hosts = csrf.allowed_hosts(port)
+        self.hosts = csrf.allowed_hosts(port, far_names)
+        self.origins = csrf.allowed_origins(port, far_names, loopback_schemes)
+        # whether a connection came to an address beyond loopback (its local end; tests pretend)
+        self.far = far or (lambda sockname: not is_loopback(str(sockname[0])))
+        self.login = Login(daemon, self.secret, own_uid)
         self._who: dict[int, tuple[str, bool, float]] = {}
         self._following: dict[int, int] = {}        # uid -> logs it follows now
 
     # --- who is asking -----------------------------------------------------------------------------------
 
+    def is_far(self, request: web.Request) -> bool:
+        transport = request.transport
+        return transport is not None and self.far(transport.get_extra_info("sockname"))
+
     async def viewer(self, request: web.Request) -> pages.Viewer:
         transport = request.transport
         if transport is None:
             return pages.Viewer(None)
-        uid = self.lookup(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+        far = self.is_far(request)
+        if far:                                        # beyond loopback: the session, if any, says who
+            session = self.login.session(request)
+            uid, subject = (session.uid, self.login.subject(session)) if session else (None, "")
+        else:
+            uid = self.lookup(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+            subject = uid
         if uid is None or uid == self.own_uid or not self.person(uid):
-            return pages.Viewer(None)
+            return pages.Viewer(None, far=far)
         name, admin, when = self._who.get(uid, ("", False, 0.0))
         if not name or time.monotonic() - when > WHO_TTL:
             try:
@@ -85,20 +109,28 @@ class Dashboard:
                     self._who.clear()
                 self._who[uid] = (name, admin, time.monotonic())
             except DaemonError:
-                return pages.Viewer(None)
-        return pages.Viewer(uid, name, admin, csrf.token(self.secret, uid))
+                return pages.Viewer(None, far=far)
+        return pages.Viewer(uid, name, admin, csrf.token(self.secret, subject), far=far)
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not csrf.host_ok(request.headers.get("Host", ""), self.hosts):
-            return _text(421, "this dashboard answers only to localhost, 127.0.0.1 and [::1] on its own port "
-                              "(a Host header of another name is refused: DNS rebinding)")
+            return _text(421, "this dashboard answers only to its own names on its own port (localhost, "
+                              "127.0.0.1, [::1] and [web] names: a Host header of another name is refused, "
+                              "DNS rebinding)")
+        if self.is_far(request) and not request.secure:
+            return _text(403, "beyond loopback this dashboard is served over HTTPS only")
         viewer = await self.viewer(request)
         request[VIEWER] = viewer
         if request.method == "POST":
-            why = csrf.post_refusal(request.headers.get("Origin"), request.headers.get("Referer"), self.hosts)
+            why = csrf.post_refusal(request.headers.get("Origin"), request.headers.get("Referer"), self.origins)
             if why:
                 return self.page(403, pages.error_page(403, why, viewer))
+        if viewer.far and not viewer.signed_in and request.path not in OPEN_BEYOND_LOOPBACK \
+                and not request.path.startswith("/static/"):
+            if request.method == "GET":
+                raise web.HTTPSeeOther("/login")
+            return self.page(403, pages.error_page(403, "sign in first", viewer))
         try:
             response = await handler(request)
         except web.HTTPException:
@@ -114,7 +146,7 @@ class Dashboard:
             return self.page(403, pages.error_page(403, "acting needs to know who you are; this connection's "
                                                         "owner is not known (public view)", viewer))
         form = await request.post()
-        if not csrf.token_ok(self.secret, viewer.uid, str(form.get("csrf", ""))):
+        if not hmac.compare_digest(viewer.token, str(form.get("csrf", ""))):
             return self.page(403, pages.error_page(403, "the form's token is missing or wrong (reload the page)",
                                                    viewer))
         return {k: str(v) for k, v in form.items()}
@@ -257,6 +289,21 @@ class Dashboard:
             return self.page(400, pages.submit_page(viewer, text, problems=str(job.get("reason", "rejected"))))
         raise web.HTTPSeeOther(f"/jobs/{job_id}")
 
+    async def login_form(self, request: web.Request) -> web.Response:
+        if not request[VIEWER].far:                   # loopback: the kernel says who; nothing to sign in to
+            raise web.HTTPNotFound()
+        return await self.login.form(request)
+
+    async def login_post(self, request: web.Request) -> web.Response:
+        if not request[VIEWER].far:
+            raise web.HTTPNotFound()
+        return await self.login.sign_in(request)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        if not request[VIEWER].far:
+            raise web.HTTPNotFound()
+        return await self.login.sign_out(request, request[VIEWER])
+
     async def usage(self, request: web.Request) -> web.Response:
         viewer = request[VIEWER]
         since = request.query.get("since", "1d")
@@ -272,6 +319,7 @@ class Dashboard:
             web.get("/", self.gpus), web.get("/queue", self.queue), web.get("/jobs/{id}", self.job),
             web.get("/jobs/{id}/log", self.log), web.post("/jobs/{id}/{verb}", self.act),
             web.get("/submit", self.submit_form), web.post("/submit", self.submit), web.get("/usage", self.usage),
+            web.get("/login", self.login_form), web.post("/login", self.login_post), web.post("/logout", self.logout),
             web.static("/static", STATIC),
         ])
         return app
