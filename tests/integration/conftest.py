@@ -68,9 +68,10 @@ class Gs:
     def job_by_source(self, user: str, name: str, timeout: float = 10) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for j in self.list(all=True):
-                if j.get("source") == name and j["user"] == user:
-                    return j
+            # the newest: an earlier test may have dropped a file of the same name
+            mine = [j for j in self.list(all=True) if j.get("source") == name and j["user"] == user]
+            if mine:
+                return max(mine, key=lambda j: j["id"])
             time.sleep(0.1)
         raise AssertionError(f"no job from {user} with source {name}")
 

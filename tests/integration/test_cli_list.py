@@ -111,8 +111,13 @@ def test_a_terminal_gets_relative_times_colour_and_its_width(gs):
     def on_tty(env=""):
         return gs.sh(f"{env} script -qec 'stty cols 90; gpuschedctl list' /dev/null", user="alice").stdout
 
-    out = on_tty("TERM=xterm")
-    row = next(line for line in out.splitlines() if line.startswith(str(job)))
+    deadline = time.monotonic() + 15                 # the files follow a start within their pacing (0.5 s+)
+    while True:
+        out = on_tty("TERM=xterm")
+        row = next(line for line in out.splitlines() if line.startswith(str(job)))
+        if "running" in row or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert "\x1b[32mrunning\x1b[0m" in row and re.search(r"\d+s ago|just now", row), row
     assert len(re.sub(r"\x1b\[[0-9;]*m", "", row).rstrip("\r")) <= 90
     assert "\x1b" not in on_tty("TERM=xterm NO_COLOR=1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import json
 import re
 import select
 import struct
@@ -192,7 +193,8 @@ def test_a_client_gone_before_the_start_fails_the_job_fast(gs, term):
     st = gs.wait(job, {"failed", "succeeded"}, timeout=30)
     assert st["state"] == "failed" and st["exit_code"] == 127
     assert "could not start: cannot attach to a terminal: nothing listens at" in st["reason"]
-    assert not gs.list()                             # its GPU is free again
+    held = json.loads(gs.sh("gpuschedctl gpus --json").stdout)["gpus"]
+    assert not any(g.get("job") == job for g in held), held     # its GPU is free again
 
 
 def test_an_attach_key_written_by_hand_is_harmless(gs):

@@ -5,6 +5,7 @@ ignores its stop signal for a 5-minute grace, and terminal escapes in file names
 from __future__ import annotations
 
 import json
+import re
 import math
 import time
 import uuid
@@ -157,10 +158,15 @@ def test_terminal_escapes_never_reach_a_terminal(gs):
     for user in ("alice", "bob"):
         for cmd in ("list --all", "list", f"show {ok['id']}", f"show {rejected['id']}", "gpus",
                     f"cancel {rejected['id']}", f"logs {ok['id']}"):
-            p = gs.sh(f"script -qec 'gpuschedctl {cmd}' /dev/null", user=user, check=False)   # on a tty
+            # on a tty, without colour: then no ESC at all may reach it
+            p = gs.sh(f"NO_COLOR=1 script -qec 'gpuschedctl {cmd}' /dev/null", user=user, check=False)
             outputs[(user, cmd)] = p.stdout + p.stderr
     for (user, cmd), out in outputs.items():
         assert not any(c in out.replace("\r\n", "\n") for c in RAW), (user, cmd, out)
+    # in colour, the only escapes are list's own colour codes (SGR, ESC [ digits m)
+    coloured = gs.sh("script -qec 'gpuschedctl list --all' /dev/null", user="bob", check=False).stdout
+    assert "\x1b[" in coloured and not any(c in re.sub(r"\x1b\[[0-9;]*m", "", coloured).replace("\r\n", "\n")
+                                           for c in RAW), coloured
     assert "\\x1b]0;pwned\\x07" in outputs[("alice", f"show {rejected['id']}")]        # escaped, still there
     assert f"esc-{tag}" in outputs[("bob", "list --all")]
     assert "\\x1b]0;pwned\\x07" in outputs[("alice", f"logs {ok['id']}")]               # on a tty: escaped
