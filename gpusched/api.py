@@ -468,8 +468,8 @@ class Api:
 
     def ListPage(self, all: bool, after: int, table: bool, dbus_context: Any = None) -> str:
         """Jobs with ids above `after`, at most PAGE of them and PAGE_BYTES of text, as a JSON array or as
-        table rows (rendered here, cached per job between changes). {"last": id of the last job given, 0 when
-        no more; "ok": ...}."""
+        table rows (rendered for the page asked for; listing.py keeps a small bounded cache). {"last": id of
+        the last job given, 0 when no more; "ok": ...}."""
         return self._answer("ListPage", lambda: self._m.page(self._caller(dbus_context), all, after, table))
 
     def Show(self, id: int, dbus_context: Any = None) -> str:

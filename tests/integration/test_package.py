@@ -81,7 +81,7 @@ def test_apt_install_gives_an_enabled_running_service_that_runs_jobs(pkg, debs):
     assert gs.sh("ls /usr/share/dbus-1/system.d/org.gpusched1.conf", check=False).returncode == 0
     assert gs.sh(f"stat -c '%a %U' {SPOOL} {STATE}").stdout.split("\n")[:2] == ["1733 root", "755 root"]
     conffiles = gs.sh("dpkg-query -W -f='${Conffiles}' gpusched").stdout
-    assert "/etc/gpusched/gpusched.toml" in conffiles and "/etc/pam.d/gpusched" in conffiles
+    assert {"/etc/gpusched/gpusched.toml", "/etc/pam.d/gpusched", "/etc/pam.d/gpusched-web"} <= set(conffiles.split())
     # the autopkgtest (debian/tests/control) against the installed package: a user's job runs as that user
     out = gs.sh("/src/packaging/debian/tests/smoke", check=False)
     assert out.returncode == 0, out.stdout + out.stderr
