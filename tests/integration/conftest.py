@@ -68,10 +68,11 @@ class Gs:
     def job_by_source(self, user: str, name: str, timeout: float = 10) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            # the newest: an earlier test may have dropped a file of the same name
+            # the newest file of that name (an earlier test may have dropped one of the same name); of an
+            # array's jobs, which share their file, the first
             mine = [j for j in self.list(all=True) if j.get("source") == name and j["user"] == user]
             if mine:
-                return max(mine, key=lambda j: j["id"])
+                return min(mine, key=lambda j: (-(j.get("array_id") or j["id"]), j["id"]))
             time.sleep(0.1)
         raise AssertionError(f"no job from {user} with source {name}")
 
