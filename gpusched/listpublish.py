@@ -34,7 +34,7 @@ from gpusched import acl, listfiles, listing
 from gpusched.atomicfile import atomic_write
 from gpusched.listing import HEADER
 
-DEBOUNCE = 0.5        # seconds from a change to the render that shows it (unless an act asked for it sooner)
+DEBOUNCE = 0.1        # seconds from a change to the render that shows it (unless an act asked for it sooner)
 BUDGET = 4            # a render waits BUDGET times its own duration after the last one ended
 RETRY = 60.0          # seconds before trying again after a failed write
 

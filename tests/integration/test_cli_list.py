@@ -25,7 +25,10 @@ def test_list_reads_the_files_and_shows_a_submission_and_a_cancel_at_once(gs):
     running = gs.submit("alice", 'name = "runs"\ncommand = "sleep 300"\ngpus = 0\ngrace = "20s"\n'
                                  'stop_signal = "SIGUSR1"\n')
     gs.wait(running, "running")
-    assert re.search(rf"^{running} +running ", listed(gs, "bob"), re.M)    # changes the daemon made itself
+    deadline = time.monotonic() + 15                   # changes the daemon made itself: within its pacing
+    while not re.search(rf"^{running} +running ", out := listed(gs, "bob"), re.M) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert re.search(rf"^{running} +running ", out, re.M), out
     gs.sh(f"gpuschedctl cancel {queued} {running}", user="alice")
     out = listed(gs, "alice")
     assert not re.search(rf"^{queued} ", out, re.M), out                 # cancelled: no longer in the queue

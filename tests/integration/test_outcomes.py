@@ -46,8 +46,13 @@ def test_a_gpu_oom_is_retried_with_more_gpu_memory_shown_in_show_and_json(gs):
         assert "retry 1 of 2 with gpu_memory 20G (was 10G; on_gpu_oom)" in st["reason"], st
         shown = gs.sh(f"gpuschedctl show {job}", user="alice").stdout
         assert "retry_gpu_memory: 20G" in shown and "outcome: gpu_oom" in shown, shown
-        row = next(line for line in gs.sh("gpuschedctl list", user="bob").stdout.splitlines()
-                   if line.startswith(f"{job} "))
+        deadline = time.monotonic() + 3                 # the listing files follow within their pacing
+        while True:
+            row = next(line for line in gs.sh("gpuschedctl list", user="bob").stdout.splitlines()
+                       if line.startswith(f"{job} "))
+            if "gpu_oom" in row or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert "gpu_oom" in row, row
         st = gs.wait(job, "succeeded", timeout=60)
         assert st["attempt"] == 2 and st["retried"] == 1 and st["retry_gpu_memory"] == 20 << 30, st
