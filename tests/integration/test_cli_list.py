@@ -22,7 +22,9 @@ def test_list_reads_the_files_and_shows_a_submission_and_a_cancel_at_once(gs):
     queued = gs.submit("alice", 'name = "waits"\ncommand = "true"\ngpus = 8\n')      # the box has 4 GPUs
     out = listed(gs, "alice")                          # no sleep: the daemon wrote the files before answering
     assert re.search(rf"^{queued} +queued +alice +waits ", out, re.M), out
-    running = gs.submit("alice", 'name = "runs"\ncommand = "sleep 300"\ngpus = 0\ngrace = "20s"\n'
+    # it ignores its stop signal, so it stays `stopping` for its grace after the cancel (sleep inherits the
+    # ignored SIGUSR1), however soon the files follow its end
+    running = gs.submit("alice", 'name = "runs"\ncommand = "trap \'\' USR1; sleep 300"\ngpus = 0\ngrace = "20s"\n'
                                  'stop_signal = "SIGUSR1"\n')
     gs.wait(running, "running")
     deadline = time.monotonic() + 15                   # changes the daemon made itself: within its pacing
