@@ -1,5 +1,6 @@
 import os
 import sys
+import uuid
 
 import pytest
 
@@ -15,3 +16,21 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def service(tmp_path):
+    """Write a throwaway PAM service (tests/test_pam.py, test_web_login.py); yields a function (text) -> service name. Removed afterwards."""
+    made = []
+
+    def make(text: str) -> str:
+        name = f"gpusched-test-{uuid.uuid4().hex[:12]}"
+        path = os.path.join("/etc/pam.d", name)
+        with open(path, "x") as f:
+            f.write(text)
+        made.append(path)
+        return name
+
+    yield make
+    for path in made:
+        os.unlink(path)

@@ -93,23 +93,6 @@ def in_child(fn):
     return pickle.loads(b"".join(chunks))
 
 
-@pytest.fixture
-def service(tmp_path):
-    """Write a throwaway PAM service; yields a function (text) -> service name. Removed afterwards."""
-    made = []
-
-    def make(text: str) -> str:
-        name = f"gpusched-test-{uuid.uuid4().hex[:12]}"
-        path = os.path.join("/etc/pam.d", name)
-        with open(path, "x") as f:
-            f.write(text)
-        made.append(path)
-        return name
-
-    yield make
-    for path in made:
-        os.unlink(path)
-
 
 PERMIT = "auth required pam_permit.so\naccount required pam_permit.so\nsession required pam_permit.so\n"
 

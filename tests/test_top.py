@@ -23,6 +23,7 @@ from gpusched.jobfile import JobSpec
 from gpusched.model import State
 from gpusched.testing import World
 from gpusched.usage import GpuSample
+from tests.test_ctl import FakeClient
 
 EVIL = "x\x1b]0;pwned\x07\x1b[2J\r\u202ey"
 RAW = ("\x1b", "\x07", "\r", "\u202e")
@@ -204,21 +205,6 @@ def test_an_arrays_element_is_named_by_its_array():
 
 
 # --- the command: snapshot, JSON, actions ---------------------------------------------------------------------
-
-class FakeClient:
-    calls: list = []
-    replies: dict = {}
-
-    def __init__(self, timeout=None):
-        pass
-
-    def call(self, method, *args):
-        FakeClient.calls.append((method, *args))
-        reply = FakeClient.replies[method]
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
 
 @pytest.fixture
 def client(monkeypatch):

@@ -325,21 +325,6 @@ sys.exit(0 if password == b"right pass" and os.environ.get("PAM_RHOST") == "192.
 """
 
 
-@pytest.fixture
-def service(tmp_path):
-    made = []
-
-    def make(text: str) -> str:
-        name = f"gpusched-test-{uuid.uuid4().hex[:12]}"
-        path = os.path.join("/etc/pam.d", name)
-        with open(path, "x") as f:
-            f.write(text)
-        made.append(path)
-        return name
-    yield make
-    for path in made:
-        os.unlink(path)
-
 
 @root
 def test_authenticate_answers_the_password_prompt_with_the_password(service, tmp_path):
