@@ -54,27 +54,68 @@ def test_find_owner_picks_the_client_end_and_only_an_established_one():
     assert peer.find_owner(["garbage", "1: zz:zz"], ("127.0.0.1", 1), server) is None
 
 
+def _connect_as(uid: int, client_family: int, via: str, port: int) -> tuple[int, int]:
+    """A child process that drops to `uid`, connects, and holds the connection until its pipe closes: (pid,
+    the write end to close)."""
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                     # the child: never returns into pytest
+        try:
+            os.close(hold_w)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            client = socket.socket(client_family)
+            client.connect((via, port))
+            os.write(ready_w, b"x")
+            os.read(hold_r, 1)
+            client.close()
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(hold_r)
+    assert os.read(ready_r, 1) == b"x"
+    os.close(ready_r)
+    return pid, hold_w
+
+
+@pytest.mark.parametrize("kernel", [peer.ask_kernel, None], ids=["sock_diag", "proc-table"])
 @pytest.mark.parametrize("family,host,client_family,via", [
     (socket.AF_INET, "127.0.0.1", socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1", socket.AF_INET6, "::1"),
     # a dual-stack client: an IPv6 socket to ::ffff:127.0.0.1 is listed in tcp6, the connection is IPv4
     (socket.AF_INET, "127.0.0.1", socket.AF_INET6, "::ffff:127.0.0.1")])
-def test_owner_of_a_real_loopback_connection_is_this_process_user(family, host, client_family, via):
+def test_owner_of_a_real_loopback_connection_is_the_uid_that_made_it(family, host, client_family, via, kernel):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to connect as another uid")
     try:
         listener = socket.socket(family)
         listener.bind((host, 0))
     except OSError:
         pytest.skip(f"no {host} here")
     listener.listen()
-    client = socket.socket(client_family)
-    client.connect((via, listener.getsockname()[1]))
+    pid, hold = _connect_as(65534, client_family, via, listener.getsockname()[1])
     accepted, _ = listener.accept()
     try:
-        assert peer.owner_uid(accepted.getpeername(), accepted.getsockname()) == os.getuid()
-        client.close()                               # the client's end is gone: no owner any more
-        assert peer.owner_uid(accepted.getpeername(), accepted.getsockname()) is None
+        assert peer.owner_uid(accepted.getpeername(), accepted.getsockname(), kernel=kernel) == 65534
+        os.close(hold)                               # the client's end is gone: no owner any more
+        os.waitpid(pid, 0)
+        assert peer.owner_uid(accepted.getpeername(), accepted.getsockname(), kernel=kernel) is None
     finally:
         accepted.close()
         listener.close()
+
+
+def test_sock_diag_replies_are_read_strictly():
+    import struct
+    msg = struct.pack("=BBBB48xIIIII", socket.AF_INET, peer.TCP_ESTABLISHED, 0, 0, 0, 0, 0, 1001, 77)
+    hdr = peer.NLMSG_HDR.pack(16 + len(msg), peer.SOCK_DIAG_BY_FAMILY, 0, 1, 0)
+    assert peer.diag_owner(hdr + msg) == 1001
+    closed = struct.pack("=BBBB48xIIIII", socket.AF_INET, 6, 0, 0, 0, 0, 0, 0, 0)    # TIME_WAIT: uid 0, no inode
+    assert peer.diag_owner(hdr + closed) is None
+    error = peer.NLMSG_HDR.pack(36, peer.NLMSG_ERROR, 0, 1, 0) + struct.pack("=i", -2) + bytes(16)
+    assert peer.diag_owner(error) is None
+    assert peer.diag_owner(b"") is None and peer.diag_owner((hdr + msg)[:40]) is None
 
 
 def test_not_loopback_has_no_owner():

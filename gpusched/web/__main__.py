@@ -51,24 +51,58 @@ def far_names(cfg: configmod.Config) -> tuple[str, ...]:
     return csrf.far_names(names, cfg.web_listen)
 
 
-async def serve(cfg: configmod.Config, tls: ssl.SSLContext | None) -> None:
+def owner(transport) -> tuple:
+    """Whom a connection counts against at the gate: on loopback the uid that made it (None if unknown: those
+    share one count), beyond loopback its remote address."""
+    from gpusched.web.peer import is_loopback, normal, owner_uid
+    peer, sock = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    if not peer or not sock:
+        return ("unknown",)
+    if is_loopback(str(sock[0])):
+        return ("uid", owner_uid(peer, sock))
+    return ("address", normal(str(peer[0])))
+
+
+def open_listeners(cfg: configmod.Config, held: list[socket.socket]) -> list[socket.socket]:
+    """The sockets to serve: systemd's where it holds [web]'s addresses, our own for the rest (with a
+    warning: then the port is free whenever this service is down)."""
+    from gpusched.web import listeners
+    wanted = [(a, cfg.web_port) for a in cfg.web_listen]
+    use, bind, stray = listeners.plan(wanted, held)
+    for s in stray:
+        host, port = listeners.address_of(s)
+        print(f"gpusched-web: warning: systemd passed a socket on {host} port {port}, which [web] does not name: "
+              f"not served (run `systemctl daemon-reload && systemctl restart gpusched-web.socket`)", flush=True)
+        s.close()
+    if bind and held:
+        print(f"gpusched-web: warning: [web] names {', '.join(h for h, _ in bind)} port {cfg.web_port}, which "
+              f"gpusched-web.socket does not hold: bound here, so that port is free whenever this service is down "
+              f"(run `systemctl daemon-reload && systemctl restart gpusched-web.socket` to let systemd hold it)",
+              flush=True)
+    return use + [listeners.bind(h, p) for h, p in bind]
+
+
+async def serve(cfg: configmod.Config, tls: ssl.SSLContext | None, socks: list[socket.socket],
+                held: int = 0) -> None:
     from aiohttp import web
 
+    from gpusched.web import gate, listeners
     from gpusched.web.daemon import Daemon
     from gpusched.web.server import Dashboard
     # a wildcard listener (0.0.0.0, ::) serves loopback connections too, over its TLS
     wildcard = any(ipaddress.ip_address(a).is_unspecified for a in cfg.web_listen)
     names = far_names(cfg)
+    door = gate.Gate(owner)
     dash = Dashboard(Daemon(), cfg.web_port, os.geteuid(), far_names=names,
-                     loopback_schemes=("http", "https") if wildcard else ("http",))
-    runner = web.AppRunner(dash.app(), access_log=None)
+                     loopback_schemes=("http", "https") if wildcard else ("http",), gate=door)
+    # an unread body (a refused form) is drained for at most 2 s before the connection closes
+    runner = web.AppRunner(dash.app(), access_log=None, keepalive_timeout=gate.IDLE, lingering_time=2.0)
     await runner.setup()
-    for address in cfg.web_listen:
-        far = address in cfg.web_far()
-        await web.TCPSite(runner, address, cfg.web_port, reuse_address=True, ssl_context=tls if far else None).start()
+    for sock in socks:
+        await listeners.GatedSite(runner, sock, door, ssl_context=tls if listeners.is_far(sock) else None).start()
     urls = [f"http://localhost:{cfg.web_port}/"] + [f"https://{n}:{cfg.web_port}/ (sign in)" for n in names]
-    print(f"gpusched-web: listening on {', '.join(cfg.web_listen)} port {cfg.web_port}: {', '.join(urls)}",
-          flush=True)
+    print(f"gpusched-web: listening on {', '.join(cfg.web_listen)} port {cfg.web_port} ({held} of {len(socks)} "
+          f"sockets held by systemd): {', '.join(urls)}", flush=True)
     await asyncio.Event().wait()
 
 
@@ -91,13 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpusched-web: can't load [web] tls_cert {cfg.web_tls_cert} and tls_key {cfg.web_tls_key}: {e}",
               file=sys.stderr)
         return 2
+    from gpusched.web import listeners
+    held = listeners.inherited()
     try:
-        asyncio.run(serve(cfg, tls))
+        socks = open_listeners(cfg, held)
+    except OSError as e:
+        print(f"gpusched-web: can't listen on [web] listen {', '.join(cfg.web_listen)} port {cfg.web_port}: {e}",
+              file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(cfg, tls, socks, held=sum(1 for sock in socks if sock in held)))
     except KeyboardInterrupt:
         pass
-    except OSError as e:
-        print(f"gpusched-web: can't listen: {e}", file=sys.stderr)
-        return 1
     return 0
 
 

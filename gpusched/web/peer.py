@@ -10,16 +10,35 @@ belongs to no one, so it gives no identity rather than root's.
 No race with port reuse: the lookup is made while the server still holds its end of the connection, so the
 4-tuple can't belong to any other connection at that moment. Anything uncertain answers None (the public
 view).
+
+How: the kernel is asked for exactly that socket by its 4-tuple over sock_diag netlink (what `ss` uses; any
+user may ask), which costs the same however many sockets the machine has. Reading the whole table instead
+costs a parse of every socket, TIME_WAIT ones included, per connection: a user who churns connections
+would make each lookup slower for everyone. The table is the fallback where netlink is refused (an older
+unit's RestrictAddressFamilies=, a sandbox without sock_diag).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 import sys
 from typing import Iterable
 
 ESTABLISHED = "01"
 TABLES = {4: "/proc/net/tcp", 6: "/proc/net/tcp6"}
+
+# sock_diag (linux/sock_diag.h, linux/inet_diag.h)
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 1
+NLMSG_ERROR = 2
+NLMSG_HDR = struct.Struct("=IHHII")          # len, type, flags, seq, pid
+DIAG_REQ = struct.Struct("=BBBxI")           # family, protocol, ext, pad, states: then an inet_diag_sockid
+DIAG_MSG = struct.Struct("=BBBB48xIIIII")    # family, state, timer, retrans, sockid, expires, rqueue, wqueue, uid, inode
+TCP_ESTABLISHED = 1
+NOCOOKIE = 0xFFFFFFFF
 
 Endpoint = tuple[str, int]        # (address as ipaddress writes it, port)
 
@@ -78,7 +97,52 @@ def find_owner(lines: Iterable[str], peer: Endpoint, server: Endpoint) -> int | 
     return None
 
 
-def owner_uid(peername: tuple, sockname: tuple, tables: dict[int, str] = TABLES) -> int | None:
+class Unavailable(Exception):
+    """sock_diag can't be asked here (the address family refused, or no such netlink protocol)."""
+
+
+def diag_request(family: int, local: Endpoint, remote: Endpoint, seq: int = 1) -> bytes:
+    """The sock_diag request for the one TCP socket whose own end is `local` and whose peer is `remote`."""
+    def address(host: str) -> bytes:
+        return socket.inet_pton(family, host).ljust(16, b"\0")
+    sockid = (struct.pack("!HH", local[1], remote[1]) + address(local[0]) + address(remote[0])
+              + struct.pack("=III", 0, NOCOOKIE, NOCOOKIE))
+    body = DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF) + sockid
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + body
+
+
+def diag_owner(reply: bytes) -> int | None:
+    """The uid in a sock_diag reply, when it describes an established socket with an inode; None for an
+    error (no such socket), a closed or orphaned socket, or anything malformed."""
+    if len(reply) < NLMSG_HDR.size:
+        return None
+    _, kind, _, _, _ = NLMSG_HDR.unpack_from(reply)
+    if kind != SOCK_DIAG_BY_FAMILY or len(reply) < NLMSG_HDR.size + DIAG_MSG.size:
+        return None
+    _, state, _, _, _, _, _, uid, inode = DIAG_MSG.unpack_from(reply, NLMSG_HDR.size)
+    return uid if state == TCP_ESTABLISHED and inode != 0 else None
+
+
+def ask_kernel(peer: Endpoint, server: Endpoint) -> int | None:
+    """The owner of the client socket (local end `peer`, remote end `server`) by sock_diag; Unavailable when
+    netlink can't be used here. An IPv4 connection's client may be a dual-stack IPv6 socket: the kernel finds
+    it by the IPv4 4-tuple too."""
+    family = socket.AF_INET6 if ipaddress.ip_address(peer[0]).version == 6 else socket.AF_INET
+    try:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    except OSError as e:
+        raise Unavailable(str(e)) from None
+    with s:
+        try:
+            s.settimeout(1.0)
+            s.sendto(diag_request(family, peer, server), (0, 0))
+            return diag_owner(s.recv(8192))
+        except OSError as e:
+            raise Unavailable(str(e)) from None
+
+
+def owner_uid(peername: tuple, sockname: tuple, tables: dict[int, str] = TABLES,
+              kernel=ask_kernel) -> int | None:
     """The uid of the process that made this loopback TCP connection (peername, sockname: the accepted
     socket's getpeername() and getsockname()), or None: not loopback, or not found."""
     try:
@@ -88,6 +152,11 @@ def owner_uid(peername: tuple, sockname: tuple, tables: dict[int, str] = TABLES)
         return None
     if not (is_loopback(peer[0]) and is_loopback(server[0])):
         return None
+    if kernel is not None:
+        try:
+            return kernel(peer, server)
+        except Unavailable:
+            pass
     # an IPv4 connection's client may be an IPv6 socket connected to ::ffff:127.0.0.1 (dual-stack programs): it
     # is listed in tcp6, with the mapped addresses that decode_address writes as IPv4
     versions = (4, 6) if ipaddress.ip_address(peer[0]).version == 4 else (6,)

@@ -23,7 +23,9 @@ are for the server's users, not the network's). Host names and origins are then 
 
 Bounds: a followed log costs the single-threaded daemon a call every LOG_POLL while the job is quiet, so a uid
 may follow at most FOLLOW_PER_UID logs at once and everyone together FOLLOW_TOTAL (429 beyond): a user opening
-thousands of streams would otherwise keep the daemon busy for everyone.
+thousands of streams would otherwise keep the daemon busy for everyone. Connections themselves are counted
+per owner and closed when idle by gate.py, before aiohttp reads a byte; a POST's body must arrive whole
+within BODY_SECONDS.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ MAX_BODY = 2 << 20           # bytes of a POST body (a job file is at most 1 MiB
 VERBS = ("cancel", "cancel-now", "hold", "release", "requeue")
 FOLLOW_PER_UID = 8           # logs one uid may follow at once (tabs open on their jobs)
 FOLLOW_TOTAL = 64            # logs followed at once by everyone together
+BODY_SECONDS = 10.0          # a POST's body must arrive within this
 WHO_TTL = 60.0               # seconds a uid's name and admin flag are kept (a user leaving admin_group shows soon)
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -66,8 +69,9 @@ OPEN_BEYOND_LOOPBACK = ("/login",)   # what a connection from beyond loopback ge
 class Dashboard:
     def __init__(self, daemon: Daemon, port: int, own_uid: int, secret: bytes | None = None,
                  lookup: Any = owner_uid, person: Any = people.is_person, far_names: tuple[str, ...] = (),
-                 loopback_schemes: tuple[str, ...] = ("http",), far: Any = None):
+                 loopback_schemes: tuple[str, ...] = ("http",), far: Any = None, gate: Any = None):
         self.daemon = daemon
+        self.gate = gate            # gate.Gate: connections per owner and idle deadlines (None in unit tests)
         self.port = port
         self.own_uid = own_uid
         self.secret = secret or os.urandom(32)
@@ -114,12 +118,32 @@ class Dashboard:
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # inside a request the gate's idle deadline does not run (a followed log is meant to last)
+        transport = request.transport
+        if self.gate is not None and transport is not None:
+            self.gate.enter(transport)
+        try:
+            return await self._checked(request, handler)
+        finally:
+            if self.gate is not None and transport is not None:
+                self.gate.leave(transport)
+
+    async def _checked(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not csrf.host_ok(request.headers.get("Host", ""), self.hosts):
             return _text(421, "this dashboard answers only to its own names on its own port (localhost, "
                               "127.0.0.1, [::1] and [web] names: a Host header of another name is refused, "
                               "DNS rebinding)")
         if self.is_far(request) and not request.secure:
             return _text(403, "beyond loopback this dashboard is served over HTTPS only")
+        if request.method == "POST":
+            # every form here is urlencoded; its body is read now, whole and in time, so a body sent a byte a
+            # minute holds nothing for long (the gate's idle deadline stops inside a request)
+            if request.content_type != "application/x-www-form-urlencoded":
+                return _text(415, "this dashboard takes forms only (application/x-www-form-urlencoded)")
+            try:
+                await asyncio.wait_for(request.read(), BODY_SECONDS)
+            except asyncio.TimeoutError:
+                return _text(408, f"the form did not arrive within {BODY_SECONDS:.0f} seconds")
         viewer = await self.viewer(request)
         request[VIEWER] = viewer
         if request.method == "POST":

@@ -79,6 +79,12 @@ def test_apt_install_gives_an_enabled_running_service_that_runs_jobs(pkg, debs):
     assert where == "/usr/lib/python3/dist-packages/gpusched/__init__.py"
     gs.sh("python3 -I -c 'from gpusched._vendor import pynvml; pynvml.nvmlInit'")   # the copy it carries
     assert gs.sh("ls /usr/share/dbus-1/system.d/org.gpusched1.conf", check=False).returncode == 0
+    # the dashboard's port is held by systemd (gpusched-web.socket, where the generator says), its service runs
+    assert gs.sh("systemctl is-enabled gpusched-web.socket gpusched-web").stdout.split() == ["enabled"] * 2
+    assert gs.sh("systemctl is-active gpusched-web.socket gpusched-web").stdout.split() == ["active"] * 2
+    assert "127.0.0.1:8765" in gs.sh("systemctl show -p Listen gpusched-web.socket").stdout
+    assert gs.sh("test -x /lib/systemd/system-generators/gpusched-web-generator && "
+                 "test -e /run/systemd/generator/gpusched-web.socket.d/50-listen.conf", check=False).returncode == 0
     assert gs.sh(f"stat -c '%a %U' {SPOOL} {STATE}").stdout.split("\n")[:2] == ["1733 root", "755 root"]
     conffiles = gs.sh("dpkg-query -W -f='${Conffiles}' gpusched").stdout
     assert {"/etc/gpusched/gpusched.toml", "/etc/pam.d/gpusched", "/etc/pam.d/gpusched-web"} <= set(conffiles.split())
@@ -95,6 +101,7 @@ def test_an_upgrade_while_a_job_runs_keeps_the_job_and_records_its_real_exit_cod
     job = gs.submit("alice", f'gpus = 0\ncommand = "while [ ! -e {go} ]; do sleep 0.1; done; exit 7"\n')
     scope = gs.wait(job, "running")["unit"]
     old_pid = gs.main_pid()
+    socket_since = gs.unit_prop("gpusched-web.socket", "ActiveEnterTimestampMonotonic")
 
     # the two steps `apt install` takes, one at a time: the old daemon is not stopped while the new files are
     # unpacked (the old prerm leaves it be), and the new postinst restarts it
@@ -109,6 +116,8 @@ def test_an_upgrade_while_a_job_runs_keeps_the_job_and_records_its_real_exit_cod
     assert gs.status(job)["state"] == "running"
     log = gs.journal("-u gpusched")            # the old daemon started it: only the new one re-adopts it
     assert f"job {job} re-adopted" in log, log[-3000:]
+    # the dashboard's socket was never closed: its port was not free for a moment during the upgrade
+    assert gs.unit_prop("gpusched-web.socket", "ActiveEnterTimestampMonotonic") == socket_since
 
     gs.sh(f"touch {go}", user="alice")
     st = gs.wait(job, {"succeeded", "failed", "cancelled"}, timeout=30)

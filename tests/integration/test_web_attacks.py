@@ -5,11 +5,12 @@ socket's, whatever speaks on it)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from tests.integration import test_web
+from tests.integration import test_web, test_web_login
 from tests.integration.test_web import WEB_CALL, _uid
 
 web = test_web.web                 # the fixture: the dashboard running in the box
@@ -42,7 +43,7 @@ import re, socket, sys
 family = {"4": socket.AF_INET, "6": socket.AF_INET6}[sys.argv[1]]
 s = socket.socket(family)
 s.connect((sys.argv[2], int(sys.argv[3])))
-s.sendall(b"GET /queue HTTP/1.0\r\nHost: localhost:8765\r\n\r\n")
+s.sendall(b"GET /queue HTTP/1.0\r\nHost: localhost:%s\r\n\r\n" % sys.argv[4].encode())
 data = b""
 while (c := s.recv(65536)):
     data += c
@@ -51,8 +52,11 @@ print(m.group(1) + (m.group(2) or "") if m else "public")
 '''
 
 
-def _who(web, user, family="4", address="127.0.0.1", port=8765):
-    return web.box.run(f"/usr/bin/python3 - {family} {address} {port}", user=user, input=WHO).stdout.strip()
+def _who(web, user, family="4", address="127.0.0.1", port=8765, host_port=8765):
+    """Who the dashboard says a connection to address:port is (its Host header names host_port: where a
+    forwarder leads, or the dashboard's own port)."""
+    return web.box.run(f"/usr/bin/python3 - {family} {address} {port} {host_port}", user=user,
+                       input=WHO).stdout.strip()
 
 
 @pytest.fixture
@@ -155,3 +159,105 @@ def test_a_long_job_file_goes_through_the_form(web):
     job = int(re.search(r"/jobs/(\d+)$", p.stdout.strip()).group(1))
     done = web.wait(job, {"succeeded", "failed"})
     assert done["user"] == "alice" and done["state"] == "succeeded"
+
+
+# Binds 127.0.0.1 and ::1 at the port as the user running it: prints, for each, "taken" or "free".
+SQUAT = r'''
+import socket, sys
+out = []
+for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    s = socket.socket(family)
+    try:
+        s.bind((host, int(sys.argv[1])))
+        s.listen()
+        out.append("free")
+    except OSError:
+        out.append("taken")
+    finally:
+        s.close()
+print(" ".join(out))
+'''
+
+
+def test_the_port_is_never_free_while_the_dashboard_is_down(web):
+    # systemd holds it (gpusched-web.socket): a user can't bind it while the service is stopped, and the next
+    # visit starts the service again
+    web.sh("systemctl stop gpusched-web.service")
+    assert web.sh("systemctl is-active gpusched-web.service", check=False).stdout.strip() == "inactive"
+    assert web.box.run("/usr/bin/python3 - 8765", user="bob", input=SQUAT).stdout.split() == ["taken", "taken"]
+    assert _who(web, "alice") == "alice"                    # this visit starts it
+    assert web.sh("systemctl is-active gpusched-web.service").stdout.strip() == "active"
+    log = web.sh("journalctl --no-pager -o cat -u gpusched-web -n 20").stdout
+    assert "2 of 2 sockets held by systemd" in log, log
+
+
+# Opens N connections to the dashboard as the user running it and sends nothing on them: prints how many were
+# refused at once (503), then how many the dashboard closed within 40 s.
+HOLD = r'''
+import json, socket, sys, time
+n = int(sys.argv[1])
+conns = [socket.create_connection(("127.0.0.1", 8765)) for _ in range(n)]
+refused = 0
+for c in conns:
+    c.settimeout(0.2)
+    try:
+        if c.recv(200).startswith(b"HTTP/1.1 503"):
+            refused += 1
+    except OSError:
+        pass
+open(sys.argv[2], "w").write("holding\n")
+closed, deadline = 0, time.monotonic() + 40
+for c in conns:
+    c.settimeout(max(0.1, deadline - time.monotonic()))
+    try:
+        while c.recv(4096):
+            pass
+        closed += 1
+    except OSError:
+        pass
+print(json.dumps({"refused": refused, "closed": closed}))
+'''
+
+
+def test_one_user_holding_idle_connections_stalls_nobody(web):
+    web.box.run("cat > /run/gs-test-hold.py", input=HOLD)
+    web.sh("rm -f /run/gs-test-holding; touch /run/gs-test-holding; chown bob /run/gs-test-holding")
+    web.sh("systemd-run --unit=gs-test-hold -p User=bob -p StandardOutput=file:/run/gs-test-hold.out "
+           "/usr/bin/python3 /run/gs-test-hold.py 300 /run/gs-test-holding")
+    try:
+        for _ in range(300):
+            if web.sh("cat /run/gs-test-holding").stdout.strip() == "holding":
+                break
+            web.sh("sleep 0.1")
+        else:
+            raise AssertionError("the holder did not open its connections")
+        assert _who(web, "alice") == "alice"                     # bob's 300 idle connections stall no one
+        for _ in range(600):
+            if web.sh("systemctl is-active gs-test-hold", check=False).stdout.strip() != "active":
+                break
+            web.sh("sleep 0.1")
+        result = json.loads(web.sh("cat /run/gs-test-hold.out").stdout)
+        # 64 admitted (gate.PER_OWNER), the rest told why at once; the admitted ones closed when idle (15 s)
+        assert result == {"refused": 300 - 64, "closed": 300}, result
+        assert _who(web, "bob") == "bob"                         # and bob gets in again afterwards
+    finally:
+        web.sh("systemctl stop gs-test-hold; systemctl reset-failed gs-test-hold", check=False)
+
+
+def test_web_listen_and_port_are_where_systemd_holds_the_sockets(web):
+    # the generator writes [web] into gpusched-web.socket at daemon-reload; a restart of the socket takes the
+    # service with it
+    conf = "/etc/gpusched/gpusched.toml"
+    port = test_web_login._free_port("127.0.0.1")
+    web.sh(f"cp {conf} {conf}.orig && printf '\\n[web]\\nport = {port}\\n' >> {conf}")
+    try:
+        web.sh("systemctl daemon-reload && systemctl restart gpusched-web.socket && systemctl start gpusched-web")
+        listen = web.sh("systemctl show -p Listen gpusched-web.socket").stdout
+        assert f"127.0.0.1:{port} (Stream)" in listen and f"[::1]:{port} (Stream)" in listen, listen
+        assert ":8765" not in listen
+        assert _who(web, "alice", port=port, host_port=port) == "alice"
+        assert web.box.run(f"/usr/bin/python3 - {port}", user="bob", input=SQUAT).stdout.split() == ["taken"] * 2
+    finally:
+        web.sh(f"mv {conf}.orig {conf} && systemctl daemon-reload && systemctl restart gpusched-web.socket && "
+               f"systemctl start gpusched-web", check=False)
+    assert _who(web, "alice") == "alice"

@@ -1,0 +1,155 @@
+"""The dashboard's door: how many connections each owner may hold open, and how long one may sit idle.
+
+Why: aiohttp 3.8 (Debian 12) sets no deadline on a request's headers, so a connection that sends nothing, or
+a header a byte a minute, would hold a socket and a file descriptor for ever; one user opening thousands of
+them would leave none for anyone else. So, at accept, before aiohttp sees a byte:
+- each connection is counted against its owner: on loopback the uid that made it (the kernel's word,
+  peer.py, the same that names the viewer), beyond loopback its remote address. Past PER_OWNER open at once,
+  a new one gets a 503 that says why and is closed; past TOTAL for everyone (under the unit's LimitNOFILE) the
+  same, so the process never runs out of descriptors;
+- a connection that is not inside a request (no complete headers yet, or kept alive between requests) for
+  IDLE seconds is closed. One inside a request is the handler's business: a followed log is meant to last
+  (server.py bounds those per uid), a request body must arrive within BODY_SECONDS (server.py).
+
+The owner function and the clock are parameters, so the policy is tested with real sockets and a fake owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Hashable
+
+PER_OWNER = 64        # a browser opens about 6 per site, plus the followed logs (8 at most per uid)
+TOTAL = 4096          # everyone together; gpusched-web.service's LimitNOFILE is twice that
+IDLE = 15.0           # seconds a connection may wait for its next request's headers
+
+
+def refusal(owner: Hashable, per_owner: int, total: bool) -> bytes:
+    """The 503 a connection over its cap gets (before it has sent anything: a browser shows it anyway)."""
+    why = ("the dashboard has too many connections open; try again in a minute" if total else
+           f"you have {per_owner} connections to the dashboard open already (the most one person may hold); "
+           "close some tabs or wait a minute")
+    body = why.encode() + b"\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Connection: close\r\nRetry-After: 60\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class _Conn:
+    __slots__ = ("owner", "active", "timer")
+
+    def __init__(self, owner: Hashable):
+        self.owner = owner
+        self.active = 0                       # requests in progress on it
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Gate:
+    def __init__(self, owner: Callable[[Any], Hashable], per_owner: int = PER_OWNER, total: int = TOTAL,
+                 idle: float = IDLE):
+        self.owner = owner                    # transport -> who it counts against
+        self.per_owner = per_owner
+        self.total = total
+        self.idle = idle
+        self.open: dict[Hashable, int] = {}   # owner -> connections open
+        self._conns: dict[Any, _Conn] = {}    # transport -> its state
+        self.refused = 0                      # connections turned away (for the journal and tests)
+
+    def protocol(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for loop.create_server: aiohttp's, behind this gate."""
+        return lambda: _Door(self, inner)
+
+    # --- called by the door -------------------------------------------------------------------------------
+
+    def admit(self, transport: Any) -> bytes:
+        """Count a new connection in; b"" if admitted, else the refusal to send before closing it."""
+        owner = self.owner(transport)
+        if len(self._conns) >= self.total:
+            self.refused += 1
+            return refusal(owner, self.per_owner, total=True)
+        if self.open.get(owner, 0) >= self.per_owner:
+            self.refused += 1
+            return refusal(owner, self.per_owner, total=False)
+        self.open[owner] = self.open.get(owner, 0) + 1
+        conn = self._conns[transport] = _Conn(owner)
+        self._arm(transport, conn)
+        return b""
+
+    def gone(self, transport: Any) -> None:
+        conn = self._conns.pop(transport, None)
+        if conn is None:
+            return
+        if conn.timer:
+            conn.timer.cancel()
+        left = self.open.get(conn.owner, 1) - 1
+        if left > 0:
+            self.open[conn.owner] = left
+        else:
+            self.open.pop(conn.owner, None)
+
+    # --- called around each request (server.py's guard) ---------------------------------------------------
+
+    def enter(self, transport: Any) -> None:
+        conn = self._conns.get(transport)
+        if conn:
+            conn.active += 1
+            if conn.timer:
+                conn.timer.cancel()
+                conn.timer = None
+
+    def leave(self, transport: Any) -> None:
+        conn = self._conns.get(transport)
+        if conn:
+            conn.active = max(0, conn.active - 1)
+            if conn.active == 0:
+                self._arm(transport, conn)
+
+    def _arm(self, transport: Any, conn: _Conn) -> None:
+        if conn.timer:
+            conn.timer.cancel()
+        conn.timer = asyncio.get_running_loop().call_later(self.idle, self._expire, transport)
+
+    def _expire(self, transport: Any) -> None:
+        conn = self._conns.get(transport)
+        if conn and conn.active == 0:
+            conn.timer = None
+            transport.close()
+
+
+class _Door(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind the gate: created only once the gate admits it."""
+
+    def __init__(self, gate: Gate, inner: Callable[[], asyncio.Protocol]):
+        self.gate = gate
+        self.make_inner = inner
+        self.inner: Any = None
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        refused = self.gate.admit(transport)
+        if refused:
+            transport.write(refused)
+            transport.close()
+            return
+        self.inner = self.make_inner()
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.inner is not None:
+            self.gate.gone(self.transport)
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()

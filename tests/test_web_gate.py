@@ -1,0 +1,212 @@
+"""The dashboard's door (web/gate.py), its sockets (web/listeners.py) and its socket unit's generator
+(web/generator.py): real loopback sockets and a real aiohttp server; only the owner of each connection is
+made up (the kernel's answer is tested in test_web.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("aiohttp")
+from aiohttp import web  # noqa: E402
+
+from gpusched.web import gate, generator, listeners  # noqa: E402
+from gpusched.web.server import Dashboard  # noqa: E402
+
+
+async def _serve(door: gate.Gate, handler=None):
+    """An aiohttp app behind `door` on a free loopback port: (runner, port)."""
+    async def default(request):
+        return web.Response(text="ok")
+
+    @web.middleware
+    async def track(request, handler):                   # what server.py's guard does around each request
+        door.enter(request.transport)
+        try:
+            return await handler(request)
+        finally:
+            door.leave(request.transport)
+
+    app = web.Application(middlewares=[track])
+    app.add_routes([web.get("/", handler or default)])
+    runner = web.AppRunner(app, keepalive_timeout=door.idle)
+    await runner.setup()
+    sock = listeners.bind("127.0.0.1", 0)
+    await listeners.GatedSite(runner, sock, door).start()
+    return runner, sock.getsockname()[1]
+
+
+async def _connect(port: int):
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def _get(port: int) -> bytes:
+    reader, writer = await _connect(port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return data
+
+
+def test_one_owner_past_its_cap_is_refused_with_a_reason_and_others_still_get_in():
+    owners = {"who": "mallory"}
+
+    async def go():
+        door = gate.Gate(lambda t: owners["who"], per_owner=3, total=100, idle=30)
+        runner, port = await _serve(door)
+        try:
+            held = [await _connect(port) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            assert door.open == {"mallory": 3}
+            reader, _ = await _connect(port)               # the fourth: told why, then closed
+            refused = await asyncio.wait_for(reader.read(), 5)
+            assert refused.startswith(b"HTTP/1.1 503") and b"3 connections" in refused
+            owners["who"] = "alice"                        # someone else is not stalled by mallory
+            assert b"200 OK" in await _get(port)
+            held[0][1].close()                             # mallory closes one: she may open one again
+            await asyncio.sleep(0.1)
+            owners["who"] = "mallory"
+            assert b"200 OK" in await _get(port)
+            assert door.refused == 1
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+def test_everyone_together_is_capped_too():
+    n = iter(range(1000))
+
+    async def go():
+        door = gate.Gate(lambda t: next(n), per_owner=10, total=2, idle=30)
+        runner, port = await _serve(door)
+        try:
+            held = [await _connect(port) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            reader, _ = await _connect(port)
+            assert b"too many connections" in await asyncio.wait_for(reader.read(), 5)
+            assert len(held) == 2 and door.refused == 1
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+def test_a_connection_that_sends_nothing_or_drips_its_headers_is_closed_when_idle():
+    async def go():
+        door = gate.Gate(lambda t: "mallory", per_owner=10, total=100, idle=0.5)
+        runner, port = await _serve(door)
+        try:
+            silent_r, _ = await _connect(port)
+            drip_r, drip_w = await _connect(port)
+            start = time.monotonic()
+            drip_w.write(b"GET / HTTP/1.1\r\n")
+            for _ in range(3):
+                await asyncio.sleep(0.2)
+                drip_w.write(b"X-a: b\r\n")                  # never ends its headers
+            assert await asyncio.wait_for(silent_r.read(), 5) == b""
+            assert await asyncio.wait_for(drip_r.read(), 5) == b""
+            assert time.monotonic() - start < 3
+            await asyncio.sleep(0.1)
+            assert door.open == {}                         # counted out again
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+def test_a_request_in_progress_outlasts_the_idle_deadline_and_keep_alive_then_ends():
+    async def slow(request):
+        await asyncio.sleep(1.0)                           # twice the idle deadline
+        return web.Response(text="done")
+
+    async def go():
+        door = gate.Gate(lambda t: "alice", per_owner=10, total=100, idle=0.5)
+        runner, port = await _serve(door, slow)
+        try:
+            reader, writer = await _connect(port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")      # keep-alive
+            head = await asyncio.wait_for(reader.readuntil(b"done"), 5)
+            assert b"200 OK" in head
+            assert await asyncio.wait_for(reader.read(), 5) == b""   # then idle: closed
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+def test_plan_serves_systemds_sockets_for_the_configured_addresses_and_binds_the_rest():
+    a = listeners.bind("127.0.0.1", 0)
+    b = listeners.bind("127.0.0.1", 0)
+    try:
+        pa = a.getsockname()[1]
+        use, bind, stray = listeners.plan([("127.0.0.1", pa), ("127.0.0.2", pa)], [a, b])
+        assert use == [a] and bind == [("127.0.0.2", pa)] and stray == [b]
+        assert not listeners.is_far(a)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sockets_from_systemd_are_taken_only_when_meant_for_this_process():
+    assert listeners.inherited({"LISTEN_PID": "1", "LISTEN_FDS": "1"}, pid=2) == []
+    sock = listeners.bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    code = ("from gpusched.web import listeners; import os; s = listeners.inherited(); "
+            "print([listeners.address_of(x) for x in s], os.environ.get('LISTEN_FDS'))")
+    try:
+        out = subprocess.run(["bash", "-c", f"LISTEN_PID=$$ LISTEN_FDS=1 exec {sys.executable} -c \"{code}\" "
+                                          f"3<&{sock.fileno()}"],
+                             pass_fds=(sock.fileno(),), capture_output=True, text=True, timeout=30,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    finally:
+        sock.close()
+    assert out.stdout.strip() == f"[('127.0.0.1', {port})] None", out.stderr
+
+
+def test_the_generator_writes_web_listen_into_the_socket_unit(tmp_path, monkeypatch):
+    conf = tmp_path / "gpusched.toml"
+    conf.write_text('[web]\nlisten = ["127.0.0.1", "::1", "10.1.2.3"]\nport = 9443\n'
+                    'tls_cert = "/etc/c.pem"\ntls_key = "/etc/k.pem"\n')
+    monkeypatch.setenv("GPUSCHED_CONFIG", str(conf))
+    assert generator.main(["gen", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / generator.DROPIN).read_text()
+    assert text.splitlines()[1:] == ["[Socket]", "ListenStream=", "ListenStream=127.0.0.1:9443",
+                                     "ListenStream=[::1]:9443", "ListenStream=10.1.2.3:9443"]
+    conf.write_text("[web]\nport = 0\n")                  # invalid: nothing written, the boot goes on
+    assert generator.main(["gen", str(tmp_path / "bad")]) == 0
+    assert not (tmp_path / "bad").exists()
+
+
+def _dashboard():
+    class Quiet:
+        async def as_user(self, uid, verb, *args):
+            return {"uid": uid, "name": "alice", "admin": False}
+    return Dashboard(Quiet(), 8765, own_uid=999, secret=b"s" * 32, lookup=lambda _p, _s: 1000,
+                     person=lambda u: True)
+
+
+def test_a_post_that_is_not_a_form_or_whose_body_never_comes_is_refused(monkeypatch):
+    from gpusched.web import server
+    monkeypatch.setattr(server, "BODY_SECONDS", 0.3)
+
+    async def go():
+        runner = web.AppRunner(_dashboard().app(), lingering_time=0.5)   # how long a refused body is drained
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            head = b"POST /jobs/7/cancel HTTP/1.1\r\nHost: localhost:8765\r\nOrigin: http://localhost:8765\r\n"
+            reader, writer = await _connect(port)
+            writer.write(head + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            assert b" 415 " in await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+            reader, writer = await _connect(port)
+            writer.write(head + b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 50\r\n\r\nc")
+            assert b" 408 " in await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
