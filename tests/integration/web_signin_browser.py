@@ -24,8 +24,8 @@ import tempfile
 import time
 from typing import Any
 
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 from web_browser import browser, post_form, status_has, text
 
@@ -38,11 +38,14 @@ def signed_in_as(d) -> str:
 
 
 def submit(d, wait: WebDriverWait, button_id: str) -> None:
-    """Click a form's button and wait until the page it brings is there (the old one gone)."""
-    button = d.find_element(By.ID, button_id)
-    button.click()
-    wait.until(expected_conditions.staleness_of(button))
-    wait.until(lambda _: d.execute_script("return document.readyState") == "complete")
+    """Click a form's button and wait until the page it brings is there: a new document (a new window object,
+    without the mark put on the old one), loaded. Not selenium's staleness_of: while the old page goes,
+    chromedriver may answer its question with a plain error ("Node with given id does not belong to the
+    document") instead of a stale element: `wait` takes errors for "not yet"."""
+    d.execute_script("window.gsOldPage = true")
+    d.find_element(By.ID, button_id).click()
+    wait.until(lambda _: d.execute_script(
+        "return window.gsOldPage === undefined && document.readyState === 'complete'"))
 
 
 def untrusted(url: str) -> dict[str, Any]:
@@ -66,7 +69,9 @@ def main() -> int:
         seen["untrusted"] = untrusted(url)
     profile = tempfile.mkdtemp(prefix="gs-profile-")          # a fresh profile: no cookie of anyone before
     d = browser(f"--user-data-dir={profile}", f"--ignore-certificate-errors-spki-list={spki}")
-    wait = WebDriverWait(d, 30)            # a refused password alone takes 2 s, on a machine others share
+    # a refused password alone takes 2 s, on a machine others share; an error while a page is replaced is
+    # "not yet" (submit)
+    wait = WebDriverWait(d, 30, ignored_exceptions=(WebDriverException,))
 
     def shot(name: str) -> None:
         d.save_screenshot(os.path.join(out, f"{name}.png"))
