@@ -5,26 +5,14 @@ the kernel's socket table. Screenshots go to <box dir>/shots/ (docs/img/ has the
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import shutil
 import time
 
 import pytest
 
+from tests.integration.browsing import LINES, browse
+
 URL = "http://localhost:8765"
-SHOTS = "/var/tmp/web-shots"
-BROWSE = "/usr/bin/python3 /src/tests/integration/web_browser.py"
 WEB_CALL = "busctl call --json=short org.gpusched1 /org/gpusched1 org.gpusched1.Web WebCall uss"
-
-
-def _need_browser():
-    for path in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not os.path.exists(path):
-            pytest.skip(f"{path} is missing (apt-get install chromium chromium-driver; scripts/setup-deps does)")
-    if importlib.util.find_spec("selenium") is None:
-        pytest.skip("python3-selenium is missing (scripts/setup-deps installs it)")
 
 
 @pytest.fixture
@@ -79,26 +67,9 @@ systemctl reload dbus""")
         web.sh(f"rm -f {conf}; systemctl reload dbus")
 
 
-LINES = 'command = "for i in $(seq 1 100000); do echo line $i; sleep 0.1; done"\ngpus = 1\nname = "{name}"\n'
-
-
 def _browse(web, role, user, mine, other):
-    _need_browser()
-    out = f"{SHOTS}/{role}-{user}"
-    if role == "public":        # a uid with no account: the owner can't be established as a person
-        cmd = (f"mkdir -p {SHOTS} && chmod 1777 {SHOTS} && setpriv --reuid=4242 --regid=4242 --clear-groups "
-               f"env HOME=/var/tmp LANG=C.UTF-8 {BROWSE} public {URL} {out} {mine} {other}")
-        p = web.sh(cmd, timeout=240, check=False)
-    else:
-        web.sh(f"mkdir -p {SHOTS} && chmod 1777 {SHOTS}")
-        p = web.sh(f"{BROWSE} owner {URL} {out} {mine} {other}", user=user, timeout=240, check=False)
-    assert p.returncode == 0, f"browser as {user} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
-    keep = os.path.join(web.box.base, "shots")
-    os.makedirs(keep, exist_ok=True)
-    src = os.path.join(web.box.root, out.lstrip("/"))
-    for f in os.listdir(src):
-        shutil.copy(os.path.join(src, f), os.path.join(keep, f"{role}-{user}-{f}"))
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return browse(web, f"{role}-{user}", "web_browser.py", role, URL, str(mine), str(other),
+                  user=None if role == "public" else user)
 
 
 def test_two_users_in_real_browsers_follow_cancel_and_are_refused(web):

@@ -2,7 +2,7 @@
 chromium-driver, python3-selenium) on the dashboard through loopback, so the connection is that user's in the
 kernel's socket table. Prints one JSON object of what it saw; writes screenshots into OUT.
 
-usage: web_browser.py ROLE URL OUT MINE OTHER
+usage: web_browser.py OUT ROLE URL MINE OTHER
   ROLE  owner (follow MINE's log, refused on OTHER, cancel MINE, submit) | public (no log, no path, no action)
 """
 
@@ -18,18 +18,42 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 
-def browser() -> webdriver.Chrome:
+def browser(*more: str) -> webdriver.Chrome:
+    """Headless Chromium with the arguments `more` too (web_signin_browser.py: a profile, a pinned key); its
+    console (CSP refusals, failed loads) kept for get_log("browser")."""
     opts = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", "--no-first-run", "--disable-extensions"):
+                "--window-size=1280,900", "--no-first-run", "--disable-extensions", *more):
         opts.add_argument(arg)               # --no-sandbox: the box blocks the namespaces Chromium's sandbox uses
     opts.binary_location = "/usr/bin/chromium"
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=webdriver.ChromeService("/usr/bin/chromedriver"), options=opts) \
         if hasattr(webdriver, "ChromeService") else webdriver.Chrome(options=opts)
 
 
+def post_form(d: webdriver.Chrome, action: str, token: str) -> None:
+    """POST a form with only the token `token` to `action` from the page shown, as a page's form would be sent
+    (the browser adds Origin, Referer and the cookies itself): what a forged click on another's job does."""
+    d.execute_script(
+        "var f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];"
+        "var i = document.createElement('input'); i.name = 'csrf'; i.value = arguments[1]; f.appendChild(i);"
+        "document.body.appendChild(f); f.submit();", action, token)
+
+
+def status_has(d: webdriver.Chrome, *words: str) -> bool:
+    """Whether the job page's status says one of `words`."""
+    try:                                        # the page may be being replaced (the action's redirect)
+        return any(w in d.find_element(By.ID, "status").text for w in words)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def text(d: webdriver.Chrome) -> str:
+    return d.find_element(By.TAG_NAME, "body").text
+
+
 def main() -> int:
-    role, url, out, mine, other = sys.argv[1:6]
+    out, role, url, mine, other = sys.argv[1:6]
     os.makedirs(out, exist_ok=True)
     seen: dict[str, object] = {}
     d = browser()
@@ -38,27 +62,18 @@ def main() -> int:
     def shot(name: str) -> None:
         d.save_screenshot(os.path.join(out, f"{name}.png"))
 
-    def status_has(*words: str) -> bool:
-        try:                                    # the page may be being replaced (the action's redirect)
-            return any(w in d.find_element(By.ID, "status").text for w in words)
-        except Exception:  # noqa: BLE001
-            return False
-
-    def text() -> str:
-        return d.find_element(By.TAG_NAME, "body").text
-
     try:
         d.get(f"{url}/queue")
-        seen["queue"] = text()
+        seen["queue"] = text(d)
         shot("queue")
         d.get(f"{url}/jobs/{mine}")
         seen["job_html"] = d.page_source
         if role == "public":
-            seen["job_text"] = text()
+            seen["job_text"] = text(d)
             shot("public-job")
             d.get(f"{url}/")
             shot("public-gpus")
-            seen["gpus"] = text()
+            seen["gpus"] = text(d)
             return print(json.dumps(seen)) or 0
         # follow my job's live log until it has printed line 5
         t = time.monotonic()
@@ -71,16 +86,13 @@ def main() -> int:
         seen["other_html"] = d.page_source
         d.get(f"{url}/submit")
         token = d.find_element(By.NAME, "csrf").get_attribute("value")
-        d.execute_script(
-            "var f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];"
-            "var i = document.createElement('input'); i.name = 'csrf'; i.value = arguments[1]; f.appendChild(i);"
-            "document.body.appendChild(f); f.submit();", f"/jobs/{other}/cancel", token)
+        post_form(d, f"/jobs/{other}/cancel", token)
         wait.until(lambda _: d.find_elements(By.ID, "error"))
         seen["refused"] = d.find_element(By.ID, "error").text
         # cancel my own job with its button
         d.get(f"{url}/jobs/{mine}")
         d.find_element(By.ID, "do-cancel").click()
-        wait.until(lambda _: status_has("stopping", "cancelled"))
+        wait.until(lambda _: status_has(d, "stopping", "cancelled"))
         seen["after_cancel"] = d.find_element(By.ID, "status").text
         # submit a job file, a wrong one first (the parser's words), then a good one
         d.get(f"{url}/submit")
