@@ -336,7 +336,7 @@ def web_idle(seconds: int) -> dict:
             browser.kill()
         monitor.terminate()
         monitor.wait()
-        sh(f"gpuschedctl cancel {job} >/dev/null; rm -f /home/alice/quiet.toml")
+        sh(f"gpuschedctl cancel {job} >/dev/null 2>&1; rm -f /home/alice/quiet.toml")
     for p in phases:
         p["calls"] = _method_calls(log, p.pop("t0"), p.pop("t1"))
     return {"seconds": seconds, "log_poll_s": LOG_POLL, "phases": phases}
