@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -218,6 +219,127 @@ def idle(seconds: int) -> dict:
     time.sleep(seconds)
     busy = _cpu_seconds(pid) - c0
     return {"seconds": seconds, "idle_cpu_s": empty, "four_running_cpu_s": busy}
+
+
+
+WEB_CONFIG = "/etc/gpusched/bench-web.toml"   # the dashboard's config in the bench's box: its port (bench/run)
+AS_ALICE = ["setpriv", "--reuid=alice", "--regid=alice", "--init-groups", "--reset-env", "--", "/usr/bin/env",
+            "HOME=/home/alice", "USER=alice", "PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds of a whole process, every thread (ended ones too), to the nanosecond: its CPU-time clock,
+    the id clock_getcpuclockid(3) gives, which Python does not wrap (Linux: ~pid << 3 | CPUCLOCK_SCHED)."""
+    return time.clock_gettime(((~pid) << 3) | 2)
+
+
+def _main_pid(unit: str) -> int:
+    return int(sh(f"systemctl show -p MainPID --value {unit}"))
+
+
+def _method_calls(path: str, t0: float, t1: float) -> int:
+    """Method calls to org.gpusched1 that dbus-monitor --profile saw between t0 and t1 (wall clock)."""
+    n = 0
+    with open(path) as f:
+        for line in f:
+            fields = line.split("\t")
+            if fields[0] == "mc" and len(fields) > 1 and t0 <= float(fields[1]) < t1:
+                n += 1
+    return n
+
+
+def web_idle(seconds: int) -> dict:
+    """What the dashboard costs the daemon when nobody does anything: the daemon's CPU time and the bus calls it
+    served over `seconds`, with gpusched-web stopped (the limit), running with nobody connected, with a real
+    Chromium of alice's sitting on the queue page, then on the GPUs page, then on the page of a running job
+    that prints nothing (its live log is followed: one call every LOG_POLL by design), then nobody connected
+    again after the browser quit (no follower left behind), then stopped again (the limit's noise). One quiet
+    job of alice's runs through every phase, so that only the dashboard differs between them."""
+    import tomllib
+    from gpusched.web.server import LOG_POLL
+    with open(WEB_CONFIG, "rb") as f:
+        port = tomllib.load(f)["web"]["port"]
+    assert port != 8765, "the bench's dashboard must not take the default port (other boxes share the network)"
+    url = f"http://localhost:{port}"
+    fresh()
+    sh("id alice >/dev/null 2>&1 || useradd -m -s /bin/bash alice")
+    with open("/home/alice/quiet.toml", "w") as f:
+        f.write('command = "sleep 100000"\ngpus = 0\nname = "quiet"\n')
+    os.chown("/home/alice/quiet.toml", *(int(sh(f"id -{w} alice")) for w in "ug"))
+    job = int(subprocess.run(AS_ALICE + ["sh", "-c", "cd /home/alice && gpuschedctl submit quiet.toml"],
+                             check=True, capture_output=True, text=True).stdout.strip())
+    while sh(f"systemctl is-active gpusched-job-{job}.scope || true").strip() != "active":
+        time.sleep(0.1)
+    log = f"{OUT}/web-idle-calls"
+    os.makedirs(OUT, exist_ok=True)
+    monitor = subprocess.Popen(["stdbuf", "-oL", "dbus-monitor", "--system", "--profile",
+                                "type='method_call',destination='org.gpusched1'"],
+                               stdout=open(log, "w"), stderr=subprocess.DEVNULL)
+    browser = None
+    phases: list[dict] = []
+
+    def window(what: str, limit: bool = False) -> None:
+        time.sleep(2)                    # what starting this phase set off is over
+        daemon, web = _main_pid("gpusched"), _main_pid("gpusched-web")
+        t0, c0, w0 = time.time(), _process_cpu(daemon), _process_cpu(web) if web else 0.0
+        time.sleep(seconds)
+        c1, w1, t1 = _process_cpu(daemon), _process_cpu(web) if web else 0.0, time.time()
+        phases.append({"what": what, "limit": limit, "t0": t0, "t1": t1, "daemon_cpu_s": c1 - c0,
+                       "web_cpu_s": (w1 - w0) if web else None})
+
+    def web_up() -> None:
+        sh("systemctl start gpusched-web")
+        for _ in range(100):             # a bare TCP connect: no request, so no bus call
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"gpusched-web does not listen on {port}: " + sh("journalctl -u gpusched-web -n 20"))
+
+    def show(path: str) -> None:
+        browser.stdin.write(f"{url}{path}\n")
+        browser.stdin.flush()
+        line = browser.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the browser ended: {open(f'{OUT}/web-idle-browser.err').read()[-3000:]}")
+        assert json.loads(line)["signed_in"], f"{path}: the dashboard did not name alice: {line}"
+
+    try:
+        time.sleep(1)
+        t = time.time()
+        stats()                          # the monitor sees calls (so that a 0 below means none was made)
+        time.sleep(0.5)
+        assert _method_calls(log, t, time.time()) >= 1, "dbus-monitor saw no call to org.gpusched1"
+        sh("systemctl stop gpusched-web")
+        window("gpusched-web stopped", limit=True)
+        web_up()
+        window("gpusched-web running, nobody connected")
+        browser = subprocess.Popen(AS_ALICE + ["/usr/bin/python3", "/src/bench/webidle_browser.py"], text=True,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=open(f"{OUT}/web-idle-browser.err", "w"), cwd="/tmp")
+        show("/queue")
+        window("Chromium as alice on /queue")
+        show("/")
+        window("Chromium as alice on / (GPUs)")
+        show(f"/jobs/{job}")
+        window("Chromium as alice on a quiet running job's page, its log followed")
+        browser.stdin.close()
+        browser.wait(timeout=60)
+        browser = None
+        window("gpusched-web running, nobody connected, after the browser quit")
+        sh("systemctl stop gpusched-web")
+        window("gpusched-web stopped again", limit=True)
+        time.sleep(1)
+    finally:
+        if browser is not None:
+            browser.kill()
+        monitor.terminate()
+        monitor.wait()
+        sh(f"gpuschedctl cancel {job} >/dev/null 2>&1; rm -f /home/alice/quiet.toml")
+    for p in phases:
+        p["calls"] = _method_calls(log, p.pop("t0"), p.pop("t1"))
+    return {"seconds": seconds, "log_poll_s": LOG_POLL, "phases": phases}
 
 
 if __name__ == "__main__":

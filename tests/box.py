@@ -8,8 +8,10 @@ demo's box (scripts/run-service) by default, the test suite's with --tests; $GPU
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,22 @@ DEMO_DIR = os.environ.get("GPUSCHED_BOX_DIR", "/var/tmp/gpusched-demo-box")     
 MASK = ["postgresql.service", "getty@tty1.service", "e2scrub_reap.service", "systemd-timesyncd.service",
         "console-getty.service", "apt-daily.service", "apt-daily-upgrade.service", "man-db.service"]
 PY = "/usr/bin/python3"
+
+
+def free_port(hosts: tuple[str, ...] = ("127.0.0.1", "::1"), low: int = 20000, high: int = 29999) -> int | None:
+    """A TCP port free on all of `hosts` now (None if 50 tries found none). Boxes share this machine's network
+    namespace, and other people's boxes and the CI hold the dashboard's default port 8765: a box that serves on
+    loopback takes one of these instead."""
+    for _ in range(50):
+        port = random.randint(low, high)
+        try:
+            for host in hosts:
+                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                    s.bind((host, port))
+            return port
+        except OSError:
+            continue
+    return None
 
 
 class BoxError(Exception):
