@@ -21,9 +21,9 @@ one, such a connection gets the sign-in form and nothing else (not even the publ
 are for the server's users, not the network's). Host names and origins are then this server's names
 (`[web] names`) too, over https.
 
-Bounds: a followed log costs the single-threaded daemon a call every LOG_POLL while the job is quiet, so a uid
-may follow at most FOLLOW_PER_UID logs at once and everyone together FOLLOW_TOTAL (429 beyond): a user opening
-thousands of streams would otherwise keep the daemon busy for everyone. Connections themselves are counted
+Bounds: a followed log costs the single-threaded daemon a call every LOG_POLL to LOG_POLL_MAX while the job is
+quiet, so a uid may follow at most FOLLOW_PER_UID logs at once and everyone together FOLLOW_TOTAL (429 beyond):
+a user opening thousands of streams would otherwise keep the daemon busy for everyone. Connections themselves are counted
 per owner and closed when idle by gate.py, before aiohttp reads a byte; a POST's body must arrive whole
 within BODY_SECONDS.
 """
@@ -49,7 +49,8 @@ from gpusched.web.login import Login
 from gpusched.web.peer import is_loopback, owner_uid
 
 STATIC = os.path.join(os.path.dirname(__file__), "static")
-LOG_POLL = 0.2               # seconds between log reads while a followed job's log has nothing new
+LOG_POLL = 0.2               # seconds before the next log read once a followed job's log had nothing new,
+LOG_POLL_MAX = 1.6           # doubling while it stays quiet up to this (a job silent for long costs ~1 call in 1.6 s)
 MAX_BODY = 2 << 20           # bytes of a POST body (a job file is at most 1 MiB)
 VERBS = ("cancel", "cancel-now", "hold", "release", "requeue")
 FOLLOW_PER_UID = 8           # logs one uid may follow at once (tabs open on their jobs)
@@ -258,6 +259,7 @@ class Dashboard:
         await response.prepare(request)
         decoder = codecs.getincrementaldecoder("utf-8")("backslashreplace")
         chunk = first
+        pause = LOG_POLL
         while True:
             data = base64.b64decode(chunk["data"])
             if chunk.get("reset"):
@@ -269,8 +271,11 @@ class Dashboard:
             if ended and not data:
                 await response.write(_event("end", chunk["state"]))
                 break
-            if not data:
-                await asyncio.sleep(LOG_POLL)
+            if data:
+                pause = LOG_POLL
+            else:                # quiet: ask less often, up to LOG_POLL_MAX (a new line resets it)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LOG_POLL_MAX)
             if request.transport is None or request.transport.is_closing():
                 break            # the reader went away (aiohttp >= 3.9 no longer cancels the handler): stop asking
             try:

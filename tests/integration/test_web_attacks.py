@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.integration import test_web, test_web_login
+from tests.integration import test_web, webfar
 from tests.integration.test_web import WEB_CALL, _uid
 
 web = test_web.web                 # the fixture: the dashboard running in the box
@@ -248,7 +248,7 @@ def test_web_listen_and_port_are_where_systemd_holds_the_sockets(web):
     # the generator writes [web] into gpusched-web.socket at daemon-reload; a restart of the socket takes the
     # service with it
     conf = "/etc/gpusched/gpusched.toml"
-    port = test_web_login._free_port("127.0.0.1")
+    port = webfar.free_port("127.0.0.1")
     web.sh(f"cp {conf} {conf}.orig && printf '\\n[web]\\nport = {port}\\n' >> {conf}")
     try:
         web.sh("systemctl daemon-reload && systemctl restart gpusched-web.socket && systemctl start gpusched-web")

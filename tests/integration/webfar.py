@@ -5,13 +5,13 @@ alice, bob and root have passwords (chpasswd) for the daemon's real PAM check. `
 
 from __future__ import annotations
 
-import random
 import re
 import shlex
-import socket
 import time
 
 import pytest
+
+from tests import box
 
 CONF = "/etc/gpusched/gpusched.toml"
 CERT, KEY = "/etc/gpusched/web-test.crt", "/etc/gpusched/web-test.key"
@@ -29,17 +29,11 @@ def far_address(gs) -> str:
 
 
 def free_port(address: str) -> int:
-    """A port free on both the address and 127.0.0.1 (other engineers' boxes share this network: not 8765)."""
-    for _ in range(50):
-        port = random.randint(20000, 29999)
-        try:
-            for host in (address, "127.0.0.1"):
-                with socket.socket() as s:
-                    s.bind((host, port))
-            return port
-        except OSError:
-            continue
-    pytest.skip("no free port")
+    """A port free on both the address and loopback (other engineers' boxes share this network: not 8765)."""
+    port = box.free_port((address, "127.0.0.1", "::1"))
+    if port is None:
+        pytest.skip("no free port")
+    return port
 
 
 class Far:
