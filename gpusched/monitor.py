@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Callable
 
-from gpusched import acl, cgroupusage, fds, gpuoom, jobcgroup, joblog, journal, output, pam
+from gpusched import acl, cgroupusage, fds, gpuoom, jobcgroup, joblog, journal, output, pam, wakeup
 from gpusched.atomicfile import Reserved, atomic_write
 
 SETUP_FAILED = 127
@@ -106,14 +106,6 @@ def _child(spec: dict, out_fd: int, err_w: int, cgroup: jobcgroup.JobCgroup, oom
             os.write(err_w, str(e).encode()[:4000])
         finally:
             os._exit(SETUP_FAILED)
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
 
 
 class _Output:
@@ -206,8 +198,7 @@ def run(spec: dict, go: Callable[[], bool] = lambda: True) -> dict:
 
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
+    wake_r = wakeup.install()
     signal.signal(signal.SIGCHLD, lambda *_: None)    # wakes the select below when the job exits
     oom_score = _oom_shield() if os.getuid() == 0 else None
     started = time.time()
@@ -345,7 +336,7 @@ def _copy_output(pid: int, out_r: int, wake_r: int, out: _Output, cgroup: jobcgr
         while True:
             ready, _, _ = select.select([out_r, wake_r], [], [], 0.1 if reaped else None)
             if wake_r in ready:
-                _drain(wake_r)
+                wakeup.drain(wake_r)
             if not reaped:
                 done, raw_status = os.waitpid(pid, os.WNOHANG)
                 if done:

@@ -39,7 +39,7 @@ import sys
 import termios
 import time
 
-from gpusched import fds, ptywire
+from gpusched import fds, ptywire, wakeup
 
 SETUP_FAILED = 127
 CONNECT_TIMEOUT = 10.0     # seconds for the client's hello: a socket that answers nothing is not gpuschedctl
@@ -193,7 +193,7 @@ class Session:
                 writers.append(self.cmd_in)
             r, w, _ = select.select(readers, writers, [], 0.2 if exited_at is not None else 5.0)
             if wake in r:
-                _drain(wake)
+                wakeup.drain(wake)
             if self.sock in w:
                 self._send()
             if self.cmd_in in w:
@@ -367,14 +367,6 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
-
-
 def _end_like(status: int) -> int:
     """End this process as CMD ended: the same exit code, or killed by the same signal (no core dump), so
     the job's record says what CMD did."""
@@ -424,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.setup_fd is not None:
         os.close(args.setup_fd)                       # the monitor now goes on to copy the output
 
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
+    wake_r = wakeup.install()
     session: list[Session] = []
 
     def on_signal(sig: int, _frame: object) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -52,6 +53,16 @@ def text(d: webdriver.Chrome) -> str:
     return d.find_element(By.TAG_NAME, "body").text
 
 
+def follow_log(d: webdriver.Chrome, wait: Any, seen: dict, shot: Any) -> None:
+    """On a job's page: wait until its live log has shown "line 5"; how long that took and the log go into
+    `seen`, a screenshot named "job" is taken."""
+    t = time.monotonic()
+    wait.until(lambda _: "line 5" in d.find_element(By.ID, "log").text)
+    seen["log_after"] = time.monotonic() - t
+    seen["log"] = d.find_element(By.ID, "log").text
+    shot("job")
+
+
 def main() -> int:
     out, role, url, mine, other = sys.argv[1:6]
     os.makedirs(out, exist_ok=True)
@@ -76,11 +87,7 @@ def main() -> int:
             seen["gpus"] = text(d)
             return print(json.dumps(seen)) or 0
         # follow my job's live log until it has printed line 5
-        t = time.monotonic()
-        wait.until(lambda _: "line 5" in d.find_element(By.ID, "log").text)
-        seen["log_after"] = time.monotonic() - t
-        seen["log"] = d.find_element(By.ID, "log").text
-        shot("job")
+        follow_log(d, wait, seen, shot)
         # the other user's job: no log, no buttons; a forged POST (with my own valid token) is refused
         d.get(f"{url}/jobs/{other}")
         seen["other_html"] = d.page_source

@@ -27,7 +27,7 @@ from typing import Any
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from web_browser import browser, post_form, status_has, text
+from web_browser import browser, follow_log, post_form, status_has, text
 
 SESSION = "__Host-gpusched-session"
 
@@ -119,11 +119,7 @@ def main() -> int:
         shot("queue")
         # my job: its log follows live
         d.get(f"{url}/jobs/{mine}")
-        t = time.monotonic()
-        wait.until(lambda _: "line 5" in d.find_element(By.ID, "log").text)
-        seen["log_after"] = time.monotonic() - t
-        seen["log"] = d.find_element(By.ID, "log").text
-        shot("job")
+        follow_log(d, wait, seen, shot)
         # the other's job: no log, no action; its log refused; a forged cancel with my own token refused
         d.get(f"{url}/jobs/{other}")
         seen["other_html"] = d.page_source
