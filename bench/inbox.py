@@ -252,11 +252,11 @@ def web_idle(seconds: int) -> dict:
     """What the dashboard costs the daemon when nobody does anything: the daemon's CPU time and the bus calls it
     served over `seconds`, with gpusched-web stopped (the limit), running with nobody connected, with a real
     Chromium of alice's sitting on the queue page, then on the GPUs page, then on the page of a running job
-    that prints nothing (its live log is followed: one call every LOG_POLL by design), then nobody connected
-    again after the browser quit (no follower left behind), then stopped again (the limit's noise). One quiet
+    that prints nothing (its live log is followed: a call every LOG_POLL doubling to LOG_POLL_MAX while quiet,
+    by design), then nobody connected again after the browser quit (no follower left behind), then stopped again (the limit's noise). One quiet
     job of alice's runs through every phase, so that only the dashboard differs between them."""
     import tomllib
-    from gpusched.web.server import LOG_POLL
+    from gpusched.web.server import LOG_POLL, LOG_POLL_MAX
     with open(WEB_CONFIG, "rb") as f:
         port = tomllib.load(f)["web"]["port"]
     assert port != 8765, "the bench's dashboard must not take the default port (other boxes share the network)"
@@ -339,7 +339,7 @@ def web_idle(seconds: int) -> dict:
         sh(f"gpuschedctl cancel {job} >/dev/null 2>&1; rm -f /home/alice/quiet.toml")
     for p in phases:
         p["calls"] = _method_calls(log, p.pop("t0"), p.pop("t1"))
-    return {"seconds": seconds, "log_poll_s": LOG_POLL, "phases": phases}
+    return {"seconds": seconds, "log_poll_s": LOG_POLL, "log_poll_max_s": LOG_POLL_MAX, "phases": phases}
 
 
 if __name__ == "__main__":

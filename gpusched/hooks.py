@@ -6,6 +6,11 @@ being stopped or past its RuntimeMax), started by the runner after the job's end
 outcome in GPUSCHED_* variables (task-spooler's TS_ONFINISH, pueue's callbacks), a run time cap
 (`hook_timeout`) and its output in the journal. Only at a final end: a retry or a preemption that requeues the
 job is not one. Nothing waits for a hook, and a failed hook is not retried (systemd logs how it ended).
+
+Each user's hooks run together in a slice of their own under gpusched.slice (user_slice), bounded as a whole:
+a hook is bounded by itself, but a user who ends a thousand jobs with a slow `on_finish` would otherwise
+start a thousand hooks, each allowed MEMORY_MAX. Nothing is dropped or delayed: past the slice's bounds the
+kernel makes that user's hooks share (memory, tasks, one CPU), and everyone else's are untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ STOP_TIMEOUT = 5.0         # seconds between a timed-out hook's SIGTERM and SIGK
 MEMORY_MAX = 1 << 30       # bytes a hook may use (a report or a mail, not a second job)
 TASKS_MAX = 256            # processes and threads a hook may have at once
 PAM_SERVICE = "gpusched"   # the jobs' PAM stack (units/gpusched.pam): the account check and the loginuid
+USER_MEMORY_MAX = 2 << 30  # bytes one user's hooks may use together
+USER_TASKS_MAX = 512       # their processes and threads together
+USER_CPU = 1.0             # CPUs' worth of time their hooks get together
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,26 @@ def plan(job: Job, *, config_hook: str = "", config_user: str = "", python: str 
     return out
 
 
-def properties(hook: Hook, job_id: int, workdir: str, timeout: float) -> list[tuple[str, str, Any]]:
+def user_slice(uid: int) -> str:
+    """The slice of one user's hooks, directly under gpusched.slice: by uid (a name's dashes would nest one
+    user's slice in another's; '_' does not)."""
+    return f"gpusched-hooks_{int(uid)}.slice"
+
+
+def slice_properties(user: str, uid: int) -> list[tuple[str, str, Any]]:
+    """The transient slice's properties: the bounds of all of one user's hooks together."""
+    return [
+        ("Description", "s", f"gpusched hooks of {user} (uid {int(uid)})"),
+        ("MemoryAccounting", "b", True),
+        ("MemoryMax", "t", USER_MEMORY_MAX),
+        ("TasksAccounting", "b", True),
+        ("TasksMax", "t", USER_TASKS_MAX),
+        ("CPUQuotaPerSecUSec", "t", int(USER_CPU * USEC)),
+    ]
+
+
+def properties(hook: Hook, job_id: int, workdir: str, timeout: float,
+               slice_: str = SLICE) -> list[tuple[str, str, Any]]:
     """The transient service's properties (systemd.Systemd.start_service adds nothing). systemd expands
     `${VAR}` and `$VAR` in ExecStart's arguments from the unit's Environment= before bash sees them: every `$`
     is doubled, so a command gets its values only from the environment at run time, never pasted into its
@@ -94,7 +121,7 @@ def properties(hook: Hook, job_id: int, workdir: str, timeout: float) -> list[tu
     user's)."""
     p: list[tuple[str, str, Any]] = [
         ("Description", "s", f"gpusched {hook.what} hook of job {job_id}"),
-        ("Slice", "s", SLICE),
+        ("Slice", "s", slice_),                  # its user's (user_slice), in gpusched.slice
         ("Type", "s", "simple"),              # not "exec": with PAMName its (sd-pam) keeps the exec fd open
         ("ExecStart", "a(sasb)", [(hook.argv[0], [a.replace("$", "$$") for a in hook.argv], False)]),
         ("User", "s", hook.user),

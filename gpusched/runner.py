@@ -23,7 +23,7 @@ from gpusched.gpus import device_nodes
 from gpusched.log import Log
 from gpusched.monitor import GO as monitor_go
 from gpusched.model import Gpu, Job
-from gpusched.scopes import SystemdError, Units
+from gpusched.scopes import SystemdError, UnitExists, Units
 from gpusched.spawner import Spawner
 from gpusched.store import Store
 
@@ -185,11 +185,18 @@ class ScopeRunner:
     def start_hook(self, hook: hooks.Hook, job_id: int, timeout: float) -> None:
         """Start a hook as a transient service of its own (hooks.py); raises NoAccount or a SystemdError."""
         try:
-            home = pwd.getpwnam(hook.user).pw_dir
+            account = pwd.getpwnam(hook.user)
         except KeyError:
             raise NoAccount(f"no such user: {hook.user}") from None
-        workdir = home if os.path.isdir(home) else "/"
-        self.units.start_service(hook.unit, hooks.properties(hook, job_id, workdir, timeout))
+        workdir = account.pw_dir if os.path.isdir(account.pw_dir) else "/"
+        # the user's hooks slice, bounding all their hooks together; made on first use (and again if an
+        # administrator stopped it), kept while it exists
+        slice_ = hooks.user_slice(account.pw_uid)
+        try:
+            self.units.start_service(slice_, hooks.slice_properties(hook.user, account.pw_uid))
+        except UnitExists:
+            pass
+        self.units.start_service(hook.unit, hooks.properties(hook, job_id, workdir, timeout, slice_))
 
     def can_mail(self) -> bool:
         return os.access(hooks.SENDMAIL, os.X_OK)

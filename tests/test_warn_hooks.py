@@ -427,3 +427,37 @@ def test_the_warn_examples_checkpoint_when_only_their_main_process_is_signalled(
         out, _ = proc.communicate(timeout=10)
         assert proc.returncode == 0 and said in out and "step 3" not in out, out
     assert (tmp_path / "gpusched-warned.ckpt").read_text().strip() in ("1", "2")
+
+
+def test_each_users_hooks_run_in_a_bounded_slice_of_their_own_made_once():
+    # the runner makes the user's hooks slice (a transient slice with the bounds of all their hooks together),
+    # takes an existing one as it is, and starts the hook in it
+    import os
+    import pwd
+
+    from gpusched import hooks
+    from gpusched.runner import ScopeRunner
+    from gpusched.scopes import UnitExists
+
+    class Units:
+        def __init__(self):
+            self.started = []
+
+        def start_service(self, unit, props):
+            if unit.endswith(".slice") and any(u == unit for u, _ in self.started):
+                raise UnitExists(f"StartTransientUnit {unit}: Unit {unit} already exists.")
+            self.started.append((unit, dict((k, v) for k, _, v in props)))
+
+    me = pwd.getpwuid(os.getuid())
+    units = Units()
+    runner = ScopeRunner(None, None, units, None, None, None)
+    for n in (1, 2):
+        hook = hooks.Hook(f"gpusched-hook-7-{n}.service", me.pw_name, ("/bin/true",), {}, "on_finish")
+        runner.start_hook(hook, 7, 60)
+    slice_ = f"gpusched-hooks_{me.pw_uid}.slice"
+    assert [u for u, _ in units.started] == [slice_, "gpusched-hook-7-1.service", "gpusched-hook-7-2.service"]
+    bounds = units.started[0][1]
+    assert (bounds["MemoryMax"], bounds["TasksMax"], bounds["CPUQuotaPerSecUSec"]) == (2 << 30, 512, 1_000_000)
+    assert units.started[1][1]["Slice"] == units.started[2][1]["Slice"] == slice_
+    # a user name with dashes can't nest one user's slice inside another's: the uid names it
+    assert hooks.user_slice(1001).count("-") == 1

@@ -85,6 +85,13 @@ def test_on_finish_runs_as_the_user_with_the_outcome_also_for_a_failed_job(gs):
     assert "exited with code 3" in dict(line.split("=", 1) for line in _wait_file(
         gs, f"/home/alice/hook-{bad}.env").splitlines() if "=" in line)["GPUSCHED_REASON"]
     assert f"started gpusched-hook-{bad}-1.service" in gs.journal("-t", "gpusched", f"GPUSCHED_JOB_ID={bad}")
+    # alice's hooks ran in her own hooks slice, bounded as a whole
+    uid = gs.sh("id -u alice").stdout.strip()
+    props = gs.unit_prop(f"gpusched-hooks_{uid}.slice", "MemoryMax", "TasksMax", "CPUQuotaPerSecUSec", "LoadState")
+    assert props == {"MemoryMax": str(2 << 30), "TasksMax": "512", "CPUQuotaPerSecUSec": "1s",
+                     "LoadState": "loaded"}, props
+    fields = gs.journal("-u", f"gpusched-hook-{bad}-1.service", "-o", "verbose", "--output-fields=_SYSTEMD_SLICE")
+    assert f"_SYSTEMD_SLICE=gpusched-hooks_{uid}.slice" in fields, fields
 
 
 def test_a_config_hook_runs_as_its_user_and_a_slow_hook_is_stopped_at_hook_timeout(gs):
