@@ -24,7 +24,6 @@ import dataclasses
 import heapq
 import itertools
 import os
-import pwd
 import signal
 import sys
 import time
@@ -36,7 +35,6 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
-from gpusched.access import group_names
 from gpusched.clock import Clock
 from gpusched.errors import Invalid, NoSuchJob, NotAllowed
 from gpusched.gpuhistory import GpuHistory
@@ -48,6 +46,7 @@ from gpusched.log import Log
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
 from gpusched.policy import fairshare, forecast, inputs, order
 from gpusched.recorder import Recorder, Soon
+from gpusched.shares import Shares
 from gpusched.runner import Ended, Gone, MonitorDied, NoAccount, Runner, Running
 from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
 from gpusched.units import format_duration
@@ -106,16 +105,14 @@ class Engine:
         # the first sweep a minute after start (or sooner with a short keep_finished), then every interval
         self._last_expire = clock.monotonic() - self._expire_interval() + min(60.0, self._expire_interval())
         # the policy's inputs: a queued job's Request is built once and dropped by _track when the job changes;
-        # the fair-share ledger is charged with the GPUs active jobs hold, up to _charged[job id] (wall time);
+        # the fair-share ledger (shares.py) is charged with the GPUs active jobs hold;
         # _runs: the run times of each (uid, job name)'s latest successful runs, for a limit estimate
         self._classes = cfg.class_map() or None
         self._requests: dict[int, tuple[policy.Request, float | None]] = {}
-        self.ledger = fairshare.Ledger(cfg.fair_share_half_life, at=clock.time())
-        self._charged: dict[int, tuple[float, int]] = {}   # active job id -> (charged up to, GPUs)
+        self.shares = Shares(cfg, clock)               # the fair-share ledger, charged (shares.py)
         self._runs: dict[tuple[int, str], deque[float]] = {}
         self._input_errors: set[int] = set()           # jobs whose policy inputs failed (said once each)
         self._last_pass = clock.monotonic()            # when the last pass began (TIME_PASS)
-        self._share_group: dict[str, str | None] = {}
         # issue 9: each (uid, job name)'s latest job id (dependencies by name); the server-wide switches an
         # admin sets (drain, paused users), kept by the recorder across restarts; the next retry due
         self._latest: dict[tuple[int, str], int] = {}
@@ -190,11 +187,7 @@ class Engine:
         self.jobs[job.id] = job
         self.listing.invalidate(job.id)
         self._requests.pop(job.id, None)
-        if job.state in ACTIVE and job.gpus and job.id not in self._charged:
-            self._charged[job.id] = (job.started if job.started is not None else self.clock.time(), len(job.gpus))
-        elif job.id in self._charged and job.state not in ACTIVE:
-            self._charge_job(job, self.clock.time())     # it held its GPUs until now
-            del self._charged[job.id]
+        self.shares.track(job)
         if job.state == State.SUCCEEDED and job.spec and job.started is not None and job.ended is not None:
             self._runs.setdefault((job.uid, job.spec.name), deque(maxlen=inputs.ESTIMATE_RUNS)).append(
                 job.ended - job.started)
@@ -265,7 +258,7 @@ class Engine:
         self._active.discard(job_id)
         self.listing.invalidate(job_id, job.array_id if job is not None else 0)
         self._requests.pop(job_id, None)
-        self._charged.pop(job_id, None)
+        self.shares.forget(job_id)
         self._timers.pop(job_id, None)
         self.recorder.forget(job_id)
         if job is not None:
@@ -487,10 +480,7 @@ class Engine:
         in batches), the GPUs probed, every active job reconciled with its scope and result."""
         self.recorder.refresh_stale(self.jobs)          # copies a crash left older than their record: soon
         now = self.clock.time()
-        # the ledger from the jobs' histories (the finished jobs still kept, the active ones up to now)
-        self.ledger = fairshare.Ledger.rebuild((r for j in self.jobs.values() for r in inputs.runs(j, now)),
-                                               self.cfg.fair_share_half_life, now)
-        self._charged = {j.id: (now, len(j.gpus)) for j in self.live.values() if j.state in ACTIVE and j.gpus}
+        self.shares.rebuild(self.jobs.values(), self.live.values(), now)
         self.probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             try:
@@ -795,7 +785,7 @@ class Engine:
     def _schedule(self) -> None:
         t0 = self._last_pass = self.clock.monotonic()
         now = self.clock.time()
-        self._charge(now)
+        self.shares.charge(self.jobs, now)
         queued, holders = [], []
         users: dict[str, int] = {}
         doomed: list[tuple[Job, str]] = []
@@ -827,7 +817,7 @@ class Engine:
         if not queued:
             return
         gpus = self.inventory.gpus
-        d = policy.schedule(queued, holders, gpus, now=now, standing=self._standing(users, now),
+        d = policy.schedule(queued, holders, gpus, now=now, standing=self.shares.standing(users, now),
                             **self._settings(now))
         self.stats["last_policy_seconds"] = self.clock.monotonic() - t0
         self.stats["last_pass_queued"] = len(queued)
@@ -999,7 +989,7 @@ class Engine:
             if j.state == State.QUEUED:
                 queued.append(self._request(j))
             users[j.user] = j.uid
-        standing = self._standing(users, now)
+        standing = self.shares.standing(users, now)
         settings = self._settings(now)
         key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
         ahead = [r.id for r in order.ahead(self._request(job), queued, key)]
@@ -1024,7 +1014,7 @@ class Engine:
             if j.state == State.QUEUED and j.id != job.id:
                 queued.append(j)
             users[j.user] = j.uid
-        standing = self._standing(users, now)
+        standing = self.shares.standing(users, now)
         settings = self._settings(now)
         key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
         mine = self._request(job) if job.id in self.jobs else inputs.request(
@@ -1105,41 +1095,13 @@ class Engine:
                    say=f"job {job.id}: priority {old} -> {priority} by {by.name}")
         return f"priority {old} -> {priority}"
 
-    # --- fair share -------------------------------------------------------------------------------------
+    # --- fair share (shares.py) ----------------------------------------------------------------------
 
-    def _charge_job(self, job: Job, now: float) -> None:
-        since, gpus = self._charged[job.id]
-        if now > since:
-            self.ledger.charge(job.user, float(gpus), since, now)
-            self._charged[job.id] = (now, gpus)
+    @property
+    def ledger(self) -> fairshare.Ledger:
+        return self.shares.ledger
 
-    def _charge(self, now: float) -> None:
-        """Charge the ledger with the GPU time active jobs held since they were last charged (each pass and
-        tick; _track starts a job's account when it gets GPUs and charges the rest when it leaves them)."""
-        for job_id in self._charged:
-            self._charge_job(self.jobs[job_id], now)
-        self.ledger.advance(now)
-
-    def _standing(self, users: dict[str, int], now: float) -> dict[int, fairshare.Standing]:
-        """Each uid's fair-share standing among the users with jobs waiting or running."""
-        usage = {u: self.ledger.value(u, now) for u in users}
-        group_shares = dict(self.cfg.share_groups)
-        group_of = {u: g for u in users if (g := self._group(u, group_shares)) is not None} if group_shares else None
-        standing = fairshare.standings(usage, users, shares=dict(self.cfg.shares),
-                                       default_share=self.cfg.default_share, group_of=group_of,
-                                       group_shares=group_shares or None)
-        return {users[u]: s for u, s in standing.items()}
-
-    def _group(self, user: str, group_shares: dict[str, float]) -> str | None:
-        """The share group (fair_share.groups) a user belongs to, the first configured one; looked up once."""
-        if user not in self._share_group:
-            try:
-                pw = pwd.getpwnam(user)
-                mine = set(group_names(pw.pw_name, pw.pw_gid))
-            except KeyError:
-                mine = set()
-            self._share_group[user] = next((g for g in group_shares if g in mine), None)
-        return self._share_group[user]
+    # --- starting and stopping -------------------------------------------------------------------------
 
     def _wait(self, job: Job, reason: str) -> None:
         """A queued job's waiting reason: the one change that is not the door's. It is informational and
@@ -1306,7 +1268,7 @@ class Engine:
         if self.inventory.due():
             self.probe_gpus()
         self._sample()
-        self._charge(self.clock.time())
+        self.shares.charge(self.jobs, self.clock.time())
         watched = self.runner.watched()
         try:
             for job_id in list(self._restop):
@@ -1369,7 +1331,7 @@ class Engine:
 
     def _sample_now(self, mono: float) -> None:
         holders: dict[int, list[tuple[int, float]]] = {}
-        for job_id in self._charged:                     # the active jobs that hold GPUs (not the whole queue)
+        for job_id in self.shares.charged:                     # the active jobs that hold GPUs (not the whole queue)
             job = self.jobs[job_id]
             if job.state in ACTIVE and job.gpus:
                 spec = job.spec
