@@ -37,6 +37,7 @@ from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sw
 from gpusched import config as configmod
 from gpusched.clock import Clock
 from gpusched.errors import Invalid, NoSuchJob, NotAllowed
+from gpusched.expiry import Expiry
 from gpusched.gpuhistory import GpuHistory
 from gpusched.gpus import Probe
 from gpusched.inventory import Inventory
@@ -51,8 +52,6 @@ from gpusched.runner import Ended, Gone, MonitorDied, NoAccount, Runner, Running
 from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
 from gpusched.units import format_duration
 
-EXPIRE_EVERY = 3600.0      # seconds between sweeps of finished jobs older than keep_finished
-EXPIRE_BATCH = 500         # finished jobs removed per main-loop turn
 MAX_SUBMISSIONS = 10000    # spool names remembered for Lookup
 ARRAY_STEP = 0.02          # seconds of a main-loop turn spent recording an array's jobs
 
@@ -101,9 +100,6 @@ class Engine:
         self._rejected_by_uid: dict[int, set[int]] = {}  # for max_rejected_per_user, kept by _track
         self._retry = False                            # a start must be tried again on the next tick
         self._restop: set[int] = set()                 # stops to send again (the bus was down)
-        self._expiring: list[int] = []
-        # the first sweep a minute after start (or sooner with a short keep_finished), then every interval
-        self._last_expire = clock.monotonic() - self._expire_interval() + min(60.0, self._expire_interval())
         # the policy's inputs: a queued job's Request is built once and dropped by _track when the job changes;
         # the fair-share ledger (shares.py) is charged with the GPUs active jobs hold;
         # _runs: the run times of each (uid, job name)'s latest successful runs, for a limit estimate
@@ -155,6 +151,7 @@ class Engine:
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
         self.expected: dict[int, float] = {}           # the last pass's plan: job id -> expected start (backfill)
+        self.expiry = Expiry(cfg, clock, recorder, log, soon, self.jobs, self._kept_back, self._untrack)
 
     # --- the door --------------------------------------------------------------------------------------
 
@@ -1307,8 +1304,7 @@ class Engine:
             # decisions that change with time alone (a job becoming overdue, a resumable job becoming
             # preemptible, a reservation coming due) are taken within TIME_PASS even when no event comes
             self.wake()
-        if now - self._last_expire >= self._expire_interval():
-            self._last_expire = now
+        if self.expiry.due():
             self.expire()
 
     # --- issue 9: accounting and idle reservations (usage.py) ----------------------------------------------
@@ -1423,63 +1419,22 @@ class Engine:
 
     # --- expiry ----------------------------------------------------------------------------------------
 
-    def _keep(self) -> tuple[float, float]:
-        """(keep_finished, keep_rejected) in seconds, 0 meaning for ever; keep_rejected 0 follows keep_finished."""
-        finished = self.cfg.keep_finished
-        rejected = self.cfg.keep_rejected or finished
-        return finished, (min(rejected, finished) if finished else rejected)
-
-    def _expire_interval(self) -> float:
-        shortest = min((k for k in self._keep() if k), default=0.0)
-        return min(EXPIRE_EVERY, max(1.0, shortest / 4)) if shortest else EXPIRE_EVERY
-
     def expire(self) -> None:
-        """Start a sweep of finished jobs older than keep_finished (rejected ones: keep_rejected): records,
-        status files, logs, results and rejected entries' kept copies go. Never an active or queued job. Done
-        in batches (`soon`)."""
-        keep_finished, keep_rejected = self._keep()
-        if not (keep_finished or keep_rejected) or self._expiring:
-            return
-        now = self.clock.time()
-        cutoff = {State.REJECTED: now - keep_rejected if keep_rejected else 0.0}
-        default = now - keep_finished if keep_finished else 0.0
-        # a job that a queued job still depends on is kept until that one has started or ended
-        self._expiring = [j.id for j in self.jobs.values()
-                          if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)
-                          and j.id not in self._dependents and not self._array_lives(j)]
-        if keep_rejected and self.expire_rejected is not None:
-            try:
-                freed = self.expire_rejected(cutoff[State.REJECTED])
-                if freed:
-                    self.log(f"removed rejected spool entries older than keep_rejected ({freed} bytes)")
-            except OSError as e:
-                self.log(f"can't expire rejected spool entries: {e}", 3)
-        if self._expiring:
-            self.log(f"removing {len(self._expiring)} finished job(s) older than keep_finished / keep_rejected",
-                     GPUSCHED_EVENT="expire")
-            self.soon(self.expire_batch)
+        """Start a sweep of finished jobs older than keep_finished / keep_rejected (expiry.py), in batches."""
+        self.expiry.start(self.expire_rejected)
 
-    def _array_lives(self, job: Job) -> bool:
-        """An array's first element is kept while another element is not final: its id names the array."""
+    def expire_batch(self) -> bool:
+        """One batch of the sweep's removals. True while some are left."""
+        return self.expiry.batch()
+
+    def _kept_back(self, job: Job) -> bool:
+        """A finished job expiry must keep for now: a queued job still depends on it, or it is an array's first
+        element (its id names the array) while another element is not final."""
+        if job.id in self._dependents:
+            return True
         if job.array_id != job.id or not job.array_id:
             return False
         return any(i in self.live for i in self._arrays.get(job.id, {}).values())
-
-    def expire_batch(self) -> bool:
-        """Remove up to EXPIRE_BATCH of the sweep's jobs. True while some are left."""
-        batch = []
-        while self._expiring and len(batch) < EXPIRE_BATCH:
-            job = self.jobs.get(self._expiring.pop())
-            if job is not None and job.state in FINAL and job.id not in self.recorder.dirty:
-                batch.append(job)
-        try:
-            self.recorder.remove(j.id for j in batch)           # lists results/ once per batch
-        except (OSError, ValueError) as e:
-            self.log(f"can't remove {len(batch)} finished job(s): {e}; kept for the next sweep", 3)
-            return bool(self._expiring)
-        for job in batch:
-            self._untrack(job.id)
-        return bool(self._expiring)
 
 
 def _foreign_text(g: Gpu) -> str:
