@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
+from gpusched.accounting import Accounting
 from gpusched.clock import Clock
 from gpusched.errors import Invalid, NoSuchJob, NotAllowed
 from gpusched.expiry import Expiry
@@ -135,14 +136,10 @@ class Engine:
         # (timers.next_due, kept by _track); finished jobs whose hooks wait for the bus
         self._timers: dict[int, float] = {}
         self._hooks_retry: set[int] = set()
-        # issue 9: accounting and idle reservations (usage.py): the meter of active jobs' GPU use, sampled
-        # at most once a second (and not more often than the GPUs are polled), folded into records now and then
-        self.meter = usage.Meter(cfg.idle_threshold)
-        self.gpu_history = GpuHistory()                  # the web dashboard's sparklines (gpuhistory.py)
-        self._last_sample = float("-inf")
-        self._samples: tuple[float, dict[int, usage.GpuSample]] = (float("-inf"), {})   # (monotonic, latest)
-        self._last_fold = clock.monotonic()
-        self._sample_failed = False
+        # issue 9: accounting and idle reservations (accounting.py): the meter of active jobs' GPU use; every
+        # change it makes to a job goes through the door
+        self.accounting = Accounting(cfg, clock, log, self.inventory, self.jobs, self.live,
+                                     lambda: self.shares.charged, self.apply, self._stop)
         # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
         self._arrays: dict[int, dict[int, int]] = {}
         self._array_slots: dict[int, int] | None = None
@@ -535,7 +532,7 @@ class Engine:
 
     def finish(self, job: Job, result: dict[str, Any] | None) -> None:
         """The attempt is over: `result` is what its monitor recorded, None if it recorded nothing."""
-        tally = self.meter.forget(job.id)
+        tally = self.accounting.ended(job)
         if result is not None and result.get("not_started"):
             if job.state in (State.STARTING, State.RUNNING):
                 self.apply(job, lifecycle.never_started, "requeued: the daemon stopped before the job began",
@@ -555,7 +552,7 @@ class Engine:
         retry_at = None if delay is None else now + delay
         if job.gpus:                                     # it held GPUs: its accounting, up to its end
             end = float(result.get("ended", now)) if result else now
-            self.apply(job, lifecycle.ended_accounted, self._folded(job, tally, end), result, now, retry_at, oom,
+            self.apply(job, lifecycle.ended_accounted, self.accounting.folded(job, tally, end), result, now, retry_at, oom,
                        say=_ended_line, wake=True)
         else:
             self.apply(job, lifecycle.ended, result, now, retry_at, oom, say=_ended_line, wake=True)
@@ -699,11 +696,10 @@ class Engine:
         """inventory.table, with each GPU's utilisation (percent) and used memory (bytes) from the latest
         sample (_sample_now: the GPUs in use, held or foreign), None where none is recent; used memory falls
         back on the probe's free memory."""
-        at, samples = self._samples
-        fresh = self.clock.monotonic() - at <= 3 * max(usage.SAMPLE_EVERY, self.cfg.gpu_poll_interval)
+        samples = self.accounting.latest()
         table = self.inventory.table(self._holders())
         for g in table:
-            s = samples.get(g["index"]) if fresh else None
+            s = samples.get(g["index"])
             g["utilization"] = s.utilization if s is not None else None
             used = s.memory_used if s is not None else None
             g["memory_used"] = used if used is not None else max(0, g["memory_total"] - g["memory_free"])
@@ -1264,7 +1260,7 @@ class Engine:
         monitor of ours reports on reconciled, failed writes retried, failed starts retried, expiry when due."""
         if self.inventory.due():
             self.probe_gpus()
-        self._sample()
+        self.accounting.sample()
         self.shares.charge(self.jobs, self.clock.time())
         watched = self.runner.watched()
         try:
@@ -1307,94 +1303,19 @@ class Engine:
         if self.expiry.due():
             self.expire()
 
-    # --- issue 9: accounting and idle reservations (usage.py) ----------------------------------------------
+    # --- issue 9: accounting and idle reservations (accounting.py) --------------------------------------
 
-    def _sample(self) -> None:
-        """At most once a second (never more often than gpu_poll_interval): the GPUs active jobs hold are
-        sampled into the meter; idle jobs are flagged (and stopped, idle_action = "stop"); every FOLD_EVERY
-        the running jobs' records get their accounting so far. Contained: a failure is said once."""
-        mono = self.clock.monotonic()
-        if mono - self._last_sample < max(usage.SAMPLE_EVERY, self.cfg.gpu_poll_interval):
-            return
-        self._last_sample = mono
-        try:
-            self._sample_now(mono)
-            self._sample_failed = False
-        except Exception:  # noqa: BLE001 - accounting must never stop the tick
-            if not self._sample_failed:
-                self._sample_failed = True
-                self.log(f"internal error while sampling GPU usage: {traceback.format_exc()}", 3, multiline=True)
+    @property
+    def meter(self) -> usage.Meter:
+        return self.accounting.meter
 
-    def _sample_now(self, mono: float) -> None:
-        holders: dict[int, list[tuple[int, float]]] = {}
-        for job_id in self.shares.charged:                     # the active jobs that hold GPUs (not the whole queue)
-            job = self.jobs[job_id]
-            if job.state in ACTIVE and job.gpus:
-                spec = job.spec
-                weight = float(spec.gpu_memory or 0) if spec is not None and spec.share else 0.0
-                for g in job.gpus:
-                    holders.setdefault(g.index, []).append((job.id, weight))
-                self.meter.tally(job.id, job.usage.get("idle_since"))
-        for job_id in [i for i in self.meter.tallies if (j := self.live.get(i)) is None or j.state not in ACTIVE]:
-            self.meter.forget(job_id)                    # ended through a path that doesn't account (never began)
-        # GPUs that processes gpusched did not start use are sampled too, for `gpuschedctl top` (the meter
-        # looks only at the held ones); an idle server makes no NVML call
-        foreign = {g.index for g in self.inventory.gpus or () if g.foreign_pids}
-        samples = self.inventory.sample(set(holders) | foreign) if holders or foreign else {}
-        self._samples = (mono, samples)
-        if not holders:
-            self.meter.reset()
-            return
-        now = self.clock.time()
-        self.meter.observe(now, samples, holders)
-        self.gpu_history.add(now, samples)
-        fold = mono - self._last_fold >= usage.FOLD_EVERY
-        if fold:
-            self._last_fold = mono
-        for job_id in list(self.meter.tallies):
-            job = self.live[job_id]
-            self._judge_idle(job, now)
-            if fold and job.state in ACTIVE:
-                self.apply(job, lifecycle.accounted, self._folded(job, self.meter.take(job_id), now))
-
-    def _folded(self, job: Job, tally: usage.Tally, at: float) -> dict[str, Any]:
-        reserved = usage.reserved_seconds(job.history, len(job.gpus), job.started, at)
-        return usage.fold(job.usage, tally, reserved)
-
-    def _judge_idle(self, job: Job, now: float) -> None:
-        """Flag a running job whose GPUs have all been idle for idle_after (one journal line), stop it when
-        idle_action = "stop" (cancelled, never requeued), unflag it when it uses them again."""
-        if job.state != State.RUNNING:
-            return
-        since = self.meter.tally(job.id).idle_since
-        flagged = job.usage.get("idle_since") is not None
-        after = self.cfg.idle_after
-        if after and since is not None and now - since >= after:
-            gpus = ",".join(str(g.index) for g in job.gpus)
-            threshold = f"{self.cfg.idle_threshold:g}%"
-            if not flagged:
-                stop = self.cfg.idle_action == "stop"
-                self.apply(job, lifecycle.idle, since,
-                           f"idle: its GPUs ({gpus}) at or under {threshold} utilisation since "
-                           f"{time.strftime('%H:%M:%S', time.localtime(since))}",
-                           say=f"job {job.id} idle: its GPUs ({gpus}) at or under {threshold} utilisation for "
-                               f"{format_duration(now - since)} (idle_after {format_duration(after)})"
-                               + ("; stopping it (idle_action = \"stop\")" if stop else ""),
-                           priority=5, GPUSCHED_EVENT="idle")
-            if self.cfg.idle_action == "stop":
-                self._stop(job, "cancel", f"stopped: its GPUs were idle for {format_duration(now - since)} "
-                                          f"(idle_after {format_duration(after)}, idle_action = \"stop\")")
-        elif flagged and (since is None or not after):
-            self.apply(job, lifecycle.busy, say=f"job {job.id} is using its GPUs again: no longer idle",
-                       GPUSCHED_EVENT="busy")
+    @property
+    def gpu_history(self) -> GpuHistory:
+        return self.accounting.gpu_history
 
     def usage_now(self, job: Job) -> dict[str, Any]:
-        """An active job's accounting up to now (its record has it as of the last fold, up to a minute old)."""
-        if job.state not in ACTIVE or not job.gpus:
-            return dict(job.usage)
-        t = self.meter.tallies.get(job.id) or usage.Tally()
-        return usage.fold(job.usage, t, usage.reserved_seconds(job.history, len(job.gpus), job.started,
-                                                               self.clock.time()))
+        """An active job's accounting up to now (accounting.py)."""
+        return self.accounting.usage_now(job)
 
     def usage_report(self, users: set[str] | None, since: float) -> list[dict[str, Any]]:
         """`gpuschedctl stats`: per user (all of them, or `users`), usage.summarize over the jobs still kept."""
