@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sweep, timers, usage, windows
+from gpusched import answers, dependencies, hooks, launch, lifecycle, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
 from gpusched.accounting import Accounting
 from gpusched.clock import Clock
@@ -46,7 +46,7 @@ from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing, Viewer
 from gpusched.log import Log
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
-from gpusched.policy import fairshare, forecast, inputs, order
+from gpusched.policy import fairshare, inputs
 from gpusched.recorder import Recorder, Soon
 from gpusched.shares import Shares
 from gpusched.runner import Ended, Gone, MonitorDied, NoAccount, Runner, Running
@@ -77,7 +77,6 @@ def _all_now(fn: Callable[[], bool]) -> None:
 
 
 TIME_PASS = 30.0                   # seconds: while jobs wait, a pass at least this often, event or not
-MAX_AHEAD = 20                     # job ids named in `show`'s list of what is ahead (the count is exact)
 
 class Engine:
     def __init__(self, cfg: configmod.Config, clock: Clock, recorder: Recorder, runner: Runner, probe: Probe,
@@ -104,7 +103,7 @@ class Engine:
         # the policy's inputs: a queued job's Request is built once and dropped by _track when the job changes;
         # the fair-share ledger (shares.py) is charged with the GPUs active jobs hold;
         # _runs: the run times of each (uid, job name)'s latest successful runs, for a limit estimate
-        self._classes = cfg.class_map() or None
+        self.classes = cfg.class_map() or None
         self._requests: dict[int, tuple[policy.Request, float | None]] = {}
         self.shares = Shares(cfg, clock)               # the fair-share ledger, charged (shares.py)
         self._runs: dict[tuple[int, str], deque[float]] = {}
@@ -126,7 +125,7 @@ class Engine:
         # time windows (a job's `window`, a class's boost), read on the wall clock of `tz` (None: the server's
         # local time; tests set a zone); _window_waits: this pass's (reason, next opening) per window name
         self.tz: tzinfo | None = None
-        self._windows = cfg.window_map()
+        self.window_map = cfg.window_map()
         self._window_waits: dict[str, tuple[str, float | None]] = {}
         # GPUs used outside gpusched (config `foreign`): GPU index -> since when (monotonic) a foreign process
         # has been on it, probe after probe; the active jobs on such GPUs (each said once in the journal)
@@ -351,7 +350,7 @@ class Engine:
         array (array id, index), and on hold when its file says so."""
         job = lifecycle.accepted(job_id, spec, user, uid, gid, source, now)
         job.array_id, job.array_index = array
-        job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)   # "" without classes
+        job.job_class = inputs.job_class(job, self.classes, self.cfg.default_class)   # "" without classes
         job.after = after
         if spec.hold:
             job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
@@ -654,61 +653,37 @@ class Engine:
     def lookup(self, caller: int, name: str, ino: int) -> int:
         return self.submissions.get((caller, name, ino), 0)
 
-    def page(self, all: bool, after: int, viewer: Viewer, table: bool, max_bytes: int,
-             max_count: int, fold: bool = False, submitted: list[int] | None = None) -> tuple[str, int | None]:
-        """A page of the listing: jobs with ids above `after` (all: finished ones too); see Listing.page.
-        fold (table only): an array's jobs as one row."""
-        jobs = self.jobs if all else self.live
-        ids = sorted(i for i in jobs if i > after)
-        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count,
-                                 self._folder(jobs) if fold else None, submitted)
-
     def array_members(self, array_id: int) -> dict[int, int]:
         """An array's jobs still in the table: index -> job id (empty for no such array)."""
         return self._arrays.get(array_id, {})
 
+    # the read-only answers (answers.py): the engine's verbs, as api.py and the web calls ask them
+
+    def page(self, all: bool, after: int, viewer: Viewer, table: bool, max_bytes: int,
+             max_count: int, fold: bool = False, submitted: list[int] | None = None) -> tuple[str, int | None]:
+        return answers.page(self, all, after, viewer, table, max_bytes, max_count, fold, submitted)
+
     def array_row(self, array_id: int) -> str:
-        """An array's folded row, counted over every element kept, finished ones too: "2 running, 3 queued,
-        1 succeeded"."""
-        elements = self._arrays[array_id]
-        return listing.fold_row(array_id, [self.jobs[elements[i]] for i in sorted(elements)])
-
-    def _folder(self, jobs: dict[int, Job]) -> Callable[[Job], str | None]:
-        """For a folded listing of `jobs`: an array's row at the first of its elements listed (the one with the
-        lowest id), "" at the others; None for a job alone."""
-        first: dict[int, int] = {}
-
-        def fold(job: Job) -> str | None:
-            if not job.array_id or job.array_id not in self._arrays:
-                return None
-            elements = self._arrays[job.array_id]
-            if job.array_id not in first:
-                first[job.array_id] = min(i for i in elements.values() if i in jobs)
-            if first[job.array_id] != job.id:
-                return ""
-            return self.array_row(job.array_id)
-        return fold
-
-    def _holders(self) -> dict[int, int]:
-        return {g.index: job_id for job_id in sorted(self._active) for g in self.jobs[job_id].gpus}
+        return answers.array_row(self, array_id)
 
     def gpu_table(self) -> list[dict[str, Any]]:
-        """inventory.table, with each GPU's utilisation (percent) and used memory (bytes) from the latest
-        sample (_sample_now: the GPUs in use, held or foreign), None where none is recent; used memory falls
-        back on the probe's free memory."""
-        samples = self.accounting.latest()
-        table = self.inventory.table(self._holders())
-        for g in table:
-            s = samples.get(g["index"])
-            g["utilization"] = s.utilization if s is not None else None
-            used = s.memory_used if s is not None else None
-            g["memory_used"] = used if used is not None else max(0, g["memory_total"] - g["memory_free"])
-        return table
+        return answers.gpu_table(self)
 
     def status_line(self) -> str:
-        running, queued = len(self._active), self.queued_count()   # from the indexes: this runs every second
-        drain = f"draining (by {self.draining}), " if self.draining else ""
-        return f"{drain}{running} running, {queued} queued, {self.inventory.summary(set(self._holders()))}"
+        return answers.status_line(self)
+
+    def explain(self, job: Job) -> dict[str, Any]:
+        return answers.explain(self, job)
+
+    def outlook(self, job: Job) -> dict[str, Any]:
+        return answers.outlook(self, job)
+
+    def usage_report(self, users: set[str] | None, since: float) -> list[dict[str, Any]]:
+        return answers.usage_report(self, users, since)
+
+    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int,
+                 tag: str = "") -> tuple[list[Job], int]:
+        return answers.finished(self, users, name, state, since, limit, tag)
 
     # --- scheduling ------------------------------------------------------------------------------------
 
@@ -739,7 +714,7 @@ class Engine:
                 continue
             contested.add(job.id)
             first = hit[0]
-            text = _foreign_text(busy[first])
+            text = answers.foreign_text(busy[first])
             preemptible = job.spec is None or job.spec.preemptible
             if preempt and preemptible and job.state == State.RUNNING:
                 if now - self._foreign_since[first] >= self.cfg.foreign_grace:
@@ -756,12 +731,6 @@ class Engine:
         self._contested = contested
         for job, text in stops:
             self._contained(self._stop, job, "preempt", text)
-
-    def _contested_text(self, job: Job) -> str:
-        """For `show` of an active job: which of its GPUs processes gpusched did not start use too."""
-        busy = {g.index: g for g in self.inventory.gpus or () if g.foreign_pids}
-        hit = [g.index for g in job.gpus if g.index in busy]
-        return "; ".join(_foreign_text(busy[i]) for i in hit)
 
     def schedule(self) -> None:
         """One scheduling pass: the policy decides; preemptions are sent, starts made, waiting reasons noted.
@@ -797,13 +766,13 @@ class Engine:
                         self._wait(job, gate[1])
                     continue
                 try:
-                    queued.append(self._request(job))
+                    queued.append(self.request(job))
                 except Exception:  # noqa: BLE001
                     self._input_error(job)
                     continue
                 users[job.user] = job.uid
             elif job.state in ACTIVE:
-                holders.append(self._holder(job))
+                holders.append(self.holder(job))
                 users[job.user] = job.uid
         for job, why in doomed:
             self._contained(self._dependency_failed, job, why)
@@ -811,7 +780,7 @@ class Engine:
             return
         gpus = self.inventory.gpus
         d = policy.schedule(queued, holders, gpus, now=now, standing=self.shares.standing(users, now),
-                            **self._settings(now))
+                            **self.policy_settings(now))
         self.stats["last_policy_seconds"] = self.clock.monotonic() - t0
         self.stats["last_pass_queued"] = len(queued)
         self.expected = d.expected_start                 # the policy's own plan, for `gpuschedctl why`
@@ -827,12 +796,12 @@ class Engine:
                 reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
 
-    def _holder(self, job: Job) -> policy.Holder:
+    def holder(self, job: Job) -> policy.Holder:
         """An active job as the policy sees it (a job whose inputs fail still holds its GPUs, and is never a
         victim)."""
         try:
-            return inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
-                                 history_estimate=self._estimate(job))
+            return inputs.holder(job, classes=self.classes, default_class=self.cfg.default_class,
+                                 history_estimate=self.estimate(job))
         except Exception:  # noqa: BLE001
             self._input_error(job)
             return policy.Holder(job.id, 0, tuple(g.index for g in job.gpus), preemptible=False,
@@ -882,24 +851,24 @@ class Engine:
             self._array_slots[job.array_id] = n + 1
         return None
 
-    def _settings(self, now: float) -> dict[str, Any]:
+    def policy_settings(self, now: float) -> dict[str, Any]:
         """schedule()'s keywords at `now`: the config's, with each class's boost applied while its window is
         open (docs/config.md)."""
         settings = inputs.settings(self.cfg, configmod.cpu_job_cap(self.cfg))
-        settings["classes"] = windows.effective_classes(settings["classes"], self._windows, now, self.tz)
+        settings["classes"] = windows.effective_classes(settings["classes"], self.window_map, now, self.tz)
         return settings
 
     def _window_wait(self, name: str, now: float) -> str:
         """Why a job that names window `name` waits now ("" when it is open); the opening becomes a due time,
         so the pass that starts it runs when the window opens, not up to TIME_PASS later."""
         if name not in self._window_waits:
-            self._window_waits[name] = windows.waiting_reason(name, self._windows.get(name), now, self.tz)
+            self._window_waits[name] = windows.waiting_reason(name, self.window_map.get(name), now, self.tz)
         reason, at = self._window_waits[name]
         if at is not None:
             self._due = min(self._due or at, at)
         return reason
 
-    def _dependency_state(self, job_id: int) -> State | None:
+    def dependency_state(self, job_id: int) -> State | None:
         """What a dependency on job_id sees: the job's state, or for an array's id the whole array's
         (dependencies.array_state), worked out once per pass."""
         job = self.jobs.get(job_id)
@@ -915,8 +884,13 @@ class Engine:
         """("ready" | "wait" | "never", why) for a queued job's dependencies, kept until one of them ends."""
         verdict = self._verdicts.get(job.id)
         if verdict is None:
-            verdict = self._verdicts[job.id] = dependencies.check(job.after, self._dependency_state)
+            verdict = self._verdicts[job.id] = dependencies.check(job.after, self.dependency_state)
         return verdict
+
+    def dependency_wait(self, job: Job) -> tuple[str, str]:
+        """A queued job's dependencies' verdict without keeping it (`why` asks it of every job ahead): the pass's
+        where it has one (kept until a dependency ends), else checked afresh, which costs up to 192 look-ups."""
+        return self._verdicts.get(job.id) or dependencies.check(job.after, self.dependency_state)
 
     def _dependency_failed(self, job: Job, why: str) -> None:
         """End a job whose dependency can't be met, and at once every job that waits on it for that reason,
@@ -943,18 +917,18 @@ class Engine:
             self.log(f"internal error building the policy's view of job {job.id} (it waits meanwhile): "
                      f"{traceback.format_exc()}", 3, job=job, multiline=True)
 
-    def _request(self, job: Job) -> policy.Request:
+    def request(self, job: Job) -> policy.Request:
         """A queued job's Request, built once while the job doesn't change (100,000 queued jobs are not
         rebuilt every pass). A job that relies on an estimate is rebuilt when its user's history moves it."""
-        est = self._estimate(job)
+        est = self.estimate(job)
         cached = self._requests.get(job.id)
         if cached is not None and cached[1] == est:
             return cached[0]
-        req = inputs.request(job, classes=self._classes, default_class=self.cfg.default_class, history_estimate=est)
+        req = inputs.request(job, classes=self.classes, default_class=self.cfg.default_class, history_estimate=est)
         self._requests[job.id] = (req, est)
         return req
 
-    def _estimate(self, job: Job) -> float | None:
+    def estimate(self, job: Job) -> float | None:
         """The limit estimate from the user's latest successful runs of the same job name (None when the job
         has a limit of its own: it would not be read)."""
         spec = job.spec
@@ -964,102 +938,9 @@ class Engine:
         return inputs.estimate(runs) if runs else None
 
     def _preempted_by(self, job: Job) -> str:
-        if self._classes:
-            return f"preempted by job {job.id} (class {inputs.job_class(job, self._classes, self.cfg.default_class)!r})"
+        if self.classes:
+            return f"preempted by job {job.id} (class {inputs.job_class(job, self.classes, self.cfg.default_class)!r})"
         return f"preempted by job {job.id} (priority {job.spec.priority if job.spec else '?'})"
-
-    def explain(self, job: Job) -> dict[str, Any]:
-        """For `gpuschedctl show` of a queued job: its class, its user's fair-share standing and the jobs
-        ahead of it in the order the next pass would use (one linear scan of the queue, on demand only)."""
-        if job.state in ACTIVE:
-            contested = self._contested_text(job)
-            return {"contested": contested} if contested else {}
-        if job.state != State.QUEUED or job.spec is None:
-            return {}
-        now = self.clock.time()
-        queued, users = [], {}
-        for j in self.live.values():
-            if j.state == State.QUEUED:
-                queued.append(self._request(j))
-            users[j.user] = j.uid
-        standing = self.shares.standing(users, now)
-        settings = self._settings(now)
-        key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
-        ahead = [r.id for r in order.ahead(self._request(job), queued, key)]
-        out: dict[str, Any] = {}
-        if self._classes:
-            out["class"] = inputs.job_class(job, self._classes, self.cfg.default_class)
-        if job.uid in standing:
-            out["fair_share"] = f"{job.user} is at " + fairshare.describe(standing[job.uid])
-        shown = ", ".join(map(str, ahead[:MAX_AHEAD])) + (f" and {len(ahead) - MAX_AHEAD} more"
-                                                           if len(ahead) > MAX_AHEAD else "")
-        out["ahead"] = f"{len(ahead)} job(s): {shown}" if ahead else "none: it is first in line"
-        return out
-
-    def outlook(self, job: Job) -> dict[str, Any]:
-        """For `gpuschedctl why` and `submit --dry-run`: where a queued job (or one not yet submitted, id 0)
-        stands: its place in the order the next pass uses, what keeps it waiting, and when it can be expected
-        to start: the policy's own plan when it made one (EASY backfill's reservation), else the queue played
-        forward on the running jobs' time limits (policy/forecast.py). One linear scan of the queue, on demand."""
-        now = self.clock.time()
-        queued, users = [], {job.user: job.uid}
-        for j in self.live.values():
-            if j.state == State.QUEUED and j.id != job.id:
-                queued.append(j)
-            users[j.user] = j.uid
-        standing = self.shares.standing(users, now)
-        settings = self._settings(now)
-        key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
-        mine = self._request(job) if job.id in self.jobs else inputs.request(
-            job, classes=self._classes, default_class=self.cfg.default_class, history_estimate=self._estimate(job))
-        ahead = order.ahead(mine, [self._request(j) for j in queued], key)
-        out: dict[str, Any] = {"position": len(ahead) + 1, "ahead": [r.id for r in ahead[:MAX_AHEAD]],
-                               "ahead_count": len(ahead)}
-        if self._classes:
-            out["class"] = mine.job_class
-        if job.uid in standing:
-            out["fair_share"] = f"{job.user} is at " + fairshare.describe(standing[job.uid])
-        deps = []
-        for kind, dep, label in job.after:
-            state = self._dependency_state(dep) if dep else None
-            deps.append({"kind": kind, "id": dep or None, "label": label, "state": str(state) if state else None})
-        out["dependencies"] = deps
-        gate = self._waits_for(job, now)
-        if gate:
-            out["expected_start"], out["expected_why"] = None, f"unknown: {gate}"
-            return out
-        if job.id in self.expected:
-            out["expected_start"], out["expected_source"] = self.expected[job.id], "policy"
-            return out
-        floor = job.not_before or 0.0
-        if job.spec is not None and job.spec.window:
-            floor = max(floor, windows.waiting_reason(job.spec.window, self._windows.get(job.spec.window), now,
-                                                      self.tz)[1] or 0.0)
-        # beyond forecast.MAX_AHEAD the forecast gives up: the jobs ahead are not looked at one by one
-        playable = ahead if len(ahead) > forecast.MAX_AHEAD else [
-            r for r in ahead if not self._waits_for(self.jobs[r.id], now)]
-        f = forecast.expected_start(mine, playable, [self._holder(self.jobs[i]) for i in sorted(self._active)],
-                                    self.inventory.gpus, now, floor)
-        out["expected_start"], out["expected_gpus"], out["expected_source"] = f.at, list(f.gpus), "forecast"
-        if f.at is None:
-            out["expected_why"] = f"unknown: {f.why}"
-        return out
-
-    def _waits_for(self, job: Job, now: float) -> str:
-        """What keeps a queued job out of every pass whatever the GPUs do (its start can't be dated), or ""."""
-        if job.held:
-            return f"held by {job.held} until released"
-        if job.after and not job.deps_met:
-            # the pass's verdict where it has one (kept until a dependency ends): checking afresh costs up to
-            # 192 look-ups per job, and `why` asks this of every job ahead
-            verdict, why = self._verdicts.get(job.id) or dependencies.check(job.after, self._dependency_state)
-            if verdict != "ready":
-                return f"{why} (their end can't be dated)" if verdict == "wait" else why
-        if job.user in self.paused:
-            return f"{job.user}'s jobs are paused by {self.paused[job.user]}"
-        if self.draining:
-            return f"the server is draining (by {self.draining})"
-        return ""
 
     def may_reprioritize(self, job: Job, priority: int, admin: bool) -> None:
         """Raises the refusal, if reprioritize would refuse (so an array is checked whole before any change)."""
@@ -1116,7 +997,7 @@ class Engine:
     def _start(self, job: Job, gpus: Sequence[Gpu]) -> None:
         spec = job.spec
         assert spec is not None
-        cls = (self._classes or {}).get(inputs.job_class(job, self._classes, self.cfg.default_class))
+        cls = (self.classes or {}).get(inputs.job_class(job, self.classes, self.cfg.default_class))
         if spec.time_limit is None and cls is not None and cls.default_time_limit:
             # the class's default limit, enforced like the file's own (RuntimeMaxUSec): applied to the spec in
             # memory at each launch (a restart re-reads the file; the next launch applies it again)
@@ -1317,27 +1198,6 @@ class Engine:
         """An active job's accounting up to now (accounting.py)."""
         return self.accounting.usage_now(job)
 
-    def usage_report(self, users: set[str] | None, since: float) -> list[dict[str, Any]]:
-        """`gpuschedctl stats`: per user (all of them, or `users`), usage.summarize over the jobs still kept."""
-        jobs = (j for j in self.jobs.values() if users is None or j.user in users)
-        return usage.summarize(jobs, since, self.clock.time())
-
-    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int,
-                 tag: str = "") -> tuple[list[Job], int]:
-        """`gpuschedctl history`: the last `limit` finished jobs (in id order) of `users` (None: everyone's),
-        with that name (an array's jobs: the name its file gave), final state and tag if given, ended at or
-        after `since`; and how many more matched.
-        Rejected entries only when asked for by state."""
-        out = [j for j in self.jobs.values()
-               if j.state in FINAL and (users is None or j.user in users)
-               and (not tag or (j.spec is not None and tag in j.spec.tags))
-               and (not name or j.name == name or (j.array_id and sweep.base_name(j.name, j.array_index) == name))
-               and (str(j.state) == state if state else j.state != State.REJECTED)
-               and (j.ended or j.submitted) >= since]
-        out.sort(key=lambda j: j.id)
-        more = max(0, len(out) - limit)
-        return out[more:], more
-
     # --- expiry ----------------------------------------------------------------------------------------
 
     def expire(self) -> None:
@@ -1356,17 +1216,6 @@ class Engine:
         if job.array_id != job.id or not job.array_id:
             return False
         return any(i in self.live for i in self._arrays.get(job.id, {}).values())
-
-
-def _foreign_text(g: Gpu) -> str:
-    """"GPU 2 is used outside gpusched by alice (pid 4242, python)" (and how many more processes)."""
-    if g.foreign:
-        p = g.foreign[0]
-        text = f"GPU {g.index} is used outside gpusched by {p.user} (pid {p.pid}, {p.name})"
-    else:
-        text = f"GPU {g.index} is used outside gpusched (pid {g.foreign_pids[0]})"
-    more = len(g.foreign_pids) - 1
-    return text + (f" and {more} more process(es)" if more > 0 else "")
 
 
 def _seconds(t: float) -> str:
