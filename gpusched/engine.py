@@ -7,6 +7,11 @@ line, and the scheduler is woken when the change can let a job start. New jobs c
 reason to call the door: a scheduling pass (policy.schedule decides), a job's end (its monitor's result), a
 cancel, the reconciliation of active jobs with what the runner sees, the periodic `tick`, and expiry.
 
+What needs the table but changes no job lives beside it, each given what it reads: answers.py (what people
+ask: pages, show, why, gpus, history; it reads the engine as `answers.Asked` names it), shares.py (the
+fair-share ledger and standings), accounting.py (the GPU-usage meter and idle jobs: its changes are asked of
+this door) and expiry.py (which finished jobs go, and when). The engine keeps their verbs as one-line calls.
+
 The policy is told what it needs through `policy.inputs` (each queued job's Request, cached until the job
 changes, since a pass may see 100,000 of them), with the time, the config's scheduling keys and each user's
 fair-share standing, from a ledger the engine charges with the GPU time active jobs hold and rebuilds from the
@@ -558,7 +563,7 @@ class Engine:
         if delay is not None:
             self._due = min(self._due or now + delay, now + delay)
 
-    # --- what people ask -------------------------------------------------------------------------------
+    # --- what people ask for: changes through the door (what they ask to know: answers.py) --------------
 
     def get(self, job_id: int) -> Job:
         job = self.jobs.get(job_id)
