@@ -7,6 +7,11 @@ line, and the scheduler is woken when the change can let a job start. New jobs c
 reason to call the door: a scheduling pass (policy.schedule decides), a job's end (its monitor's result), a
 cancel, the reconciliation of active jobs with what the runner sees, the periodic `tick`, and expiry.
 
+What needs the table but changes no job lives beside it, each given what it reads: answers.py (what people
+ask: pages, show, why, gpus, history; it reads the engine as `answers.Asked` names it), shares.py (the
+fair-share ledger and standings), accounting.py (the GPU-usage meter and idle jobs: its changes are asked of
+this door) and expiry.py (which finished jobs go, and when). The engine keeps their verbs as one-line calls.
+
 The policy is told what it needs through `policy.inputs` (each queued job's Request, cached until the job
 changes, since a pass may see 100,000 of them), with the time, the config's scheduling keys and each user's
 fair-share standing, from a ledger the engine charges with the GPU time active jobs hold and rebuilds from the
@@ -24,7 +29,6 @@ import dataclasses
 import heapq
 import itertools
 import os
-import pwd
 import signal
 import sys
 import time
@@ -34,11 +38,12 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from gpusched import dependencies, hooks, launch, lifecycle, listing, policy, sweep, timers, usage, windows
+from gpusched import answers, dependencies, hooks, launch, lifecycle, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
-from gpusched.access import group_names
+from gpusched.accounting import Accounting
 from gpusched.clock import Clock
 from gpusched.errors import Invalid, NoSuchJob, NotAllowed
+from gpusched.expiry import Expiry
 from gpusched.gpuhistory import GpuHistory
 from gpusched.gpus import Probe
 from gpusched.inventory import Inventory
@@ -46,14 +51,13 @@ from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing, Viewer
 from gpusched.log import Log
 from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
-from gpusched.policy import fairshare, forecast, inputs, order
+from gpusched.policy import fairshare, inputs
 from gpusched.recorder import Recorder, Soon
+from gpusched.shares import Shares
 from gpusched.runner import Ended, Gone, MonitorDied, NoAccount, Runner, Running
 from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
 from gpusched.units import format_duration
 
-EXPIRE_EVERY = 3600.0      # seconds between sweeps of finished jobs older than keep_finished
-EXPIRE_BATCH = 500         # finished jobs removed per main-loop turn
 MAX_SUBMISSIONS = 10000    # spool names remembered for Lookup
 ARRAY_STEP = 0.02          # seconds of a main-loop turn spent recording an array's jobs
 
@@ -78,7 +82,6 @@ def _all_now(fn: Callable[[], bool]) -> None:
 
 
 TIME_PASS = 30.0                   # seconds: while jobs wait, a pass at least this often, event or not
-MAX_AHEAD = 20                     # job ids named in `show`'s list of what is ahead (the count is exact)
 
 class Engine:
     def __init__(self, cfg: configmod.Config, clock: Clock, recorder: Recorder, runner: Runner, probe: Probe,
@@ -102,20 +105,15 @@ class Engine:
         self._rejected_by_uid: dict[int, set[int]] = {}  # for max_rejected_per_user, kept by _track
         self._retry = False                            # a start must be tried again on the next tick
         self._restop: set[int] = set()                 # stops to send again (the bus was down)
-        self._expiring: list[int] = []
-        # the first sweep a minute after start (or sooner with a short keep_finished), then every interval
-        self._last_expire = clock.monotonic() - self._expire_interval() + min(60.0, self._expire_interval())
         # the policy's inputs: a queued job's Request is built once and dropped by _track when the job changes;
-        # the fair-share ledger is charged with the GPUs active jobs hold, up to _charged[job id] (wall time);
+        # the fair-share ledger (shares.py) is charged with the GPUs active jobs hold;
         # _runs: the run times of each (uid, job name)'s latest successful runs, for a limit estimate
-        self._classes = cfg.class_map() or None
+        self.classes = cfg.class_map() or None
         self._requests: dict[int, tuple[policy.Request, float | None]] = {}
-        self.ledger = fairshare.Ledger(cfg.fair_share_half_life, at=clock.time())
-        self._charged: dict[int, tuple[float, int]] = {}   # active job id -> (charged up to, GPUs)
+        self.shares = Shares(cfg, clock)               # the fair-share ledger, charged (shares.py)
         self._runs: dict[tuple[int, str], deque[float]] = {}
         self._input_errors: set[int] = set()           # jobs whose policy inputs failed (said once each)
         self._last_pass = clock.monotonic()            # when the last pass began (TIME_PASS)
-        self._share_group: dict[str, str | None] = {}
         # issue 9: each (uid, job name)'s latest job id (dependencies by name); the server-wide switches an
         # admin sets (drain, paused users), kept by the recorder across restarts; the next retry due
         self._latest: dict[tuple[int, str], int] = {}
@@ -132,7 +130,7 @@ class Engine:
         # time windows (a job's `window`, a class's boost), read on the wall clock of `tz` (None: the server's
         # local time; tests set a zone); _window_waits: this pass's (reason, next opening) per window name
         self.tz: tzinfo | None = None
-        self._windows = cfg.window_map()
+        self.window_map = cfg.window_map()
         self._window_waits: dict[str, tuple[str, float | None]] = {}
         # GPUs used outside gpusched (config `foreign`): GPU index -> since when (monotonic) a foreign process
         # has been on it, probe after probe; the active jobs on such GPUs (each said once in the journal)
@@ -142,14 +140,10 @@ class Engine:
         # (timers.next_due, kept by _track); finished jobs whose hooks wait for the bus
         self._timers: dict[int, float] = {}
         self._hooks_retry: set[int] = set()
-        # issue 9: accounting and idle reservations (usage.py): the meter of active jobs' GPU use, sampled
-        # at most once a second (and not more often than the GPUs are polled), folded into records now and then
-        self.meter = usage.Meter(cfg.idle_threshold)
-        self.gpu_history = GpuHistory()                  # the web dashboard's sparklines (gpuhistory.py)
-        self._last_sample = float("-inf")
-        self._samples: tuple[float, dict[int, usage.GpuSample]] = (float("-inf"), {})   # (monotonic, latest)
-        self._last_fold = clock.monotonic()
-        self._sample_failed = False
+        # issue 9: accounting and idle reservations (accounting.py): the meter of active jobs' GPU use; every
+        # change it makes to a job goes through the door
+        self.accounting = Accounting(cfg, clock, log, self.inventory, self.jobs, self.live,
+                                     lambda: self.shares.charged, self.apply, self._stop)
         # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
         self._arrays: dict[int, dict[int, int]] = {}
         self._array_slots: dict[int, int] | None = None
@@ -158,6 +152,7 @@ class Engine:
         # last_policy_seconds: gathering the queue plus the policy itself, without starting anything
         self.stats: dict[str, float] = {"passes": 0, "last_pass_seconds": 0.0, "last_policy_seconds": 0.0}
         self.expected: dict[int, float] = {}           # the last pass's plan: job id -> expected start (backfill)
+        self.expiry = Expiry(cfg, clock, recorder, log, soon, self.jobs, self._kept_back, self._untrack)
 
     # --- the door --------------------------------------------------------------------------------------
 
@@ -190,11 +185,7 @@ class Engine:
         self.jobs[job.id] = job
         self.listing.invalidate(job.id)
         self._requests.pop(job.id, None)
-        if job.state in ACTIVE and job.gpus and job.id not in self._charged:
-            self._charged[job.id] = (job.started if job.started is not None else self.clock.time(), len(job.gpus))
-        elif job.id in self._charged and job.state not in ACTIVE:
-            self._charge_job(job, self.clock.time())     # it held its GPUs until now
-            del self._charged[job.id]
+        self.shares.track(job)
         if job.state == State.SUCCEEDED and job.spec and job.started is not None and job.ended is not None:
             self._runs.setdefault((job.uid, job.spec.name), deque(maxlen=inputs.ESTIMATE_RUNS)).append(
                 job.ended - job.started)
@@ -265,7 +256,7 @@ class Engine:
         self._active.discard(job_id)
         self.listing.invalidate(job_id, job.array_id if job is not None else 0)
         self._requests.pop(job_id, None)
-        self._charged.pop(job_id, None)
+        self.shares.forget(job_id)
         self._timers.pop(job_id, None)
         self.recorder.forget(job_id)
         if job is not None:
@@ -364,7 +355,7 @@ class Engine:
         array (array id, index), and on hold when its file says so."""
         job = lifecycle.accepted(job_id, spec, user, uid, gid, source, now)
         job.array_id, job.array_index = array
-        job.job_class = inputs.job_class(job, self._classes, self.cfg.default_class)   # "" without classes
+        job.job_class = inputs.job_class(job, self.classes, self.cfg.default_class)   # "" without classes
         job.after = after
         if spec.hold:
             job.held, job.reason = user, f"held by {user} (hold = true in the job file)"
@@ -487,10 +478,7 @@ class Engine:
         in batches), the GPUs probed, every active job reconciled with its scope and result."""
         self.recorder.refresh_stale(self.jobs)          # copies a crash left older than their record: soon
         now = self.clock.time()
-        # the ledger from the jobs' histories (the finished jobs still kept, the active ones up to now)
-        self.ledger = fairshare.Ledger.rebuild((r for j in self.jobs.values() for r in inputs.runs(j, now)),
-                                               self.cfg.fair_share_half_life, now)
-        self._charged = {j.id: (now, len(j.gpus)) for j in self.live.values() if j.state in ACTIVE and j.gpus}
+        self.shares.rebuild(self.jobs.values(), self.live.values(), now)
         self.probe_gpus()
         for job in [j for j in self.live.values() if j.state in ACTIVE]:
             try:
@@ -548,7 +536,7 @@ class Engine:
 
     def finish(self, job: Job, result: dict[str, Any] | None) -> None:
         """The attempt is over: `result` is what its monitor recorded, None if it recorded nothing."""
-        tally = self.meter.forget(job.id)
+        tally = self.accounting.ended(job)
         if result is not None and result.get("not_started"):
             if job.state in (State.STARTING, State.RUNNING):
                 self.apply(job, lifecycle.never_started, "requeued: the daemon stopped before the job began",
@@ -568,14 +556,14 @@ class Engine:
         retry_at = None if delay is None else now + delay
         if job.gpus:                                     # it held GPUs: its accounting, up to its end
             end = float(result.get("ended", now)) if result else now
-            self.apply(job, lifecycle.ended_accounted, self._folded(job, tally, end), result, now, retry_at, oom,
+            self.apply(job, lifecycle.ended_accounted, self.accounting.folded(job, tally, end), result, now, retry_at, oom,
                        say=_ended_line, wake=True)
         else:
             self.apply(job, lifecycle.ended, result, now, retry_at, oom, say=_ended_line, wake=True)
         if delay is not None:
             self._due = min(self._due or now + delay, now + delay)
 
-    # --- what people ask -------------------------------------------------------------------------------
+    # --- what people ask for: changes through the door (what they ask to know: answers.py) --------------
 
     def get(self, job_id: int) -> Job:
         job = self.jobs.get(job_id)
@@ -670,62 +658,37 @@ class Engine:
     def lookup(self, caller: int, name: str, ino: int) -> int:
         return self.submissions.get((caller, name, ino), 0)
 
-    def page(self, all: bool, after: int, viewer: Viewer, table: bool, max_bytes: int,
-             max_count: int, fold: bool = False, submitted: list[int] | None = None) -> tuple[str, int | None]:
-        """A page of the listing: jobs with ids above `after` (all: finished ones too); see Listing.page.
-        fold (table only): an array's jobs as one row."""
-        jobs = self.jobs if all else self.live
-        ids = sorted(i for i in jobs if i > after)
-        return self.listing.page((jobs[i] for i in ids), viewer, table, not after, max_bytes, max_count,
-                                 self._folder(jobs) if fold else None, submitted)
-
     def array_members(self, array_id: int) -> dict[int, int]:
         """An array's jobs still in the table: index -> job id (empty for no such array)."""
         return self._arrays.get(array_id, {})
 
+    # the read-only answers (answers.py): the engine's verbs, as api.py and the web calls ask them
+
+    def page(self, all: bool, after: int, viewer: Viewer, table: bool, max_bytes: int,
+             max_count: int, fold: bool = False, submitted: list[int] | None = None) -> tuple[str, int | None]:
+        return answers.page(self, all, after, viewer, table, max_bytes, max_count, fold, submitted)
+
     def array_row(self, array_id: int) -> str:
-        """An array's folded row, counted over every element kept, finished ones too: "2 running, 3 queued,
-        1 succeeded"."""
-        elements = self._arrays[array_id]
-        return listing.fold_row(array_id, [self.jobs[elements[i]] for i in sorted(elements)])
-
-    def _folder(self, jobs: dict[int, Job]) -> Callable[[Job], str | None]:
-        """For a folded listing of `jobs`: an array's row at the first of its elements listed (the one with the
-        lowest id), "" at the others; None for a job alone."""
-        first: dict[int, int] = {}
-
-        def fold(job: Job) -> str | None:
-            if not job.array_id or job.array_id not in self._arrays:
-                return None
-            elements = self._arrays[job.array_id]
-            if job.array_id not in first:
-                first[job.array_id] = min(i for i in elements.values() if i in jobs)
-            if first[job.array_id] != job.id:
-                return ""
-            return self.array_row(job.array_id)
-        return fold
-
-    def _holders(self) -> dict[int, int]:
-        return {g.index: job_id for job_id in sorted(self._active) for g in self.jobs[job_id].gpus}
+        return answers.array_row(self, array_id)
 
     def gpu_table(self) -> list[dict[str, Any]]:
-        """inventory.table, with each GPU's utilisation (percent) and used memory (bytes) from the latest
-        sample (_sample_now: the GPUs in use, held or foreign), None where none is recent; used memory falls
-        back on the probe's free memory."""
-        at, samples = self._samples
-        fresh = self.clock.monotonic() - at <= 3 * max(usage.SAMPLE_EVERY, self.cfg.gpu_poll_interval)
-        table = self.inventory.table(self._holders())
-        for g in table:
-            s = samples.get(g["index"]) if fresh else None
-            g["utilization"] = s.utilization if s is not None else None
-            used = s.memory_used if s is not None else None
-            g["memory_used"] = used if used is not None else max(0, g["memory_total"] - g["memory_free"])
-        return table
+        return answers.gpu_table(self)
 
     def status_line(self) -> str:
-        running, queued = len(self._active), self.queued_count()   # from the indexes: this runs every second
-        drain = f"draining (by {self.draining}), " if self.draining else ""
-        return f"{drain}{running} running, {queued} queued, {self.inventory.summary(set(self._holders()))}"
+        return answers.status_line(self)
+
+    def explain(self, job: Job) -> dict[str, Any]:
+        return answers.explain(self, job)
+
+    def outlook(self, job: Job) -> dict[str, Any]:
+        return answers.outlook(self, job)
+
+    def usage_report(self, users: set[str] | None, since: float) -> list[dict[str, Any]]:
+        return answers.usage_report(self, users, since)
+
+    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int,
+                 tag: str = "") -> tuple[list[Job], int]:
+        return answers.finished(self, users, name, state, since, limit, tag)
 
     # --- scheduling ------------------------------------------------------------------------------------
 
@@ -756,7 +719,7 @@ class Engine:
                 continue
             contested.add(job.id)
             first = hit[0]
-            text = _foreign_text(busy[first])
+            text = answers.foreign_text(busy[first])
             preemptible = job.spec is None or job.spec.preemptible
             if preempt and preemptible and job.state == State.RUNNING:
                 if now - self._foreign_since[first] >= self.cfg.foreign_grace:
@@ -774,12 +737,6 @@ class Engine:
         for job, text in stops:
             self._contained(self._stop, job, "preempt", text)
 
-    def _contested_text(self, job: Job) -> str:
-        """For `show` of an active job: which of its GPUs processes gpusched did not start use too."""
-        busy = {g.index: g for g in self.inventory.gpus or () if g.foreign_pids}
-        hit = [g.index for g in job.gpus if g.index in busy]
-        return "; ".join(_foreign_text(busy[i]) for i in hit)
-
     def schedule(self) -> None:
         """One scheduling pass: the policy decides; preemptions are sent, starts made, waiting reasons noted.
         Errors are contained per job (one job whose start fails, every pass perhaps, never blocks the
@@ -795,7 +752,7 @@ class Engine:
     def _schedule(self) -> None:
         t0 = self._last_pass = self.clock.monotonic()
         now = self.clock.time()
-        self._charge(now)
+        self.shares.charge(self.jobs, now)
         queued, holders = [], []
         users: dict[str, int] = {}
         doomed: list[tuple[Job, str]] = []
@@ -814,21 +771,21 @@ class Engine:
                         self._wait(job, gate[1])
                     continue
                 try:
-                    queued.append(self._request(job))
+                    queued.append(self.request(job))
                 except Exception:  # noqa: BLE001
                     self._input_error(job)
                     continue
                 users[job.user] = job.uid
             elif job.state in ACTIVE:
-                holders.append(self._holder(job))
+                holders.append(self.holder(job))
                 users[job.user] = job.uid
         for job, why in doomed:
             self._contained(self._dependency_failed, job, why)
         if not queued:
             return
         gpus = self.inventory.gpus
-        d = policy.schedule(queued, holders, gpus, now=now, standing=self._standing(users, now),
-                            **self._settings(now))
+        d = policy.schedule(queued, holders, gpus, now=now, standing=self.shares.standing(users, now),
+                            **self.policy_settings(now))
         self.stats["last_policy_seconds"] = self.clock.monotonic() - t0
         self.stats["last_pass_queued"] = len(queued)
         self.expected = d.expected_start                 # the policy's own plan, for `gpuschedctl why`
@@ -844,12 +801,12 @@ class Engine:
                 reason = reason.replace(vague, when) if vague in reason else f"{reason}; {when}"
             self._wait(self.jobs[job_id], reason)
 
-    def _holder(self, job: Job) -> policy.Holder:
+    def holder(self, job: Job) -> policy.Holder:
         """An active job as the policy sees it (a job whose inputs fail still holds its GPUs, and is never a
         victim)."""
         try:
-            return inputs.holder(job, classes=self._classes, default_class=self.cfg.default_class,
-                                 history_estimate=self._estimate(job))
+            return inputs.holder(job, classes=self.classes, default_class=self.cfg.default_class,
+                                 history_estimate=self.estimate(job))
         except Exception:  # noqa: BLE001
             self._input_error(job)
             return policy.Holder(job.id, 0, tuple(g.index for g in job.gpus), preemptible=False,
@@ -899,24 +856,24 @@ class Engine:
             self._array_slots[job.array_id] = n + 1
         return None
 
-    def _settings(self, now: float) -> dict[str, Any]:
+    def policy_settings(self, now: float) -> dict[str, Any]:
         """schedule()'s keywords at `now`: the config's, with each class's boost applied while its window is
         open (docs/config.md)."""
         settings = inputs.settings(self.cfg, configmod.cpu_job_cap(self.cfg))
-        settings["classes"] = windows.effective_classes(settings["classes"], self._windows, now, self.tz)
+        settings["classes"] = windows.effective_classes(settings["classes"], self.window_map, now, self.tz)
         return settings
 
     def _window_wait(self, name: str, now: float) -> str:
         """Why a job that names window `name` waits now ("" when it is open); the opening becomes a due time,
         so the pass that starts it runs when the window opens, not up to TIME_PASS later."""
         if name not in self._window_waits:
-            self._window_waits[name] = windows.waiting_reason(name, self._windows.get(name), now, self.tz)
+            self._window_waits[name] = windows.waiting_reason(name, self.window_map.get(name), now, self.tz)
         reason, at = self._window_waits[name]
         if at is not None:
             self._due = min(self._due or at, at)
         return reason
 
-    def _dependency_state(self, job_id: int) -> State | None:
+    def dependency_state(self, job_id: int) -> State | None:
         """What a dependency on job_id sees: the job's state, or for an array's id the whole array's
         (dependencies.array_state), worked out once per pass."""
         job = self.jobs.get(job_id)
@@ -932,8 +889,13 @@ class Engine:
         """("ready" | "wait" | "never", why) for a queued job's dependencies, kept until one of them ends."""
         verdict = self._verdicts.get(job.id)
         if verdict is None:
-            verdict = self._verdicts[job.id] = dependencies.check(job.after, self._dependency_state)
+            verdict = self._verdicts[job.id] = dependencies.check(job.after, self.dependency_state)
         return verdict
+
+    def dependency_wait(self, job: Job) -> tuple[str, str]:
+        """A queued job's dependencies' verdict without keeping it (`why` asks it of every job ahead): the pass's
+        where it has one (kept until a dependency ends), else checked afresh, which costs up to 192 look-ups."""
+        return self._verdicts.get(job.id) or dependencies.check(job.after, self.dependency_state)
 
     def _dependency_failed(self, job: Job, why: str) -> None:
         """End a job whose dependency can't be met, and at once every job that waits on it for that reason,
@@ -960,18 +922,18 @@ class Engine:
             self.log(f"internal error building the policy's view of job {job.id} (it waits meanwhile): "
                      f"{traceback.format_exc()}", 3, job=job, multiline=True)
 
-    def _request(self, job: Job) -> policy.Request:
+    def request(self, job: Job) -> policy.Request:
         """A queued job's Request, built once while the job doesn't change (100,000 queued jobs are not
         rebuilt every pass). A job that relies on an estimate is rebuilt when its user's history moves it."""
-        est = self._estimate(job)
+        est = self.estimate(job)
         cached = self._requests.get(job.id)
         if cached is not None and cached[1] == est:
             return cached[0]
-        req = inputs.request(job, classes=self._classes, default_class=self.cfg.default_class, history_estimate=est)
+        req = inputs.request(job, classes=self.classes, default_class=self.cfg.default_class, history_estimate=est)
         self._requests[job.id] = (req, est)
         return req
 
-    def _estimate(self, job: Job) -> float | None:
+    def estimate(self, job: Job) -> float | None:
         """The limit estimate from the user's latest successful runs of the same job name (None when the job
         has a limit of its own: it would not be read)."""
         spec = job.spec
@@ -981,102 +943,9 @@ class Engine:
         return inputs.estimate(runs) if runs else None
 
     def _preempted_by(self, job: Job) -> str:
-        if self._classes:
-            return f"preempted by job {job.id} (class {inputs.job_class(job, self._classes, self.cfg.default_class)!r})"
+        if self.classes:
+            return f"preempted by job {job.id} (class {inputs.job_class(job, self.classes, self.cfg.default_class)!r})"
         return f"preempted by job {job.id} (priority {job.spec.priority if job.spec else '?'})"
-
-    def explain(self, job: Job) -> dict[str, Any]:
-        """For `gpuschedctl show` of a queued job: its class, its user's fair-share standing and the jobs
-        ahead of it in the order the next pass would use (one linear scan of the queue, on demand only)."""
-        if job.state in ACTIVE:
-            contested = self._contested_text(job)
-            return {"contested": contested} if contested else {}
-        if job.state != State.QUEUED or job.spec is None:
-            return {}
-        now = self.clock.time()
-        queued, users = [], {}
-        for j in self.live.values():
-            if j.state == State.QUEUED:
-                queued.append(self._request(j))
-            users[j.user] = j.uid
-        standing = self._standing(users, now)
-        settings = self._settings(now)
-        key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
-        ahead = [r.id for r in order.ahead(self._request(job), queued, key)]
-        out: dict[str, Any] = {}
-        if self._classes:
-            out["class"] = inputs.job_class(job, self._classes, self.cfg.default_class)
-        if job.uid in standing:
-            out["fair_share"] = f"{job.user} is at " + fairshare.describe(standing[job.uid])
-        shown = ", ".join(map(str, ahead[:MAX_AHEAD])) + (f" and {len(ahead) - MAX_AHEAD} more"
-                                                           if len(ahead) > MAX_AHEAD else "")
-        out["ahead"] = f"{len(ahead)} job(s): {shown}" if ahead else "none: it is first in line"
-        return out
-
-    def outlook(self, job: Job) -> dict[str, Any]:
-        """For `gpuschedctl why` and `submit --dry-run`: where a queued job (or one not yet submitted, id 0)
-        stands: its place in the order the next pass uses, what keeps it waiting, and when it can be expected
-        to start: the policy's own plan when it made one (EASY backfill's reservation), else the queue played
-        forward on the running jobs' time limits (policy/forecast.py). One linear scan of the queue, on demand."""
-        now = self.clock.time()
-        queued, users = [], {job.user: job.uid}
-        for j in self.live.values():
-            if j.state == State.QUEUED and j.id != job.id:
-                queued.append(j)
-            users[j.user] = j.uid
-        standing = self._standing(users, now)
-        settings = self._settings(now)
-        key = order.keyfunc(classes=settings["classes"], now=now, aging=settings["aging"], standing=standing)
-        mine = self._request(job) if job.id in self.jobs else inputs.request(
-            job, classes=self._classes, default_class=self.cfg.default_class, history_estimate=self._estimate(job))
-        ahead = order.ahead(mine, [self._request(j) for j in queued], key)
-        out: dict[str, Any] = {"position": len(ahead) + 1, "ahead": [r.id for r in ahead[:MAX_AHEAD]],
-                               "ahead_count": len(ahead)}
-        if self._classes:
-            out["class"] = mine.job_class
-        if job.uid in standing:
-            out["fair_share"] = f"{job.user} is at " + fairshare.describe(standing[job.uid])
-        deps = []
-        for kind, dep, label in job.after:
-            state = self._dependency_state(dep) if dep else None
-            deps.append({"kind": kind, "id": dep or None, "label": label, "state": str(state) if state else None})
-        out["dependencies"] = deps
-        gate = self._waits_for(job, now)
-        if gate:
-            out["expected_start"], out["expected_why"] = None, f"unknown: {gate}"
-            return out
-        if job.id in self.expected:
-            out["expected_start"], out["expected_source"] = self.expected[job.id], "policy"
-            return out
-        floor = job.not_before or 0.0
-        if job.spec is not None and job.spec.window:
-            floor = max(floor, windows.waiting_reason(job.spec.window, self._windows.get(job.spec.window), now,
-                                                      self.tz)[1] or 0.0)
-        # beyond forecast.MAX_AHEAD the forecast gives up: the jobs ahead are not looked at one by one
-        playable = ahead if len(ahead) > forecast.MAX_AHEAD else [
-            r for r in ahead if not self._waits_for(self.jobs[r.id], now)]
-        f = forecast.expected_start(mine, playable, [self._holder(self.jobs[i]) for i in sorted(self._active)],
-                                    self.inventory.gpus, now, floor)
-        out["expected_start"], out["expected_gpus"], out["expected_source"] = f.at, list(f.gpus), "forecast"
-        if f.at is None:
-            out["expected_why"] = f"unknown: {f.why}"
-        return out
-
-    def _waits_for(self, job: Job, now: float) -> str:
-        """What keeps a queued job out of every pass whatever the GPUs do (its start can't be dated), or ""."""
-        if job.held:
-            return f"held by {job.held} until released"
-        if job.after and not job.deps_met:
-            # the pass's verdict where it has one (kept until a dependency ends): checking afresh costs up to
-            # 192 look-ups per job, and `why` asks this of every job ahead
-            verdict, why = self._verdicts.get(job.id) or dependencies.check(job.after, self._dependency_state)
-            if verdict != "ready":
-                return f"{why} (their end can't be dated)" if verdict == "wait" else why
-        if job.user in self.paused:
-            return f"{job.user}'s jobs are paused by {self.paused[job.user]}"
-        if self.draining:
-            return f"the server is draining (by {self.draining})"
-        return ""
 
     def may_reprioritize(self, job: Job, priority: int, admin: bool) -> None:
         """Raises the refusal, if reprioritize would refuse (so an array is checked whole before any change)."""
@@ -1105,41 +974,13 @@ class Engine:
                    say=f"job {job.id}: priority {old} -> {priority} by {by.name}")
         return f"priority {old} -> {priority}"
 
-    # --- fair share -------------------------------------------------------------------------------------
+    # --- fair share (shares.py) ----------------------------------------------------------------------
 
-    def _charge_job(self, job: Job, now: float) -> None:
-        since, gpus = self._charged[job.id]
-        if now > since:
-            self.ledger.charge(job.user, float(gpus), since, now)
-            self._charged[job.id] = (now, gpus)
+    @property
+    def ledger(self) -> fairshare.Ledger:
+        return self.shares.ledger
 
-    def _charge(self, now: float) -> None:
-        """Charge the ledger with the GPU time active jobs held since they were last charged (each pass and
-        tick; _track starts a job's account when it gets GPUs and charges the rest when it leaves them)."""
-        for job_id in self._charged:
-            self._charge_job(self.jobs[job_id], now)
-        self.ledger.advance(now)
-
-    def _standing(self, users: dict[str, int], now: float) -> dict[int, fairshare.Standing]:
-        """Each uid's fair-share standing among the users with jobs waiting or running."""
-        usage = {u: self.ledger.value(u, now) for u in users}
-        group_shares = dict(self.cfg.share_groups)
-        group_of = {u: g for u in users if (g := self._group(u, group_shares)) is not None} if group_shares else None
-        standing = fairshare.standings(usage, users, shares=dict(self.cfg.shares),
-                                       default_share=self.cfg.default_share, group_of=group_of,
-                                       group_shares=group_shares or None)
-        return {users[u]: s for u, s in standing.items()}
-
-    def _group(self, user: str, group_shares: dict[str, float]) -> str | None:
-        """The share group (fair_share.groups) a user belongs to, the first configured one; looked up once."""
-        if user not in self._share_group:
-            try:
-                pw = pwd.getpwnam(user)
-                mine = set(group_names(pw.pw_name, pw.pw_gid))
-            except KeyError:
-                mine = set()
-            self._share_group[user] = next((g for g in group_shares if g in mine), None)
-        return self._share_group[user]
+    # --- starting and stopping -------------------------------------------------------------------------
 
     def _wait(self, job: Job, reason: str) -> None:
         """A queued job's waiting reason: the one change that is not the door's. It is informational and
@@ -1161,7 +1002,7 @@ class Engine:
     def _start(self, job: Job, gpus: Sequence[Gpu]) -> None:
         spec = job.spec
         assert spec is not None
-        cls = (self._classes or {}).get(inputs.job_class(job, self._classes, self.cfg.default_class))
+        cls = (self.classes or {}).get(inputs.job_class(job, self.classes, self.cfg.default_class))
         if spec.time_limit is None and cls is not None and cls.default_time_limit:
             # the class's default limit, enforced like the file's own (RuntimeMaxUSec): applied to the spec in
             # memory at each launch (a restart re-reads the file; the next launch applies it again)
@@ -1305,8 +1146,8 @@ class Engine:
         monitor of ours reports on reconciled, failed writes retried, failed starts retried, expiry when due."""
         if self.inventory.due():
             self.probe_gpus()
-        self._sample()
-        self._charge(self.clock.time())
+        self.accounting.sample()
+        self.shares.charge(self.jobs, self.clock.time())
         watched = self.runner.watched()
         try:
             for job_id in list(self._restop):
@@ -1345,190 +1186,41 @@ class Engine:
             # decisions that change with time alone (a job becoming overdue, a resumable job becoming
             # preemptible, a reservation coming due) are taken within TIME_PASS even when no event comes
             self.wake()
-        if now - self._last_expire >= self._expire_interval():
-            self._last_expire = now
+        if self.expiry.due():
             self.expire()
 
-    # --- issue 9: accounting and idle reservations (usage.py) ----------------------------------------------
+    # --- issue 9: accounting and idle reservations (accounting.py) --------------------------------------
 
-    def _sample(self) -> None:
-        """At most once a second (never more often than gpu_poll_interval): the GPUs active jobs hold are
-        sampled into the meter; idle jobs are flagged (and stopped, idle_action = "stop"); every FOLD_EVERY
-        the running jobs' records get their accounting so far. Contained: a failure is said once."""
-        mono = self.clock.monotonic()
-        if mono - self._last_sample < max(usage.SAMPLE_EVERY, self.cfg.gpu_poll_interval):
-            return
-        self._last_sample = mono
-        try:
-            self._sample_now(mono)
-            self._sample_failed = False
-        except Exception:  # noqa: BLE001 - accounting must never stop the tick
-            if not self._sample_failed:
-                self._sample_failed = True
-                self.log(f"internal error while sampling GPU usage: {traceback.format_exc()}", 3, multiline=True)
+    @property
+    def meter(self) -> usage.Meter:
+        return self.accounting.meter
 
-    def _sample_now(self, mono: float) -> None:
-        holders: dict[int, list[tuple[int, float]]] = {}
-        for job_id in self._charged:                     # the active jobs that hold GPUs (not the whole queue)
-            job = self.jobs[job_id]
-            if job.state in ACTIVE and job.gpus:
-                spec = job.spec
-                weight = float(spec.gpu_memory or 0) if spec is not None and spec.share else 0.0
-                for g in job.gpus:
-                    holders.setdefault(g.index, []).append((job.id, weight))
-                self.meter.tally(job.id, job.usage.get("idle_since"))
-        for job_id in [i for i in self.meter.tallies if (j := self.live.get(i)) is None or j.state not in ACTIVE]:
-            self.meter.forget(job_id)                    # ended through a path that doesn't account (never began)
-        # GPUs that processes gpusched did not start use are sampled too, for `gpuschedctl top` (the meter
-        # looks only at the held ones); an idle server makes no NVML call
-        foreign = {g.index for g in self.inventory.gpus or () if g.foreign_pids}
-        samples = self.inventory.sample(set(holders) | foreign) if holders or foreign else {}
-        self._samples = (mono, samples)
-        if not holders:
-            self.meter.reset()
-            return
-        now = self.clock.time()
-        self.meter.observe(now, samples, holders)
-        self.gpu_history.add(now, samples)
-        fold = mono - self._last_fold >= usage.FOLD_EVERY
-        if fold:
-            self._last_fold = mono
-        for job_id in list(self.meter.tallies):
-            job = self.live[job_id]
-            self._judge_idle(job, now)
-            if fold and job.state in ACTIVE:
-                self.apply(job, lifecycle.accounted, self._folded(job, self.meter.take(job_id), now))
-
-    def _folded(self, job: Job, tally: usage.Tally, at: float) -> dict[str, Any]:
-        reserved = usage.reserved_seconds(job.history, len(job.gpus), job.started, at)
-        return usage.fold(job.usage, tally, reserved)
-
-    def _judge_idle(self, job: Job, now: float) -> None:
-        """Flag a running job whose GPUs have all been idle for idle_after (one journal line), stop it when
-        idle_action = "stop" (cancelled, never requeued), unflag it when it uses them again."""
-        if job.state != State.RUNNING:
-            return
-        since = self.meter.tally(job.id).idle_since
-        flagged = job.usage.get("idle_since") is not None
-        after = self.cfg.idle_after
-        if after and since is not None and now - since >= after:
-            gpus = ",".join(str(g.index) for g in job.gpus)
-            threshold = f"{self.cfg.idle_threshold:g}%"
-            if not flagged:
-                stop = self.cfg.idle_action == "stop"
-                self.apply(job, lifecycle.idle, since,
-                           f"idle: its GPUs ({gpus}) at or under {threshold} utilisation since "
-                           f"{time.strftime('%H:%M:%S', time.localtime(since))}",
-                           say=f"job {job.id} idle: its GPUs ({gpus}) at or under {threshold} utilisation for "
-                               f"{format_duration(now - since)} (idle_after {format_duration(after)})"
-                               + ("; stopping it (idle_action = \"stop\")" if stop else ""),
-                           priority=5, GPUSCHED_EVENT="idle")
-            if self.cfg.idle_action == "stop":
-                self._stop(job, "cancel", f"stopped: its GPUs were idle for {format_duration(now - since)} "
-                                          f"(idle_after {format_duration(after)}, idle_action = \"stop\")")
-        elif flagged and (since is None or not after):
-            self.apply(job, lifecycle.busy, say=f"job {job.id} is using its GPUs again: no longer idle",
-                       GPUSCHED_EVENT="busy")
+    @property
+    def gpu_history(self) -> GpuHistory:
+        return self.accounting.gpu_history
 
     def usage_now(self, job: Job) -> dict[str, Any]:
-        """An active job's accounting up to now (its record has it as of the last fold, up to a minute old)."""
-        if job.state not in ACTIVE or not job.gpus:
-            return dict(job.usage)
-        t = self.meter.tallies.get(job.id) or usage.Tally()
-        return usage.fold(job.usage, t, usage.reserved_seconds(job.history, len(job.gpus), job.started,
-                                                               self.clock.time()))
-
-    def usage_report(self, users: set[str] | None, since: float) -> list[dict[str, Any]]:
-        """`gpuschedctl stats`: per user (all of them, or `users`), usage.summarize over the jobs still kept."""
-        jobs = (j for j in self.jobs.values() if users is None or j.user in users)
-        return usage.summarize(jobs, since, self.clock.time())
-
-    def finished(self, users: set[str] | None, name: str, state: str, since: float, limit: int,
-                 tag: str = "") -> tuple[list[Job], int]:
-        """`gpuschedctl history`: the last `limit` finished jobs (in id order) of `users` (None: everyone's),
-        with that name (an array's jobs: the name its file gave), final state and tag if given, ended at or
-        after `since`; and how many more matched.
-        Rejected entries only when asked for by state."""
-        out = [j for j in self.jobs.values()
-               if j.state in FINAL and (users is None or j.user in users)
-               and (not tag or (j.spec is not None and tag in j.spec.tags))
-               and (not name or j.name == name or (j.array_id and sweep.base_name(j.name, j.array_index) == name))
-               and (str(j.state) == state if state else j.state != State.REJECTED)
-               and (j.ended or j.submitted) >= since]
-        out.sort(key=lambda j: j.id)
-        more = max(0, len(out) - limit)
-        return out[more:], more
+        """An active job's accounting up to now (accounting.py)."""
+        return self.accounting.usage_now(job)
 
     # --- expiry ----------------------------------------------------------------------------------------
 
-    def _keep(self) -> tuple[float, float]:
-        """(keep_finished, keep_rejected) in seconds, 0 meaning for ever; keep_rejected 0 follows keep_finished."""
-        finished = self.cfg.keep_finished
-        rejected = self.cfg.keep_rejected or finished
-        return finished, (min(rejected, finished) if finished else rejected)
-
-    def _expire_interval(self) -> float:
-        shortest = min((k for k in self._keep() if k), default=0.0)
-        return min(EXPIRE_EVERY, max(1.0, shortest / 4)) if shortest else EXPIRE_EVERY
-
     def expire(self) -> None:
-        """Start a sweep of finished jobs older than keep_finished (rejected ones: keep_rejected): records,
-        status files, logs, results and rejected entries' kept copies go. Never an active or queued job. Done
-        in batches (`soon`)."""
-        keep_finished, keep_rejected = self._keep()
-        if not (keep_finished or keep_rejected) or self._expiring:
-            return
-        now = self.clock.time()
-        cutoff = {State.REJECTED: now - keep_rejected if keep_rejected else 0.0}
-        default = now - keep_finished if keep_finished else 0.0
-        # a job that a queued job still depends on is kept until that one has started or ended
-        self._expiring = [j.id for j in self.jobs.values()
-                          if j.state in FINAL and (j.ended or j.submitted) < cutoff.get(j.state, default)
-                          and j.id not in self._dependents and not self._array_lives(j)]
-        if keep_rejected and self.expire_rejected is not None:
-            try:
-                freed = self.expire_rejected(cutoff[State.REJECTED])
-                if freed:
-                    self.log(f"removed rejected spool entries older than keep_rejected ({freed} bytes)")
-            except OSError as e:
-                self.log(f"can't expire rejected spool entries: {e}", 3)
-        if self._expiring:
-            self.log(f"removing {len(self._expiring)} finished job(s) older than keep_finished / keep_rejected",
-                     GPUSCHED_EVENT="expire")
-            self.soon(self.expire_batch)
+        """Start a sweep of finished jobs older than keep_finished / keep_rejected (expiry.py), in batches."""
+        self.expiry.start(self.expire_rejected)
 
-    def _array_lives(self, job: Job) -> bool:
-        """An array's first element is kept while another element is not final: its id names the array."""
+    def expire_batch(self) -> bool:
+        """One batch of the sweep's removals. True while some are left."""
+        return self.expiry.batch()
+
+    def _kept_back(self, job: Job) -> bool:
+        """A finished job expiry must keep for now: a queued job still depends on it, or it is an array's first
+        element (its id names the array) while another element is not final."""
+        if job.id in self._dependents:
+            return True
         if job.array_id != job.id or not job.array_id:
             return False
         return any(i in self.live for i in self._arrays.get(job.id, {}).values())
-
-    def expire_batch(self) -> bool:
-        """Remove up to EXPIRE_BATCH of the sweep's jobs. True while some are left."""
-        batch = []
-        while self._expiring and len(batch) < EXPIRE_BATCH:
-            job = self.jobs.get(self._expiring.pop())
-            if job is not None and job.state in FINAL and job.id not in self.recorder.dirty:
-                batch.append(job)
-        try:
-            self.recorder.remove(j.id for j in batch)           # lists results/ once per batch
-        except (OSError, ValueError) as e:
-            self.log(f"can't remove {len(batch)} finished job(s): {e}; kept for the next sweep", 3)
-            return bool(self._expiring)
-        for job in batch:
-            self._untrack(job.id)
-        return bool(self._expiring)
-
-
-def _foreign_text(g: Gpu) -> str:
-    """"GPU 2 is used outside gpusched by alice (pid 4242, python)" (and how many more processes)."""
-    if g.foreign:
-        p = g.foreign[0]
-        text = f"GPU {g.index} is used outside gpusched by {p.user} (pid {p.pid}, {p.name})"
-    else:
-        text = f"GPU {g.index} is used outside gpusched (pid {g.foreign_pids[0]})"
-    more = len(g.foreign_pids) - 1
-    return text + (f" and {more} more process(es)" if more > 0 else "")
 
 
 def _seconds(t: float) -> str:

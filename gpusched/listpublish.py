@@ -242,7 +242,7 @@ class Publisher:
         return out
 
     def _refold(self, array_id: int) -> None:
-        """Where an array's folded row goes (its first live job, as engine._folder puts it): both the segment
+        """Where an array's folded row goes (its first live job, as answers.folder puts it): both the segment
         it was at and the one it is at now are rendered again (its counts changed, or its place)."""
         live = self.engine.live
         first = min((i for i in self.engine.array_members(array_id).values() if i in live), default=None)

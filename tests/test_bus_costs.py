@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpusched import callbudget, dependencies
+from gpusched import answers, callbudget, dependencies
 from gpusched import engine as enginemod
 from gpusched.access import Access
 from gpusched.api import Manager
@@ -77,8 +77,8 @@ def test_outlook_beyond_what_the_forecast_plays_looks_at_no_job_ahead(monkeypatc
         w.submit(spec(f"q{i}", gpus=1, time_limit=60), uid=NOBODY, user="nobody")
     w.settle()                                         # busy starts, then q0 (no job is running); 7 wait
     looked: list[int] = []
-    real = enginemod.Engine._waits_for
-    monkeypatch.setattr(enginemod.Engine, "_waits_for", lambda self, job, now: looked.append(job.id) or real(self, job, now))
+    real = answers.waits_for
+    monkeypatch.setattr(answers, "waits_for", lambda e, job, now: looked.append(job.id) or real(e, job, now))
     d = Manager(w.engine, Access()).check(NOBODY, "a.toml", FILE)
     assert d["ahead_count"] == 7 and "too many to play forward" in d["expected_why"]
     assert looked == [0]                               # the checked job itself (id 0), none ahead

@@ -426,7 +426,7 @@ def test_a_job_without_a_limit_after_runs_of_its_name_gets_an_estimate_and_runs(
     again = w.submit(spec("probe"))
     w.settle()
     assert again.state == State.RUNNING
-    assert w.engine._estimate(again) is not None
+    assert w.engine.estimate(again) is not None
 
 
 def test_a_job_whose_policy_inputs_fail_waits_alone(monkeypatch):

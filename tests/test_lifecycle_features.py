@@ -272,7 +272,7 @@ def test_a_requeued_job_goes_to_the_back_of_the_line_and_requeues_in_a_loop_back
         w.run_until(t)
         waits.append(job.not_before - t if job.state == State.QUEUED else 0.0)
         if job.state == State.QUEUED:
-            assert job.queued_since == t and w.engine._request(job).submitted == t   # its age restarts
+            assert job.queued_since == t and w.engine.request(job).submitted == t   # its age restarts
             assert job.reason.startswith("waiting") and job.not_before > w.clock.time()
             w.clock.set(job.not_before)
             w.engine.tick()                          # the backoff is over: a pass

@@ -232,7 +232,7 @@ def test_usage_survives_a_restart_and_an_old_record_without_it_loads():
     assert snapshot.decode(json.loads(json.dumps(snapshot.encode(job)))).usage == job.usage   # a clean stop's copy
     old = {k: v for k, v in d.items() if k != "usage"}
     assert job_from_dict(old, job.spec).usage == {}
-    w.engine.meter = usage.Meter()                        # the daemon restarted: its meter is new
+    w.engine.accounting.meter = usage.Meter()             # the daemon restarted: its meter is new
     run_for(w, 3, {0: IDLE})
     assert w.engine.meter.tallies[job.id].idle_since == job.usage["idle_since"]   # the timer from the record
     assert sum(f"job {job.id} idle" in t for t in w.log.texts()) == 1             # not flagged twice
