@@ -136,6 +136,70 @@ def test_a_request_in_progress_outlasts_the_idle_deadline_and_keep_alive_then_en
     asyncio.run(go())
 
 
+def test_a_connection_sending_many_requests_ahead_is_cut_and_a_few_are_answered():
+    # aiohttp queues every pipelined request it parses, unbounded: 50 MB of them grew the service by 2 GB
+    async def slow(request):
+        await asyncio.sleep(0.02)
+        return web.Response(text="ok")
+
+    async def go():
+        door = gate.Gate(lambda t: "mallory", per_owner=10, total=100, idle=30)
+        runner, port = await _serve(door, slow)
+        try:
+            one = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            reader, writer = await _connect(port)
+            writer.write(one * 3 + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(reader.read(), 5)).count(b"200 OK") == 4     # a few: all answered
+            reader, writer = await _connect(port)
+            writer.write(one * 20000)                           # 600 KB of them at once
+            got = b""
+            with pytest.raises(ConnectionResetError):
+                while (chunk := await asyncio.wait_for(reader.read(65536), 5)):
+                    got += chunk
+                raise ConnectionResetError("closed")
+            assert got.count(b"200 OK") <= gate.PIPELINE + 2 and door.cut == 1
+            await asyncio.sleep(0.1)
+            assert door.open == {}
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+async def _tiny_window(port: int):
+    """A connection whose reader takes almost nothing (a 2 KiB receive buffer) until it reads."""
+    import socket
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    s.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=s)
+
+
+def test_a_reader_that_does_not_take_its_answer_is_cut_and_a_slow_one_is_not():
+    async def big(request):
+        return web.Response(body=b"x" * (8 << 20))
+
+    async def go():
+        door = gate.Gate(lambda t: "mallory", per_owner=10, total=100, idle=0.3)
+        runner, port = await _serve(door, big)
+        try:
+            stuck_r, stuck_w = await _tiny_window(port)
+            stuck_w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")      # and never reads
+            slow_r, slow_w = await _tiny_window(port)
+            slow_w.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got, start = 0, time.monotonic()
+            while (chunk := await asyncio.wait_for(slow_r.read(1 << 20), 5)):
+                got += len(chunk)
+                await asyncio.sleep(0.1)                        # slower than the idle deadline, but taking it
+            assert got > 8 << 20 and door.stalled == 1, (got, door.stalled)
+            assert time.monotonic() - start > 0.6               # several idle periods passed while it read
+            await asyncio.sleep(0.1)
+            assert door.open == {}                              # the stuck one's place is free
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
 def test_plan_serves_systemds_sockets_for_the_configured_addresses_and_binds_the_rest():
     a = listeners.bind("127.0.0.1", 0)
     b = listeners.bind("127.0.0.1", 0)
