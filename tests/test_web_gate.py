@@ -95,6 +95,36 @@ def test_everyone_together_is_capped_too():
     asyncio.run(go())
 
 
+def test_the_network_fills_its_share_and_people_on_the_server_still_get_in():
+    who = {"owner": None}
+    n = iter(range(1000))
+
+    async def go():
+        door = gate.Gate(lambda t: who["owner"] or gate.far_owner(f"2001:db8:{next(n):x}::1"), per_owner=10,
+                         total=6, idle=30, kind_totals={gate.FAR: 3})
+        runner, port = await _serve(door)
+        try:
+            held = [await _connect(port) for _ in range(3)]     # three /64s: the network's share is full
+            await asyncio.sleep(0.1)
+            reader, _ = await _connect(port)
+            assert b"too many connections" in await asyncio.wait_for(reader.read(), 5)
+            who["owner"] = ("uid", 1000)                        # alice through ssh -L is not refused
+            assert b"200 OK" in await _get(port)
+            assert len(held) == 3 and door.kinds[gate.FAR] == 3
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+def test_a_far_owner_is_an_ipv4_address_or_an_ipv6_slash_64():
+    assert gate.far_owner("192.0.2.7") == (gate.FAR, "192.0.2.7")
+    assert gate.far_owner("::ffff:192.0.2.7") == (gate.FAR, "192.0.2.7")
+    # one host picks any address of its /64: they are one owner
+    assert gate.far_owner("2001:db8:1:2:aaaa::1") == gate.far_owner("2001:db8:1:2:ffff:1:2:3%eth0") == \
+        (gate.FAR, "2001:db8:1:2::/64")
+    assert gate.far_owner("2001:db8:1:3::1") != gate.far_owner("2001:db8:1:2::1")
+
+
 def test_a_connection_that_sends_nothing_or_drips_its_headers_is_closed_when_idle():
     async def go():
         door = gate.Gate(lambda t: "mallory", per_owner=10, total=100, idle=0.5)

@@ -4,9 +4,12 @@ Why: aiohttp 3.8 (Debian 12) sets no deadline on a request's headers, so a conne
 a header a byte a minute, would hold a socket and a file descriptor for ever; one user opening thousands of
 them would leave none for anyone else. So, at accept, before aiohttp sees a byte:
 - each connection is counted against its owner: on loopback the uid that made it (the kernel's word,
-  peer.py, the same that names the viewer), beyond loopback its remote address. Past PER_OWNER open at once,
-  a new one gets a 503 that says why and is closed; past TOTAL for everyone (under the unit's LimitNOFILE) the
-  same, so the process never runs out of descriptors;
+  peer.py, the same that names the viewer), beyond loopback its remote address (an IPv6 one by its /64: one
+  host is given a /64 and picks any address in it, so counting addresses would let it open 2^64 "owners").
+  Past PER_OWNER open at once, a new one gets a 503 that says why and is closed; past TOTAL for everyone
+  (under the unit's LimitNOFILE) the same, so the process never runs out of descriptors. Connections from
+  beyond loopback together get at most FAR_TOTAL of those: the network (a few hosts, or many addresses) can
+  fill its share but never lock out the people on the server and behind `ssh -L`;
 - a connection that is not inside a request (no complete headers yet, or kept alive between requests) for
   IDLE seconds is closed. One inside a request is the handler's business: a followed log is meant to last
   (server.py bounds those per uid), a request body must arrive within BODY_SECONDS (server.py);
@@ -26,12 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import struct
 import termios
 from typing import Any, Callable, Hashable
 
+FAR = "address"       # the kind of owner of a connection from beyond loopback (far_owner)
 PER_OWNER = 64        # a browser opens about 6 per site, plus the followed logs (8 at most per uid)
 TOTAL = 4096          # everyone together; gpusched-web.service's LimitNOFILE is twice that
+FAR_TOTAL = TOTAL // 2  # of those, everything from beyond loopback together
 IDLE = 15.0           # seconds a connection may wait for its next request's headers
 PIPELINE = 8          # requests a connection may send ahead of the one being answered
 CHUNK = 16384         # bytes handed to aiohttp's parser at a time (so a burst is checked as it is parsed)
@@ -59,10 +65,13 @@ class _Conn:
 
 class Gate:
     def __init__(self, owner: Callable[[Any], Hashable], per_owner: int = PER_OWNER, total: int = TOTAL,
-                 idle: float = IDLE):
-        self.owner = owner                    # transport -> who it counts against
+                 idle: float = IDLE, kind_totals: dict[Hashable, int] | None = None):
+        self.owner = owner                    # transport -> who it counts against: (kind, who) or anything
         self.per_owner = per_owner
         self.total = total
+        # caps on all the owners of one kind together (an owner (kind, who) is of that kind)
+        self.kind_totals = {FAR: FAR_TOTAL} if kind_totals is None else kind_totals
+        self.kinds: dict[Hashable, int] = {}  # kind -> connections open
         self.idle = idle
         self.open: dict[Hashable, int] = {}   # owner -> connections open
         self._conns: dict[Any, _Conn] = {}    # transport -> its state
@@ -79,13 +88,15 @@ class Gate:
     def admit(self, transport: Any) -> bytes:
         """Count a new connection in; b"" if admitted, else the refusal to send before closing it."""
         owner = self.owner(transport)
-        if len(self._conns) >= self.total:
+        kind = _kind(owner)
+        if len(self._conns) >= self.total or self.kinds.get(kind, 0) >= self.kind_totals.get(kind, self.total):
             self.refused += 1
             return refusal(owner, self.per_owner, total=True)
         if self.open.get(owner, 0) >= self.per_owner:
             self.refused += 1
             return refusal(owner, self.per_owner, total=False)
         self.open[owner] = self.open.get(owner, 0) + 1
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
         conn = self._conns[transport] = _Conn(owner)
         self._arm(transport, conn)
         return b""
@@ -96,11 +107,8 @@ class Gate:
             return
         if conn.timer:
             conn.timer.cancel()
-        left = self.open.get(conn.owner, 1) - 1
-        if left > 0:
-            self.open[conn.owner] = left
-        else:
-            self.open.pop(conn.owner, None)
+        _down(self.open, conn.owner)
+        _down(self.kinds, _kind(conn.owner))
 
     # --- called around each request (server.py's guard) ---------------------------------------------------
 
@@ -139,6 +147,29 @@ class Gate:
         else:                                 # a slow reader that is still reading: another period
             conn.unsent = unsent
             self._arm(transport, conn)
+
+
+def _down(counts: dict[Hashable, int], key: Hashable) -> None:
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+def _kind(owner: Hashable) -> Hashable:
+    return owner[0] if isinstance(owner, tuple) and owner else None
+
+
+def far_owner(host: str) -> tuple[str, str]:
+    """Whom a connection from beyond loopback counts against: its IPv4 address, or its IPv6 address's /64
+    (an IPv4-mapped one as IPv4)."""
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return FAR, str(ip.ipv4_mapped)
+        return FAR, str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return FAR, str(ip)
 
 
 def _unsent(transport: Any) -> int:
