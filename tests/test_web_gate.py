@@ -273,6 +273,24 @@ def test_the_generator_writes_web_listen_into_the_socket_unit(tmp_path, monkeypa
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_generator_leaves_out_what_systemd_would_misread_and_never_fails(tmp_path, monkeypatch, capsys):
+    # a scope is a % in a unit file, one of systemd's specifiers: %i (empty) made fe80::1%ib0 into fe80::1b0
+    conf = tmp_path / "gpusched.toml"
+    conf.write_text('[web]\nlisten = ["127.0.0.1", "fe80::1%ib0", "::1%lo"]\nport = 9443\n'
+                    'tls_cert = "/etc/c.pem"\ntls_key = "/etc/k.pem"\n')
+    monkeypatch.setenv("GPUSCHED_CONFIG", str(conf))
+    assert generator.main(["gen", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / generator.DROPIN).read_text()
+    assert text.splitlines()[1:] == ["[Socket]", "ListenStream=", "ListenStream=127.0.0.1:9443"]
+    assert "'fe80::1%ib0'" in capsys.readouterr().err
+    conf.write_text('[web]\nlisten = ["::1%lo"]\n')    # nothing left for systemd: its unit's own addresses
+    assert generator.main(["gen", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none").exists()
+    (tmp_path / "file").write_text("")                 # an output directory that can't be made: still 0
+    conf.write_text('[web]\nport = 9000\n')
+    assert generator.main(["gen", str(tmp_path / "file")]) == 0
+
+
 def _dashboard():
     class Quiet:
         async def as_user(self, uid, verb, *args):
