@@ -116,6 +116,47 @@ def test_the_network_fills_its_share_and_people_on_the_server_still_get_in():
     asyncio.run(go())
 
 
+def test_a_tls_connection_is_counted_before_its_handshake(tmp_path):
+    # counted only after it, connections that never finish one were no one's: the network could open them
+    # until the process had no descriptor left, for loopback's people too
+    import ssl
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=t",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    client_tls.check_hostname = False
+
+    async def go():
+        door = gate.Gate(lambda t: gate.far_owner(t.get_extra_info("peername")[0]), per_owner=2, total=100,
+                         idle=30)
+        async def ok(request):
+            return web.Response(text="ok")
+        app = web.Application()
+        app.add_routes([web.get("/", ok)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = listeners.bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        await listeners.GatedSite(runner, sock, door, ssl_context=server_tls).start()
+        try:
+            silent = [await _connect(port) for _ in range(2)]      # TCP only: no ClientHello, ever
+            await asyncio.sleep(0.1)
+            assert door.open == {gate.far_owner("127.0.0.1"): 2}
+            reader, _ = await _connect(port)                       # the third: closed at once, in clear
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            silent[0][1].close()
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert b"200 OK" in await asyncio.wait_for(reader.read(), 5)
+            assert door.refused == 1
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
 def test_a_far_owner_is_an_ipv4_address_or_an_ipv6_slash_64():
     assert gate.far_owner("192.0.2.7") == (gate.FAR, "192.0.2.7")
     assert gate.far_owner("::ffff:192.0.2.7") == (gate.FAR, "192.0.2.7")

@@ -17,6 +17,9 @@ them would leave none for anyone else. So, at accept, before aiohttp sees a byte
   none of it taken since the last deadline, the connection is cut (aborted) rather than closed, because
   closing waits for the unsent part to go and a reader with a zero window would hold the socket, its
   descriptor and the answer in memory for ever;
+- a connection beyond loopback is counted when its TCP connection is accepted, before its TLS handshake
+  (HANDSHAKE seconds at most), not after: otherwise connections that never finish a handshake would be
+  counted by no one, and the network could take every descriptor the process has, loopback's too;
 - requests sent ahead (HTTP pipelining): aiohttp parses every request it is sent and queues them, unbounded,
   while it answers the first; 50 MB of pipelined `GET /` from one connection grew the process by 2 GB. So
   what a connection sends is handed to aiohttp CHUNK bytes at a time, and a connection with more than
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import ipaddress
+import ssl
 import struct
 import termios
 from typing import Any, Callable, Hashable
@@ -40,6 +44,7 @@ TOTAL = 4096          # everyone together; gpusched-web.service's LimitNOFILE is
 FAR_TOTAL = TOTAL // 2  # of those, everything from beyond loopback together
 IDLE = 15.0           # seconds a connection may wait for its next request's headers
 PIPELINE = 8          # requests a connection may send ahead of the one being answered
+HANDSHAKE = 10.0      # seconds a TLS handshake may take
 CHUNK = 16384         # bytes handed to aiohttp's parser at a time (so a burst is checked as it is parsed)
 
 
@@ -79,9 +84,19 @@ class Gate:
         self.stalled = 0                      # connections cut for not reading their answer
         self.cut = 0                          # connections cut for sending too many requests ahead
 
-    def protocol(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        """A protocol factory for loop.create_server: aiohttp's, behind this gate."""
-        return lambda: _Door(self, inner)
+    def protocol(self, inner: Callable[[], asyncio.Protocol], tls: ssl.SSLContext | None = None
+                 ) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for loop.create_server (with no ssl= of its own): aiohttp's, behind this gate,
+        over TLS with `tls` once the gate has admitted the connection."""
+        return lambda: _Door(self, inner, tls)
+
+    def rekey(self, old: Any, new: Any) -> None:
+        """A connection's transport is now `new` (its TLS one, after the handshake)."""
+        conn = self._conns.pop(old, None)
+        if conn is not None:
+            self._conns[new] = conn
+            if conn.timer:
+                self._arm(new, conn)
 
     # --- called by the door -------------------------------------------------------------------------------
 
@@ -186,21 +201,51 @@ def _unsent(transport: Any) -> int:
 
 
 class _Door(asyncio.Protocol):
-    """aiohttp's protocol for one connection, behind the gate: created only once the gate admits it."""
+    """aiohttp's protocol for one connection, behind the gate: created only once the gate admits it (and
+    its TLS handshake, if any, is done)."""
 
-    def __init__(self, gate: Gate, inner: Callable[[], asyncio.Protocol]):
+    def __init__(self, gate: Gate, inner: Callable[[], asyncio.Protocol], tls: ssl.SSLContext | None = None):
         self.gate = gate
         self.make_inner = inner
+        self.tls = tls
         self.inner: Any = None
         self.transport: Any = None
+        self.handshake: asyncio.Task | None = None
+        self.early = b""                      # what came over TLS before start_tls returned (for aiohttp)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         refused = self.gate.admit(transport)
         if refused:
-            transport.write(refused)
+            if self.tls is None:
+                transport.write(refused)      # beyond loopback it could only go in clear: just closed
             transport.close()
             return
+        if self.tls is None:
+            self._serve(transport)
+            return
+        transport.pause_reading()             # the ClientHello waits in the kernel for the TLS layer
+        self.handshake = asyncio.ensure_future(self._start_tls(transport))
+
+    async def _start_tls(self, raw: Any) -> None:
+        try:
+            transport = await asyncio.get_running_loop().start_tls(
+                raw, self, self.tls, server_side=True, ssl_handshake_timeout=HANDSHAKE)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError):
+            raw.abort()
+            self.gate.gone(raw)
+            return
+        if transport is None:                 # lost as the handshake ended
+            self.gate.gone(raw)
+            return
+        self.gate.rekey(raw, transport)
+        self.transport = transport
+        self._serve(transport)
+        early, self.early = self.early, b""
+        if early:
+            self.data_received(early)
+
+    def _serve(self, transport: Any) -> None:
         self.inner = self.make_inner()
         self.inner.connection_made(transport)
 
@@ -210,6 +255,12 @@ class _Door(asyncio.Protocol):
             self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.inner is None:
+            if self.handshake is not None:    # decrypted before start_tls has returned: kept for aiohttp
+                self.early += data
+                if len(self.early) > CHUNK * PIPELINE:
+                    self.transport.abort()
+            return
         for at in range(0, len(data), CHUNK):
             if self.inner is None or self.transport.is_closing():
                 return
