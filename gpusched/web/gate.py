@@ -59,13 +59,14 @@ def refusal(owner: Hashable, per_owner: int, total: bool) -> bytes:
 
 
 class _Conn:
-    __slots__ = ("owner", "active", "timer", "unsent")
+    __slots__ = ("owner", "active", "timer", "unsent", "cut")
 
     def __init__(self, owner: Hashable):
         self.owner = owner
         self.active = 0                       # requests in progress on it
         self.timer: asyncio.TimerHandle | None = None
         self.unsent = -1                      # bytes of its answer still unsent at the last deadline (-1: none)
+        self.cut = False                      # closed when its request in progress leaves (_Door._cut)
 
 
 class Gate:
@@ -141,7 +142,20 @@ class Gate:
         if conn:
             conn.active = max(0, conn.active - 1)
             if conn.active == 0:
-                self._arm(transport, conn)
+                if conn.cut:
+                    transport.close()
+                self._arm(transport, conn)        # (a closed one whose answer is stuck is aborted then)
+
+    def cut_off(self, transport: Any, now: bool) -> None:
+        """Close a connection once the request in progress on it leaves, or now if none is and `now` (none
+        is about to start either)."""
+        conn = self._conns.get(transport)
+        if conn is None:
+            return
+        self.cut += 1
+        conn.cut = True
+        if now and conn.active == 0:
+            transport.close()
 
     def _arm(self, transport: Any, conn: _Conn) -> None:
         if conn.timer:
@@ -212,6 +226,7 @@ class _Door(asyncio.Protocol):
         self.transport: Any = None
         self.handshake: asyncio.Task | None = None
         self.early = b""                      # what came over TLS before start_tls returned (for aiohttp)
+        self.stopped = False                  # cut: what it sends is no longer read
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -255,6 +270,8 @@ class _Door(asyncio.Protocol):
             self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.stopped:
+            return
         if self.inner is None:
             if self.handshake is not None:    # decrypted before start_tls has returned: kept for aiohttp
                 self.early += data
@@ -262,15 +279,29 @@ class _Door(asyncio.Protocol):
                     self.transport.abort()
             return
         for at in range(0, len(data), CHUNK):
-            if self.inner is None or self.transport.is_closing():
+            if self.stopped or self.transport.is_closing():
                 return
             self.inner.data_received(data if len(data) <= CHUNK else data[at:at + CHUNK])
             # aiohttp's queue of parsed requests not yet answered (RequestHandler._messages, aiohttp 3.x;
             # tests/test_web_gate.py fails if it goes): past PIPELINE the connection is cut
-            if len(getattr(self.inner, "_messages", ())) > PIPELINE:
-                self.gate.cut += 1
-                self.transport.abort()
+            queued = getattr(self.inner, "_messages", ())
+            if len(queued) > PIPELINE:
+                self._cut(queued)
                 return
+
+    def _cut(self, queued: Any) -> None:
+        """Stop reading, drop the queue and close the connection once the request in progress (if any) has
+        left the guard. Not at once: aiohttp would start the next request on a connection already gone (an
+        assertion in its handler), or find its queue empty after being woken for it. So the queue keeps one
+        request where aiohttp has been woken for it (it answers that one), none otherwise."""
+        self.stopped = True
+        self.transport.pause_reading()
+        waiter = getattr(self.inner, "_waiter", None)
+        keep = 1 if waiter is not None and waiter.done() else 0
+        while len(queued) > keep:
+            queued.pop()
+        self.gate.cut_off(self.transport, now=not keep)
+
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None
