@@ -5,6 +5,7 @@ made up (the kernel's answer is tested in test_web.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -95,6 +96,77 @@ def test_everyone_together_is_capped_too():
     asyncio.run(go())
 
 
+def test_the_network_fills_its_share_and_people_on_the_server_still_get_in():
+    who = {"owner": None}
+    n = iter(range(1000))
+
+    async def go():
+        door = gate.Gate(lambda t: who["owner"] or gate.far_owner(f"2001:db8:{next(n):x}::1"), per_owner=10,
+                         total=6, idle=30, kind_totals={gate.FAR: 3})
+        runner, port = await _serve(door)
+        try:
+            held = [await _connect(port) for _ in range(3)]     # three /64s: the network's share is full
+            await asyncio.sleep(0.1)
+            reader, _ = await _connect(port)
+            assert b"too many connections" in await asyncio.wait_for(reader.read(), 5)
+            who["owner"] = ("uid", 1000)                        # alice through ssh -L is not refused
+            assert b"200 OK" in await _get(port)
+            assert len(held) == 3 and door.kinds[gate.FAR] == 3
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+def test_a_tls_connection_is_counted_before_its_handshake(tmp_path):
+    # counted only after it, connections that never finish one were no one's: the network could open them
+    # until the process had no descriptor left, for loopback's people too
+    import ssl
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=t",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    client_tls.check_hostname = False
+
+    async def go():
+        door = gate.Gate(lambda t: gate.far_owner(t.get_extra_info("peername")[0]), per_owner=2, total=100,
+                         idle=30)
+        async def ok(request):
+            return web.Response(text="ok")
+        app = web.Application()
+        app.add_routes([web.get("/", ok)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = listeners.bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        await listeners.GatedSite(runner, sock, door, ssl_context=server_tls).start()
+        try:
+            silent = [await _connect(port) for _ in range(2)]      # TCP only: no ClientHello, ever
+            await asyncio.sleep(0.1)
+            assert door.open == {gate.far_owner("127.0.0.1"): 2}
+            reader, _ = await _connect(port)                       # the third: closed at once, in clear
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            silent[0][1].close()
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert b"200 OK" in await asyncio.wait_for(reader.read(), 5)
+            assert door.refused == 1
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+def test_a_far_owner_is_an_ipv4_address_or_an_ipv6_slash_64():
+    assert gate.far_owner("192.0.2.7") == (gate.FAR, "192.0.2.7")
+    assert gate.far_owner("::ffff:192.0.2.7") == (gate.FAR, "192.0.2.7")
+    # one host picks any address of its /64: they are one owner
+    assert gate.far_owner("2001:db8:1:2:aaaa::1") == gate.far_owner("2001:db8:1:2:ffff:1:2:3%eth0") == \
+        (gate.FAR, "2001:db8:1:2::/64")
+    assert gate.far_owner("2001:db8:1:3::1") != gate.far_owner("2001:db8:1:2::1")
+
+
 def test_a_connection_that_sends_nothing_or_drips_its_headers_is_closed_when_idle():
     async def go():
         door = gate.Gate(lambda t: "mallory", per_owner=10, total=100, idle=0.5)
@@ -131,6 +203,78 @@ def test_a_request_in_progress_outlasts_the_idle_deadline_and_keep_alive_then_en
             head = await asyncio.wait_for(reader.readuntil(b"done"), 5)
             assert b"200 OK" in head
             assert await asyncio.wait_for(reader.read(), 5) == b""   # then idle: closed
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("pause", [0.02, 0])
+def test_a_connection_sending_many_requests_ahead_is_cut_and_a_few_are_answered(pause, caplog):
+    # aiohttp queues every pipelined request it parses, unbounded: 50 MB of them grew the service by 2 GB
+    async def slow(request):
+        if pause:
+            await asyncio.sleep(pause)
+        return web.Response(text="ok")
+
+    async def go():
+        errors = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        door = gate.Gate(lambda t: "mallory", per_owner=10, total=100, idle=30)
+        runner, port = await _serve(door, slow)
+        try:
+            one = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            reader, writer = await _connect(port)
+            writer.write(one * 3 + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(reader.read(), 5)).count(b"200 OK") == 4     # a few: all answered
+            reader, writer = await _connect(port)
+            writer.write(one * 20000)                           # 600 KB of them at once
+            got = b""
+            with pytest.raises(ConnectionResetError):
+                while (chunk := await asyncio.wait_for(reader.read(65536), 5)):
+                    got += chunk
+                raise ConnectionResetError("closed")
+            assert got.count(b"200 OK") <= gate.PIPELINE + 2 and door.cut == 1
+            await asyncio.sleep(0.1)
+            assert door.open == {}
+            gc.collect()                                        # a task's exception never retrieved shows now
+            await asyncio.sleep(0)
+            assert not errors                                   # and aiohttp went quietly
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def _tiny_window(port: int):
+    """A connection whose reader takes almost nothing (a 2 KiB receive buffer) until it reads."""
+    import socket
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    s.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=s)
+
+
+def test_a_reader_that_does_not_take_its_answer_is_cut_and_a_slow_one_is_not():
+    async def big(request):
+        return web.Response(body=b"x" * (8 << 20))
+
+    async def go():
+        door = gate.Gate(lambda t: "mallory", per_owner=10, total=100, idle=0.3)
+        runner, port = await _serve(door, big)
+        try:
+            stuck_r, stuck_w = await _tiny_window(port)
+            stuck_w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")      # and never reads
+            slow_r, slow_w = await _tiny_window(port)
+            slow_w.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got, start = 0, time.monotonic()
+            while (chunk := await asyncio.wait_for(slow_r.read(1 << 20), 5)):
+                got += len(chunk)
+                await asyncio.sleep(0.1)                        # slower than the idle deadline, but taking it
+            assert got > 8 << 20 and door.stalled == 1, (got, door.stalled)
+            assert time.monotonic() - start > 0.6               # several idle periods passed while it read
+            await asyncio.sleep(0.1)
+            assert door.open == {}                              # the stuck one's place is free
         finally:
             await runner.cleanup()
     asyncio.run(go())
@@ -177,6 +321,24 @@ def test_the_generator_writes_web_listen_into_the_socket_unit(tmp_path, monkeypa
     conf.write_text("[web]\nport = 0\n")                  # invalid: nothing written, the boot goes on
     assert generator.main(["gen", str(tmp_path / "bad")]) == 0
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_generator_leaves_out_what_systemd_would_misread_and_never_fails(tmp_path, monkeypatch, capsys):
+    # a scope is a % in a unit file, one of systemd's specifiers: %i (empty) made fe80::1%ib0 into fe80::1b0
+    conf = tmp_path / "gpusched.toml"
+    conf.write_text('[web]\nlisten = ["127.0.0.1", "fe80::1%ib0", "::1%lo"]\nport = 9443\n'
+                    'tls_cert = "/etc/c.pem"\ntls_key = "/etc/k.pem"\n')
+    monkeypatch.setenv("GPUSCHED_CONFIG", str(conf))
+    assert generator.main(["gen", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / generator.DROPIN).read_text()
+    assert text.splitlines()[1:] == ["[Socket]", "ListenStream=", "ListenStream=127.0.0.1:9443"]
+    assert "'fe80::1%ib0'" in capsys.readouterr().err
+    conf.write_text('[web]\nlisten = ["::1%lo"]\n')    # nothing left for systemd: its unit's own addresses
+    assert generator.main(["gen", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none").exists()
+    (tmp_path / "file").write_text("")                 # an output directory that can't be made: still 0
+    conf.write_text('[web]\nport = 9000\n')
+    assert generator.main(["gen", str(tmp_path / "file")]) == 0
 
 
 def _dashboard():

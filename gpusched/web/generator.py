@@ -17,13 +17,29 @@ import sys
 DROPIN = "gpusched-web.socket.d/50-listen.conf"
 
 
-def render(listen: tuple[str, ...], port: int) -> str:
+def listen_line(address: str, port: int) -> str | None:
+    """The ListenStream= line for one [web] listen address, or None for one with a scope (fe80::1%eth0):
+    systemd 252 can't parse those, and a % in a unit file is one of systemd's specifiers besides (%i is the
+    instance, empty here: fe80::1%ib0 would become fe80::1b0, another address, whose failure to bind fails
+    the whole socket unit and so the dashboard)."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6 and ip.scope_id is not None:
+        return None
+    return f"ListenStream=[{ip}]:{port}" if ip.version == 6 else f"ListenStream={ip}:{port}"
+
+
+def render(listen: tuple[str, ...], port: int) -> tuple[str, list[str]]:
+    """The drop-in's text, and the addresses left out of it (gpusched-web binds those itself, saying so)."""
     lines = ["# written by gpusched-web-generator from [web] listen and port in /etc/gpusched/gpusched.toml",
              "[Socket]", "ListenStream="]
+    left = []
     for address in listen:
-        ip = ipaddress.ip_address(address)
-        lines.append(f"ListenStream=[{ip}]:{port}" if ip.version == 6 else f"ListenStream={ip}:{port}")
-    return "\n".join(lines) + "\n"
+        line = listen_line(address, port)
+        if line is None:
+            left.append(address)
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n", left
 
 
 def main(argv: list[str]) -> int:
@@ -36,10 +52,19 @@ def main(argv: list[str]) -> int:
     except (config.ConfigError, OSError, ValueError) as e:      # unreadable, not UTF-8, invalid
         print(f"gpusched-web-generator: {e}; gpusched-web.socket keeps its own addresses", file=sys.stderr)
         return 0
-    path = os.path.join(argv[1], DROPIN)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(render(cfg.web_listen, cfg.web_port))
+    try:
+        text, left = render(cfg.web_listen, cfg.web_port)
+        for address in left:
+            print(f"gpusched-web-generator: [web] listen {address!r}: systemd can't hold an address with a "
+                  f"scope; gpusched-web binds it itself", file=sys.stderr)
+        if len(left) == len(cfg.web_listen):
+            return 0                    # nothing systemd can hold: the unit keeps its own addresses
+        path = os.path.join(argv[1], DROPIN)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    except (OSError, ValueError) as e:  # never fail the boot
+        print(f"gpusched-web-generator: {e}; gpusched-web.socket keeps its own addresses", file=sys.stderr)
     return 0
 
 

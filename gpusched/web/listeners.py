@@ -94,7 +94,8 @@ def is_far(sock: socket.socket) -> bool:
 
 
 class GatedSite(web.BaseSite):
-    """aiohttp's site on a socket we hold, with its protocol behind a gate.Gate and a short TLS handshake."""
+    """aiohttp's site on a socket we hold, with its protocol (and TLS, with a short handshake) behind a
+    gate.Gate."""
 
     __slots__ = ("_sock", "_gate")
 
@@ -113,6 +114,6 @@ class GatedSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
+        # TLS is the gate's, after it has counted the connection in (gate.py says why)
         self._server = await loop.create_server(
-            self._gate.protocol(server), sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=10.0 if self._ssl_context else None)
+            self._gate.protocol(server, self._ssl_context), sock=self._sock, backlog=self._backlog)

@@ -14,6 +14,7 @@ from tests.integration import test_web, webfar
 from tests.integration.test_web import WEB_CALL, _uid
 
 web = test_web.web                 # the fixture: the dashboard running in the box
+far = webfar.far                   # the dashboard beyond loopback too, with TLS
 
 # A TCP forwarder: 127.0.0.1:PORT -> 127.0.0.1:8765, run as whichever user the test says (systemd-run).
 FORWARDER = r'''
@@ -261,3 +262,61 @@ def test_web_listen_and_port_are_where_systemd_holds_the_sockets(web):
         web.sh(f"mv {conf}.orig {conf} && systemctl daemon-reload && systemctl restart gpusched-web.socket && "
                f"systemctl start gpusched-web", check=False)
     assert _who(web, "alice") == "alice"
+
+
+# Sends MB megabytes of pipelined `GET /nope` on one connection as the user running it, reading nothing: prints
+# how much went before the dashboard cut the connection.
+PIPELINE = r'''
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 8765))
+burst = b"GET /nope HTTP/1.1\r\nHost: localhost:8765\r\n\r\n" * 1500
+sent = 0
+s.settimeout(10)
+try:
+    while sent < float(sys.argv[1]) * 2**20:
+        sent += s.send(burst)
+    print("sent all")
+except OSError as e:
+    print("cut after", sent // 2**20, "MB:", type(e).__name__)
+'''
+
+
+def _rss_kib(web) -> int:
+    pid = web.sh("systemctl show -p MainPID --value gpusched-web").stdout.strip()
+    return int(web.sh(f"grep VmRSS /proc/{pid}/status").stdout.split()[1])
+
+
+def test_pipelined_requests_cannot_grow_the_dashboard(web):
+    # aiohttp queued every request it parsed while answering the first: 50 MB of them grew gpusched-web by 2 GB
+    before = _rss_kib(web)
+    out = web.box.run("/usr/bin/python3 - 20", user="bob", input=PIPELINE, timeout=120).stdout
+    assert out.startswith("cut after"), out          # gate.PIPELINE requests ahead at most, then cut
+    assert _rss_kib(web) - before < 50 * 1024, (before, _rss_kib(web))
+    assert _who(web, "alice") == "alice" and _who(web, "bob") == "bob"
+
+
+# Opens N TCP connections to HOST:PORT and never starts TLS on them: prints how many the dashboard closed at once.
+HANDSHAKES = r'''
+import socket, sys, time
+conns = [socket.create_connection((sys.argv[1], int(sys.argv[2]))) for _ in range(int(sys.argv[3]))]
+time.sleep(1)                                   # well within the 10 s a handshake may take
+closed = 0
+for c in conns:
+    c.setblocking(False)
+    try:
+        closed += c.recv(1) == b""
+    except BlockingIOError:
+        pass                                    # still open, waiting for its ClientHello
+    except OSError:
+        closed += 1
+print(closed)
+'''
+
+
+def test_connections_that_never_finish_tls_are_counted(web, far):
+    # beyond loopback they were counted only after the handshake: unfinished ones (10 s each) were no one's,
+    # and a network client could take every descriptor the dashboard has, loopback's people's too
+    out = web.box.run(f"/usr/bin/python3 - {far.address} {far.port} 200", user="bob", input=HANDSHAKES,
+                      timeout=120).stdout
+    assert out.split() == [str(200 - 64)], out        # past gate.PER_OWNER for that address: closed at once
+    assert "signed in as" in web.sh(f"curl -s http://localhost:{far.port}/queue", user="alice").stdout
