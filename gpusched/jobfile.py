@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterator, Mapping
 
 from gpusched import sweep
-from gpusched.units import parse_duration, parse_signal, parse_size
+from gpusched.units import format_duration, format_size, parse_duration, parse_signal, parse_size
 
 MAX_BYTES = 1 << 20
 MAX_ARRAY_BYTES = 16 << 20     # an array's jobs x the larger of its file and an element's command, at most
@@ -133,6 +133,50 @@ class JobSpec:
         d["tags"] = list(self.tags)
         d["gpu_ids"] = list(self.gpu_ids)
         return {k: v for k, v in d.items() if v not in (None, {}, [])}
+
+
+def file_doc(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A job file's document again from a job's spec (JobSpec.to_dict, what `show` gives its owner): the keys
+    and units a person writes (sizes "32G", durations "2h", signals by name), defaults left out. For Clone and
+    resubmission: parse(tomli_w.dumps(file_doc(spec))) is the same job. Left out: `user` (the owner comes from
+    the file's owner) and `attach` (a terminal that has gone)."""
+    def size(n: int) -> str | int:
+        text = format_size(int(n))
+        return text if parse_size(text) == n else int(n)
+
+    def duration(s: float) -> str | float:
+        text = format_duration(s)
+        return text if parse_duration(text) == s else s
+
+    doc: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key in ("user", "attach") or value is None:
+            continue
+        if key == "limits":
+            table = {k: v for k, v in dict(value).items() if v is not None}
+            if "memory" in table:
+                table["memory"] = size(table["memory"])
+            if table:
+                doc[key] = table
+        elif key == "gpu_memory":
+            doc[key] = size(value)
+        elif key in ("time_limit", "warn_before"):
+            doc[key] = duration(value)
+        elif key == "grace":
+            if value != DEFAULT_GRACE:
+                doc[key] = duration(value)
+        elif key in ("stop_signal", "warn_signal"):
+            if not (key == "stop_signal" and value == 15):
+                doc[key] = parse_signal(value).name
+        elif key == "priority" and value == DEFAULT_PRIORITY or key == "preemptible" and value is True:
+            continue
+        elif key == "sweep" and not value or key == "max_parallel":
+            continue
+        else:
+            doc[key] = value
+    if doc.get("sweep") and spec.get("max_parallel"):
+        doc["sweep"] = {"max_parallel": spec["max_parallel"], **doc["sweep"]}     # it belongs in [sweep]
+    return doc
 
 
 @dataclass(frozen=True, slots=True)

@@ -908,3 +908,58 @@ def test_default_class_cap_applies_to_a_file_that_names_no_class():
 def test_bad_class_names(value):
     e = error(f'command = "x"\nclass = {value}\n')
     assert "class:" in str(e)
+
+
+RICH = '''
+command = ["python3", "train.py", "--lr", "3e-4"]
+name = "train-big"
+workdir = "/tmp"
+env = { A = "1", B = "two words" }
+tags = ["exp", "lr"]
+gpus = 2
+gpu_memory = "20G"
+gpu_type = "A100"
+priority = 50
+time_limit = "2h30m"
+grace = "45s"
+stop_signal = "SIGINT"
+preemptible = false
+resumable = true
+after = [3, "prep"]
+retries = 2
+retry_on = [1, 137]
+warn_signal = "SIGUSR1"
+warn_before = "2m"
+on_finish = "echo done"
+notify = "mail"
+hold = true
+[limits]
+memory = "8G"
+cpus = 2.5
+tasks = 100
+'''
+
+
+@pytest.mark.parametrize("text", [
+    RICH,
+    'command = "echo {lr} {seed}"\ngpus = 0\n[sweep]\nmax_parallel = 2\nlr = [0.1, 0.01]\nseed = [1, 2, 3]\n',
+    'command = "true"\ngrace = 1.5\ngpu_memory = 1000\nshare = true\n[limits]\nmemory = 123456789\n',
+    'command = "true"\n',
+])
+def test_a_spec_becomes_its_job_file_again(text):
+    # Clone (the dashboard) and resubmission: the file written from a job's spec is the same job, in the
+    # units a person writes
+    import tomli_w
+    spec = p(text)
+    doc = jobfile.file_doc(spec.to_dict())
+    assert p(tomli_w.dumps(doc)) == spec
+    assert "user" not in doc and "attach" not in doc
+
+
+def test_the_file_of_a_spec_reads_as_a_person_writes_it():
+    doc = jobfile.file_doc(p(RICH).to_dict())
+    assert (doc["gpu_memory"], doc["limits"]["memory"], doc["time_limit"], doc["grace"]) == ("20G", "8G", "2h30m",
+                                                                                          "45s")
+    assert (doc["stop_signal"], doc["warn_signal"]) == ("SIGINT", "SIGUSR1")
+    plain = jobfile.file_doc(p('command = "true"\n').to_dict())
+    assert plain == {"command": "true", "name": "job", "gpus": 1}, plain

@@ -355,14 +355,15 @@ class Dashboard:
 
 
 def job_text(job: dict[str, Any]) -> str:
-    """A job's file again, for Clone: its spec (what `show` gives its owner) as TOML, without what the daemon
-    adds (the owner, a [sweep]'s element values stay as they were written)."""
+    """A job's file again, for Clone: its spec (what `show` gives its owner) as the job file a person writes
+    (jobfile.file_doc); the example if it can't be written (a spec from another version)."""
     import tomli_w
-    spec = dict(job.get("spec") or {})
-    for key in ("user",):
-        spec.pop(key, None)
+
+    from gpusched.jobfile import file_doc
+    if not job.get("spec"):                  # not this viewer's job: the daemon gives its file to its owner only
+        return pages.EXAMPLE
     try:
-        return tomli_w.dumps(spec)
+        return tomli_w.dumps(file_doc(job["spec"]))
     except (TypeError, ValueError):
         return pages.EXAMPLE
 

@@ -5,6 +5,7 @@ the kernel's socket table. Screenshots go to <box dir>/shots/ (docs/img/ has the
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -130,3 +131,19 @@ def test_queue_of_ten_thousand_jobs_and_a_fast_log(web):
     assert out.count("L1000\\n") == 5 and 'event: end' in out, out[-500:]
     print(f"followed 5,000 lines in {took:.1f}s (the job took about 5 s)")
     assert took < 9
+
+
+def test_clone_gives_the_jobs_own_file_to_its_owner_only(web):
+    import html
+    job = web.submit("alice", 'name = "cloned"\ncommand = "echo $((6*7))"\ngpus = 0\ntime_limit = "1h"\n'
+                              'stop_signal = "SIGINT"\n[limits]\nmemory = "1G"\n')
+    web.wait(job, {"succeeded", "failed"})
+
+    def textarea(user):
+        page = web.sh(f"curl -s '{URL}/submit?clone={job}'", user=user).stdout
+        return html.unescape(re.search(r"<textarea[^>]*>(.*?)</textarea>", page, re.S).group(1))
+    mine = textarea("alice")
+    for line in ('name = "cloned"', 'command = "echo $((6*7))"', 'time_limit = "1h"', 'stop_signal = "SIGINT"',
+                 'memory = "1G"'):
+        assert line in mine, mine
+    assert "cloned" not in textarea("bob")                  # bob gets the example, not alice's file
