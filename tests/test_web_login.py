@@ -552,7 +552,8 @@ def test_beyond_loopback_nothing_but_the_sign_in_form_without_a_session():
         b = Browser(client)
         for path in ("/", "/queue", "/jobs/7", "/usage", "/submit"):
             r = await b.get(path)
-            assert r.status == 303 and r.headers["Location"] == "/login", path     # not even the public view
+            # not even the public view; the form brings them back to the page asked for
+            assert r.status == 303 and r.headers["Location"] == ("/login" if path == "/" else f"/login?next={path}")
         r = await b.post("/jobs/7/cancel", {"csrf": "x"})
         assert r.status == 403 and not daemon.acts
         assert (await b.get("/static/style.css")).status == 200
@@ -659,3 +660,11 @@ def test_on_loopback_there_is_nothing_to_sign_in_to():
         r = await client.get("/queue", headers=H)
         assert "signed in as <b>alice</b>" in await r.text() and 'id="logout"' not in await r.text()
     _run(1000, fn)
+
+
+def test_after_signing_in_only_a_page_of_this_site_is_gone_back_to():
+    from gpusched.web.login import landing
+    assert landing("/jobs/7") == "/jobs/7" and landing("/queue?user=alice&page=2") == "/queue?user=alice&page=2"
+    for elsewhere in ("//evil.example/x", "/\\evil.example", "https://evil.example/", "javascript:alert(1)",
+                      "/x\r\nSet-Cookie: a=b", "", "/login?next=/x", "/logout", "/" + "a" * 2000):
+        assert landing(elsewhere) == "/", elsewhere

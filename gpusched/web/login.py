@@ -36,6 +36,20 @@ MAX_USER = 64                             # characters of a user name sent to th
 MAX_PASSWORD = 1024                       # bytes of a password (the daemon's own bound)
 
 
+
+MAX_NEXT = 1024        # characters of the page to go back to after signing in
+
+
+def landing(path: str) -> str:
+    """Where to go after signing in: `path` (the page first asked for, /login?next=...) when it is a path of this
+    site, else "/". Never another site: no scheme, no "//" or "/\\" (a browser reads both as another host), no
+    control character, not the sign-in itself."""
+    if (not path or len(path) > MAX_NEXT or not path.startswith("/") or path.startswith(("//", "/\\"))
+            or "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+            or path.split("?")[0] in ("/login", "/logout")):
+        return "/"
+    return path
+
 class Login:
     def __init__(self, daemon: Daemon, secret: bytes, own_uid: int, sessions: Sessions | None = None):
         self.daemon, self.secret, self.own_uid = daemon, secret, own_uid
@@ -55,19 +69,20 @@ class Login:
         value = request.cookies.get(FORM_COOKIE, "")
         return value if 0 < len(value) <= 64 else ""
 
-    def _page(self, status: int, token: str, user: str = "", problem: str = "") -> web.Response:
-        return web.Response(status=status, text=pages.login_page(token, user, problem), content_type="text/html",
-                            charset="utf-8")
+    def _page(self, status: int, token: str, user: str = "", problem: str = "", after: str = "/") -> web.Response:
+        return web.Response(status=status, text=pages.login_page(token, user, problem, after),
+                            content_type="text/html", charset="utf-8")
 
     async def form(self, request: web.Request) -> web.Response:
         """GET /login: the form, with its cookie (a new one unless the browser has one)."""
+        after = landing(request.query.get("next", ""))
         if self.session(request) is not None:
-            raise web.HTTPSeeOther("/")
+            raise web.HTTPSeeOther(after)
         value = self._form_cookie(request)
         fresh = not value
         if fresh:
             value = secrets.token_urlsafe(16)
-        response = self._page(200, csrf.token(self.secret, f"login {value}"))
+        response = self._page(200, csrf.token(self.secret, f"login {value}"), after=after)
         if fresh:
             response.headers.add("Set-Cookie", cookie(FORM_COOKIE, value, FORM_AGE))
         return response
@@ -75,6 +90,7 @@ class Login:
     async def sign_in(self, request: web.Request) -> web.Response:
         """POST /login: check the password through the daemon; a session on success."""
         form = await request.post()
+        after = landing(str(form.get("next", "")))
         value = self._form_cookie(request)
         token = csrf.token(self.secret, f"login {value}") if value else ""
         if not value or not csrf.token_ok(self.secret, f"login {value}", str(form.get("csrf", ""))):
@@ -82,24 +98,25 @@ class Login:
                                                   "browser must keep this site's cookies)")
         user, password = str(form.get("user", ""))[:MAX_USER], str(form.get("password", ""))
         if not user or not password:
-            return self._page(400, token, user, "give a user name and a password")
+            return self._page(400, token, user, "give a user name and a password", after=after)
         if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD:
-            return self._page(400, token, user, f"the password is too long (at most {MAX_PASSWORD} bytes)")
+            return self._page(400, token, user, f"the password is too long (at most {MAX_PASSWORD} bytes)",
+                              after=after)
         peername = request.transport.get_extra_info("peername") if request.transport else None
         if not peername:
-            return self._page(400, token, user, "the connection has gone")
+            return self._page(400, token, user, "the connection has gone", after=after)
         try:
             uid, name, problem = await self._check(user, password, str(peername[0]))
         except DaemonError as e:
             status = 429 if "try again" in str(e) else 503
-            return self._page(status, token, user, str(e))
+            return self._page(status, token, user, str(e), after=after)
         if uid is None:
-            return self._page(401, token, user, problem)
+            return self._page(401, token, user, problem, after=after)
         try:
             s = self.sessions.create(uid, name)
         except Full as e:
-            return self._page(503, token, user, str(e))
-        response = web.HTTPSeeOther("/")
+            return self._page(503, token, user, str(e), after=after)
+        response = web.HTTPSeeOther(after)            # back to the page first asked for
         response.headers.add("Set-Cookie", cookie(COOKIE, s.sid, int(LIFETIME)))
         response.headers.add("Set-Cookie", cookie(FORM_COOKIE, "", 0))
         raise response

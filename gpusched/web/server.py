@@ -38,6 +38,7 @@ import json
 import os
 import time
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -153,8 +154,8 @@ class Dashboard:
                 return self.page(403, pages.error_page(403, why, viewer))
         if viewer.far and not viewer.signed_in and request.path not in OPEN_BEYOND_LOOPBACK \
                 and not request.path.startswith("/static/"):
-            if request.method == "GET":
-                raise web.HTTPSeeOther("/login")
+            if request.method == "GET":              # and back here once signed in
+                raise web.HTTPSeeOther("/login" if request.path == "/" else f"/login?next={quote(request.path_qs)}")
             return self.page(403, pages.error_page(403, "sign in first", viewer))
         try:
             response = await handler(request)

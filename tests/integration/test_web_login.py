@@ -22,7 +22,7 @@ def test_a_person_signs_in_sees_their_own_jobs_acts_and_signs_out(far):
     gs.wait(job, "running")
     # nothing but the sign-in form without a session (not even the public queue)
     status, headers, _ = far.curl("/queue")
-    assert status == 303 and headers["location"] == ["/login"]
+    assert status == 303 and headers["location"] == ["/login?next=/queue"]     # and back there once signed in
     # a wrong password and an unknown user: the same words; root, even with its right password: the same
     said = []
     for user, password in (("alice", "wrong"), ("nosuchuser", "wrong"), ("root", PASSWORDS["root"])):
@@ -50,7 +50,7 @@ def test_a_person_signs_in_sees_their_own_jobs_acts_and_signs_out(far):
     status, headers, _ = far.post("/logout", {"csrf": far.token("/")})
     assert status == 303 and headers["location"] == ["/login"]
     status, headers, _ = far.curl("/queue", jar=f"{JAR}.old")
-    assert status == 303 and headers["location"] == ["/login"]
+    assert status == 303 and headers["location"] == ["/login?next=/queue"]
     log = gs.journal("-u gpusched", "--since=-5min")
     assert "web sign-in of 'alice' from" in log and "uid 0 is not a person's account" in log
     everything = gs.journal("--since=-5min")              # no password anywhere in the journal

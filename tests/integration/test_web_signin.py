@@ -24,13 +24,14 @@ def _sign_in_as(far, user, mine, other, untrusted=False) -> dict:
 
 def _check(seen: dict, far, user: str, other_user: str, mine: int, other: int) -> None:
     """What a person sees in a real browser from signing in to signing out."""
-    assert seen["first_url"] == f"{far.url}/login", seen["first_url"]     # nothing without a session
+    assert seen["first_url"] == f"{far.url}/login?next=/queue", seen["first_url"]   # nothing without a session
     assert seen["cookies_before"] == ["__Host-gpusched-login"], seen["cookies_before"]   # the form's own
     wrong, unknown = seen["refusals"]
     assert wrong["error"] == unknown["error"] == REFUSED, seen["refusals"]
     assert not wrong["session"] and not unknown["session"]
     assert wrong["seconds"] >= 1.9 and unknown["seconds"] >= 1.9, seen["refusals"]     # the same wait too
-    assert seen["signed_in_url"] == f"{far.url}/" and seen["signed_in_as"] == user, seen
+    # back on the page first asked for, through the two refusals
+    assert seen["signed_in_url"] == f"{far.url}/queue" and seen["signed_in_as"] == user, seen
     # the browser kept the cookie as the server meant: this host only, HTTPS only, no script, no other site
     cookie = seen["cookie"]
     assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
@@ -46,9 +47,10 @@ def _check(seen: dict, far, user: str, other_user: str, mine: int, other: int) -
     assert seen["after_cancel_url"] == f"{far.url}/jobs/{mine}"
     # signed out: the form, the cookie gone; Back and the old cookie put back give the form again
     assert seen["signed_out_url"] == f"{far.url}/login" and SESSION not in seen["cookies_after"], seen
-    assert seen["back"] == {"url": f"{far.url}/login", "form": True, "signed_in_as": ""}, seen["back"]
+    assert seen["back"] == {"url": f"{far.url}/login?next=/queue", "form": True, "signed_in_as": ""}, seen["back"]
     assert seen["replayed_cookie_set"], "the old cookie could not be put back: the replay would prove nothing"
-    assert seen["replayed"] == {"url": f"{far.url}/login", "form": True, "signed_in_as": ""}, seen["replayed"]
+    assert seen["replayed"] == {"url": f"{far.url}/login?next=/queue", "form": True,
+                                "signed_in_as": ""}, seen["replayed"]
     # nothing on these pages was refused by the Content-Security-Policy (the live log's script included)
     assert not [m for m in seen["console"] if "Content Security Policy" in m or "Refused to" in m], seen["console"]
 

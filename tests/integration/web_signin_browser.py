@@ -103,7 +103,7 @@ def main() -> int:
             seen["refusals"].append({"error": error(), "seconds": took, "url": d.current_url,
                                      "session": any(c["name"] == SESSION for c in d.get_cookies())})
         shot("signin-refused")
-        # the right password: signed in, on the GPUs page
+        # the right password: signed in, on the page first asked for (the queue)
         sign_in(user, password)
         seen["signed_in_url"], seen["signed_in_as"] = d.current_url, signed_in_as(d)
         cookie = next((c for c in d.get_cookies() if c["name"] == SESSION), None)
