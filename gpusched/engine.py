@@ -10,7 +10,9 @@ cancel, the reconciliation of active jobs with what the runner sees, the periodi
 What needs the table but changes no job lives beside it, each given what it reads: answers.py (what people
 ask: pages, show, why, gpus, history; it reads the engine as `answers.Asked` names it), shares.py (the
 fair-share ledger and standings), accounting.py (the GPU-usage meter and idle jobs: its changes are asked of
-this door) and expiry.py (which finished jobs go, and when). The engine keeps their verbs as one-line calls.
+this door), expiry.py (which finished jobs go, and when) and startstop.py (a start, a stop, a warning, a
+finished job's hooks: how the runner is asked to act; every change that comes of it is asked of this door).
+The engine keeps their verbs as one-line calls.
 
 The policy is told what it needs through `policy.inputs` (each queued job's Request, cached until the job
 changes, since a pass may see 100,000 of them), with the time, the config's scheduling keys and each user's
@@ -25,12 +27,8 @@ the unit tests and the simulator on a clock they move by hand (gpusched.testing 
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
-import os
-import signal
-import sys
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -38,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from gpusched import answers, dependencies, hooks, launch, lifecycle, policy, sweep, timers, usage, windows
+from gpusched import answers, dependencies, hooks, lifecycle, policy, sweep, timers, usage, windows
 from gpusched import config as configmod
 from gpusched.accounting import Accounting
 from gpusched.clock import Clock
@@ -50,13 +48,13 @@ from gpusched.inventory import Inventory
 from gpusched.jobfile import JobSpec
 from gpusched.listing import Listing, Viewer
 from gpusched.log import Log
-from gpusched.model import ACTIVE, FINAL, Gpu, Job, State
+from gpusched.model import ACTIVE, FINAL, Job, State
 from gpusched.policy import fairshare, inputs
 from gpusched.recorder import Recorder, Soon
 from gpusched.shares import Shares
-from gpusched.runner import Ended, Gone, MonitorDied, NoAccount, Runner, Running
-from gpusched.scopes import SystemdError, SystemdUnavailable, UnitExists
-from gpusched.units import format_duration
+from gpusched.runner import Ended, Gone, Runner, Running
+from gpusched.scopes import SystemdUnavailable
+from gpusched.startstop import StartStop
 
 MAX_SUBMISSIONS = 10000    # spool names remembered for Lookup
 ARRAY_STEP = 0.02          # seconds of a main-loop turn spent recording an array's jobs
@@ -104,7 +102,6 @@ class Engine:
         self._queued_by_uid: dict[int, set[int]] = {}  # for max_queued_per_user, kept by _track
         self._rejected_by_uid: dict[int, set[int]] = {}  # for max_rejected_per_user, kept by _track
         self._retry = False                            # a start must be tried again on the next tick
-        self._restop: set[int] = set()                 # stops to send again (the bus was down)
         # the policy's inputs: a queued job's Request is built once and dropped by _track when the job changes;
         # the fair-share ledger (shares.py) is charged with the GPUs active jobs hold;
         # _runs: the run times of each (uid, job name)'s latest successful runs, for a limit estimate
@@ -123,7 +120,6 @@ class Engine:
         # dependencies: which queued jobs still wait on each job (so it isn't expired under them, and their
         # verdict is looked at again only when it ends), and each such job's verdict until then: a pass costs
         # one lookup per waiting job, not one per dependency (a job may have 192)
-        self._unit_waits: dict[int, tuple[float, int]] = {}   # job id -> (until, tries): its old scope lingers
         self._dependents: dict[int, set[int]] = {}
         self._verdicts: dict[int, tuple[str, str]] = {}
         self._singles: dict[tuple[int, str], int] | None = None
@@ -136,14 +132,15 @@ class Engine:
         # has been on it, probe after probe; the active jobs on such GPUs (each said once in the journal)
         self._foreign_since: dict[int, float] = {}
         self._contested: set[int] = set()
-        # issue 9, warnings and hooks: active jobs with a warning or a held-back stop to act on, and when
-        # (timers.next_due, kept by _track); finished jobs whose hooks wait for the bus
+        # issue 9, warnings: active jobs with a warning or a held-back stop to act on, and when (timers.next_due,
+        # kept by _track). Starts, stops, warnings and hooks are startstop.py's, their changes asked of the door
         self._timers: dict[int, float] = {}
-        self._hooks_retry: set[int] = set()
+        self.startstop = StartStop(cfg, clock, runner, log, self.classes, self.apply, self.reconcile,
+                                   self.monitor_exited, recorder.log_path, self._retry_soon, self._due_at)
         # issue 9: accounting and idle reservations (accounting.py): the meter of active jobs' GPU use; every
         # change it makes to a job goes through the door
         self.accounting = Accounting(cfg, clock, log, self.inventory, self.jobs, self.live,
-                                     lambda: self.shares.charged, self.apply, self._stop)
+                                     lambda: self.shares.charged, self.apply, self.startstop.stop)
         # job arrays: array id -> {element index: job id}; each array's active elements, counted per pass
         self._arrays: dict[int, dict[int, int]] = {}
         self._array_slots: dict[int, int] | None = None
@@ -177,7 +174,7 @@ class Engine:
         if wake:
             self.wake()
         if job.hooks and before not in FINAL:
-            self._contained(self._start_hooks, job)
+            self._contained(self.startstop.start_hooks, job)
         return saved
 
     def _track(self, job: Job) -> None:
@@ -208,7 +205,7 @@ class Engine:
         if job.after:
             self._index_dependencies(job, job.state == State.QUEUED and not job.deps_met)
         if job.state in FINAL:
-            self._unit_waits.pop(job.id, None)
+            self.startstop.unit_waits.pop(job.id, None)
             for waiting in self._waiting_on(job):
                 self._verdicts.pop(waiting, None)       # looked at again at the next pass
         due = timers.next_due(job)
@@ -487,7 +484,7 @@ class Engine:
                 pass                                     # the tick reconciles it once the bus is back
         n_active = sum(1 for j in self.live.values() if j.state in ACTIVE)
         for job in [j for j in self.jobs.values() if j.hooks and j.state in FINAL]:
-            self._contained(self._start_hooks, job)      # the daemon stopped between a job's end and its hooks
+            self._contained(self.startstop.start_hooks, job)   # the daemon stopped between a job's end and its hooks
         self.log(f"recovered {len(self.jobs)} job(s): {n_active} active, {len(self.live) - n_active} queued")
 
     def reconcile(self, job: Job, recovering: bool = False) -> None:
@@ -561,7 +558,7 @@ class Engine:
         else:
             self.apply(job, lifecycle.ended, result, now, retry_at, oom, say=_ended_line, wake=True)
         if delay is not None:
-            self._due = min(self._due or now + delay, now + delay)
+            self._due_at(now + delay)
 
     # --- what people ask for: changes through the door (what they ask to know: answers.py) --------------
 
@@ -590,9 +587,9 @@ class Engine:
                            say=f"job {job.id} cancelled by {who} while stopping {how}".rstrip(),
                            GPUSCHED_EVENT="cancel")
             if held_back and not now:
-                self._send_stop(job)
+                self.startstop.send_stop(job)
         else:
-            self._stop(job, "cancel", f"cancelled by {who} {how}".rstrip())
+            self.startstop.stop(job, "cancel", f"cancelled by {who} {how}".rstrip())
         if now and job.state in ACTIVE:
             self.runner.kill(job)
             return "killed"
@@ -626,7 +623,7 @@ class Engine:
         if job.state not in (State.STARTING, State.RUNNING):
             raise Invalid(f"job {job.id} is {job.state}: only a running job can be requeued")
         how = "requeued and held" if hold else "requeued"
-        self._stop(job, "requeue", f"{how} by {by.name}", held=by.name if hold else "")
+        self.startstop.stop(job, "requeue", f"{how} by {by.name}", held=by.name if hold else "")
         return f"stopping; {how} when it has stopped"
 
     def drain(self, by: Who, on: bool) -> str:
@@ -735,7 +732,7 @@ class Engine:
                          GPUSCHED_EVENT="foreign")
         self._contested = contested
         for job, text in stops:
-            self._contained(self._stop, job, "preempt", text)
+            self._contained(self.startstop.stop, job, "preempt", text)
 
     def schedule(self) -> None:
         """One scheduling pass: the policy decides; preemptions are sent, starts made, waiting reasons noted.
@@ -790,10 +787,10 @@ class Engine:
         self.stats["last_pass_queued"] = len(queued)
         self.expected = d.expected_start                 # the policy's own plan, for `gpuschedctl why`
         for victim, for_job in d.preempts:
-            self._contained(self._stop, self.jobs[victim], "preempt", self._preempted_by(self.jobs[for_job]))
+            self._contained(self.startstop.stop, self.jobs[victim], "preempt", self._preempted_by(self.jobs[for_job]))
         by_index = {g.index: g for g in gpus or ()}
         for job_id, indices in d.starts:
-            self._contained(self._start, self.jobs[job_id], [by_index[i] for i in indices])
+            self._contained(self.startstop.start, self.jobs[job_id], [by_index[i] for i in indices])
         for job_id, reason in d.waiting.items():
             if job_id in d.expected_start:
                 when = f"expected to start by {_when(d.expected_start[job_id])} (backfill plan)"
@@ -822,14 +819,14 @@ class Engine:
                 return verdict
         if job.held:
             return "wait", f"held by {job.held}; `gpuschedctl release {job.id}` lets it start"
-        if job.id in self._unit_waits and now < self._unit_waits[job.id][0]:
+        if job.id in self.startstop.unit_waits and now < self.startstop.unit_waits[job.id][0]:
             return "wait", job.reason                    # "waiting for the previous ... to go away"
         if job.user in self.paused:
             return "wait", f"{job.user}'s jobs are paused by {self.paused[job.user]} (`gpuschedctl unpause`)"
         if self.draining:
             return "wait", f"the server is draining (by {self.draining}): no job starts until `gpuschedctl resume`"
         if job.not_before is not None and job.not_before > now:
-            self._due = min(self._due or job.not_before, job.not_before)
+            self._due_at(job.not_before)
             if "retry" in job.reason:
                 return "wait", job.reason
             return "wait", (f"waiting until {time.strftime('%H:%M:%S', time.localtime(job.not_before))}: a backoff "
@@ -870,7 +867,7 @@ class Engine:
             self._window_waits[name] = windows.waiting_reason(name, self.window_map.get(name), now, self.tz)
         reason, at = self._window_waits[name]
         if at is not None:
-            self._due = min(self._due or at, at)
+            self._due_at(at)
         return reason
 
     def dependency_state(self, job_id: int) -> State | None:
@@ -980,7 +977,7 @@ class Engine:
     def ledger(self) -> fairshare.Ledger:
         return self.shares.ledger
 
-    # --- starting and stopping -------------------------------------------------------------------------
+    # --- around starts and stops (startstop.py): waiting reasons, containment ----------------------------
 
     def _wait(self, job: Job, reason: str) -> None:
         """A queued job's waiting reason: the one change that is not the door's. It is informational and
@@ -999,145 +996,14 @@ class Engine:
                 # nothing of it can be running yet (the monitor got no spec): back to the queue, retried later
                 self.apply(job, lifecycle.never_started, "waiting: an internal error stopped its start; retrying")
 
-    def _start(self, job: Job, gpus: Sequence[Gpu]) -> None:
-        spec = job.spec
-        assert spec is not None
-        cls = (self.classes or {}).get(inputs.job_class(job, self.classes, self.cfg.default_class))
-        if spec.time_limit is None and cls is not None and cls.default_time_limit:
-            # the class's default limit, enforced like the file's own (RuntimeMaxUSec): applied to the spec in
-            # memory at each launch (a restart re-reads the file; the next launch applies it again)
-            spec = job.spec = dataclasses.replace(spec, time_limit=cls.default_time_limit)
-        account = self.runner.account(job.uid)
-        if account is None:
-            self.apply(job, lifecycle.start_failed, f"user {job.user} (uid {job.uid}) no longer exists",
-                       self.clock.time())
-            return
-        unit = launch.unit_name(job.id)
-        if not self.apply(job, lifecycle.starting, gpus, unit, self.recorder.log_path(job.id), self.clock.time(),
-                          os.urandom(4).hex()):
-            # on disk before the scope exists, or no start
-            self.apply(job, lifecycle.never_started, "waiting: the state directory can't be written")
-            self._retry = True
-            return
-        try:
-            self.runner.start(job, account, gpus, lambda: self.monitor_exited(job.id))
-        except UnitExists as e:
-            # a scope left by a start that was given up on (this job is queued, so nothing of it can be
-            # running there): stop it and try again on the next tick
-            self.apply(job, lifecycle.never_started, f"waiting for the previous {unit} to go away",
-                       say=f"job {job.id} not started: {e}", priority=3)
-            self.runner.stop(unit)
-            # kept out of the passes meanwhile (1 s, doubled each time, at most 30 s), so that the GPUs it
-            # would be given stay free for the others rather than go to a start that fails again
-            tries = self._unit_waits.get(job.id, (0.0, 0))[1] + 1
-            until = self.clock.time() + dependencies.backoff(tries - 1, 1.0, 30.0)
-            self._unit_waits[job.id] = (until, tries)
-            self._due = min(self._due or until, until)   # a pass then
-            return
-        except SystemdUnavailable as e:
-            self.apply(job, lifecycle.never_started, "waiting: the system bus is being reconnected",
-                       say=f"job {job.id} not started: {e}", priority=3)
-            self._retry = True
-            return
-        except SystemdError as e:
-            self.apply(job, lifecycle.start_failed, f"could not create {unit}: {e}", self.clock.time(),
-                       say=f"job {job.id} not started: {e}", priority=3)
-            return
-        except MonitorDied as e:
-            # nothing runs; stop the empty scope and requeue; the monitor's exit is handled as usual
-            self.apply(job, lifecycle.never_started,
-                       f"waiting: its monitor died before the job began ({e.strerror})",
-                       say=f"job {job.id} not started: its monitor died early", priority=3)
-            self.runner.stop(unit)
-            self._retry = True
-            return
-        self._unit_waits.pop(job.id, None)
-        where = "GPU " + ",".join(str(g.index) for g in gpus) if gpus else "no GPU"
-        self.apply(job, lifecycle.running,
-                   say=f"started job {job.id} {spec.name!r} of {job.user} in {unit} on {where} (attempt {job.attempt})",
-                   GPUSCHED_EVENT="start", GPUSCHED_UNIT=unit)
+    def _retry_soon(self) -> None:
+        """A start must be tried again: a pass on the next tick (not at once, so a start that always fails
+        can't spin the loop)."""
+        self._retry = True
 
-    def _stop(self, job: Job, intent: str, reason: str, held: str = "") -> None:
-        delay = timers.preempt_delay(job, self.cfg.max_warn_before) if intent == "preempt" else 0.0
-        if delay > 0 and self._warn(job, f"it is being preempted; stopped in {format_duration(delay)}"):
-            # its warn_signal now, the StopUnit warn_before later (tick): it can checkpoint first. Without a
-            # main process to warn (it hasn't begun, or has ended), the stop goes at once
-            now = self.clock.time()
-            self.apply(job, lifecycle.stopping, intent, reason, now, now + delay,
-                       say=f"stopping job {job.id} in {format_duration(delay)}, after its warning: {reason}",
-                       GPUSCHED_EVENT="preempt")
-            return
-        self.apply(job, lifecycle.stopping, intent, reason, self.clock.time(), None, held,
-                   say=f"stopping job {job.id}: {reason}", GPUSCHED_EVENT="preempt" if intent == "preempt" else "stop")
-        self._send_stop(job)
-
-    def _warn(self, job: Job, why: str) -> bool:
-        """Send the job's warn_signal to its main process, once per attempt (the record says when). False if
-        there was no main process to send it to."""
-        spec = job.spec
-        assert spec is not None and spec.warn_signal is not None
-        name = signal.Signals(spec.warn_signal).name
-        try:
-            pid = self.runner.signal(job, spec.warn_signal)
-        except OSError as e:
-            pid, why = None, f"{why}; {e.strerror}"
-        text = (f"sent {name} to job {job.id} (pid {pid}): {why}" if pid is not None else
-                f"job {job.id}: no main process to send {name} to ({why})")
-        self.apply(job, lifecycle.warned, self.clock.time(), say=text, priority=6 if pid is not None else 4,
-                   GPUSCHED_EVENT="warn")
-        return pid is not None
-
-    def _timer(self, job: Job) -> None:
-        """A job's warning or held-back stop that is due (timers.next_due)."""
-        now = self.clock.time()
-        if job.state == State.STOPPING and job.stop_due is not None and job.stop_due <= now:
-            self.apply(job, lifecycle.stop_sent, say=f"job {job.id}: its warning time is over; stopping it",
-                       GPUSCHED_EVENT="stop")
-            self._send_stop(job)
-            return
-        due = timers.warning_due(job)
-        if due is not None and due <= now:
-            spec = job.spec
-            assert spec is not None and spec.time_limit is not None and job.started is not None
-            left = max(0.0, job.started + spec.time_limit - now)
-            self._warn(job, f"its time limit {format_duration(spec.time_limit)} is reached in "
-                            f"{format_duration(round(left))}")
-
-    def _start_hooks(self, job: Job) -> None:
-        """Start a finished job's hooks (hooks.py), each a transient service; nothing waits for them. A failure
-        is said in the journal and not retried, but for the bus being away (tried again on the next tick)."""
-        started, notes = [], []
-        for hook in hooks.plan(job, config_hook=self.cfg.hook_on_finish, config_user=self.cfg.hook_user,
-                               python=sys.executable):
-            if hook.what == "notify mail" and not self.runner.can_mail():
-                notes.append(f'notify = "mail": there is no {hooks.SENDMAIL} on this server; no mail sent')
-                continue
-            try:
-                self.runner.start_hook(hook, job.id, self.cfg.hook_timeout)
-            except SystemdUnavailable:
-                self._hooks_retry.add(job.id)
-                return
-            except UnitExists:
-                pass                                     # started before a restart
-            except (SystemdError, NoAccount) as e:
-                notes.append(f"{hook.what} hook not started: {e}")
-                continue
-            started.append(hook.unit)
-        self._hooks_retry.discard(job.id)
-        for note in notes:
-            self.log(f"job {job.id}: {note}", 4, job=job, GPUSCHED_EVENT="hook")
-        self.apply(job, lifecycle.hooks_started, say=f"job {job.id}: started {', '.join(started)}" if started
-                   else None, GPUSCHED_EVENT="hook")
-
-    def _send_stop(self, job: Job) -> None:
-        try:
-            gone = not self.runner.stop(job.unit)
-        except SystemdUnavailable:
-            self._restop.add(job.id)                    # asked again once the bus is back (tick)
-            return
-        self._restop.discard(job.id)
-        if gone:
-            self.reconcile(job)
+    def _due_at(self, at: float) -> None:
+        """A pass is due at `at` (a backoff's end, a window's opening), if none is due sooner."""
+        self._due = min(self._due or at, at)
 
     # --- periodic work ---------------------------------------------------------------------------------
 
@@ -1150,12 +1016,12 @@ class Engine:
         self.shares.charge(self.jobs, self.clock.time())
         watched = self.runner.watched()
         try:
-            for job_id in list(self._restop):
+            for job_id in list(self.startstop.restop):
                 job = self.live.get(job_id)
                 if job is None or job.state != State.STOPPING:
-                    self._restop.discard(job_id)
+                    self.startstop.restop.discard(job_id)
                 else:
-                    self._send_stop(job)
+                    self.startstop.send_stop(job)
             for job in [j for j in self.live.values() if j.state in ACTIVE and j.id not in watched]:
                 self._reconcile_contained(job)
         except SystemdUnavailable:
@@ -1164,15 +1030,15 @@ class Engine:
             wall = self.clock.time()
             for job_id in [i for i, due in self._timers.items() if due <= wall]:
                 if (job := self.live.get(job_id)) is not None:
-                    self._contained(self._timer, job)
+                    self._contained(self.startstop.timer, job)
                 else:
                     self._timers.pop(job_id, None)
-        for job_id in list(self._hooks_retry):
+        for job_id in list(self.startstop.hooks_retry):
             job = self.jobs.get(job_id)
             if job is None or not job.hooks:
-                self._hooks_retry.discard(job_id)
+                self.startstop.hooks_retry.discard(job_id)
             else:
-                self._contained(self._start_hooks, job)
+                self._contained(self.startstop.start_hooks, job)
         if self.recorder.dirty:
             self.recorder.retry(self.jobs)
         now = self.clock.monotonic()

@@ -192,7 +192,7 @@ def test_one_job_whose_start_has_a_bug_does_not_block_the_others():
     w.settle()
     assert bad.state == State.QUEUED and "internal error" in bad.reason
     assert [j.state for j in others] == [State.RUNNING] * 3
-    assert any("internal error in _start for job 1" in m for m in w.log.texts())
+    assert any("internal error in start for job 1" in m for m in w.log.texts())
 
 
 def test_a_failed_write_keeps_the_job_back_and_is_retried():
@@ -280,7 +280,7 @@ def test_unknown_user_at_start():
     w.runner.accounts[job.uid] = None
     w.settle()
     assert job.state == State.QUEUED
-    assert any("internal error in _start" in m for m in w.log.texts())
+    assert any("internal error in start" in m for m in w.log.texts())
 
 
 def test_the_simulator_loop_runs_many_jobs_on_a_virtual_clock():

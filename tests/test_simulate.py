@@ -250,7 +250,7 @@ class PreemptAt4(EngineDriver):
     def decide(self, now, free):
         job = self.engine.jobs[1]
         if now == 4 * HOUR and job.state == State.RUNNING:
-            self.engine._stop(job, "preempt", "preempted by the test")
+            self.engine.startstop.stop(job, "preempt", "preempted by the test")
         return super().decide(now, free)
 
 
