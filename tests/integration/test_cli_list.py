@@ -73,6 +73,13 @@ def test_private_fields_go_only_to_their_owner(gs):
 
 def test_unusable_files_fall_back_to_the_bus_and_come_back(gs):
     job = gs.submit("alice", 'command = "true"\ngpus = 8\n')
+    # the daemon's own change (its reason) reaches the files after its pacing: let it land, or its render would
+    # write the index again right after the rm below
+    deadline = time.monotonic() + 15
+    while "can never run here" not in listed(gs, "alice"):
+        assert time.monotonic() < deadline, "the job's reason never reached the listing files"
+        time.sleep(0.1)
+    time.sleep(0.5)
     gs.sh(f"rm {LISTING}/index")
     p = gs.sh("gpuschedctl --debug list", user="alice")
     assert FAST in p.stderr and re.search(rf"^{job} +queued", p.stdout, re.M), p

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.box import DEFAULT_DIR, ROOT, Box, NoPackage, _mounted, build_deb
+from tests.box import DEFAULT_DIR, ROOT, Box, NoPackage, _mounted, build_deb, free_port
 from tests.integration.conftest import SPOOL, STATE, Gs
 
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -y -q --no-install-recommends"
@@ -28,6 +28,8 @@ def _version() -> str:
 
 VERSION = _version()
 UPGRADE = VERSION + "+boxtest1"     # sorts after VERSION (dpkg --compare-versions)
+WEB_CONFIG = "/etc/gpusched-pkgtest-web.toml"    # the box's dashboard config: its port (not under /etc/gpusched,
+                                                 # which purge must leave empty)
 
 
 def _build(*args: str) -> str:
@@ -54,7 +56,19 @@ def pkg(debs):
         # scripts to start services (exit 101, Docker's habit); a fresh Debian 12 has none
         b.run("rm -f /usr/sbin/policy-rc.d")
         b.add_user("alice")
-        yield Gs(b)
+        # the session's box runs beside this one in the same network namespace, its dashboard on 8765: this
+        # one's gets a free port, for its socket (a drop-in after the generator's) and its service's config
+        port = free_port()
+        assert port is not None, "no free port for the package box's dashboard"
+        b.run(f"mkdir -p /etc/systemd/system/gpusched-web.socket.d /etc/systemd/system/gpusched-web.service.d && "
+              f"printf '[web]\\nport = {port}\\n' > {WEB_CONFIG} && chmod 0644 {WEB_CONFIG} && "
+              f"printf '[Socket]\\nListenStream=\\nListenStream=127.0.0.1:{port}\\nListenStream=[::1]:{port}\\n' "
+              f"> /etc/systemd/system/gpusched-web.socket.d/60-test.conf && "
+              f"printf '[Service]\\nEnvironment=GPUSCHED_CONFIG={WEB_CONFIG}\\n' "
+              f"> /etc/systemd/system/gpusched-web.service.d/60-test.conf")
+        g = Gs(b)
+        g.web_port = port
+        yield g
     finally:
         b.down()
         left = [d for d in ("root", "rw", "lower") if _mounted(os.path.join(b.base, d))]
@@ -82,7 +96,7 @@ def test_apt_install_gives_an_enabled_running_service_that_runs_jobs(pkg, debs):
     # the dashboard's port is held by systemd (gpusched-web.socket, where the generator says), its service runs
     assert gs.sh("systemctl is-enabled gpusched-web.socket gpusched-web").stdout.split() == ["enabled"] * 2
     assert gs.sh("systemctl is-active gpusched-web.socket gpusched-web").stdout.split() == ["active"] * 2
-    assert "127.0.0.1:8765" in gs.sh("systemctl show -p Listen gpusched-web.socket").stdout
+    assert f"127.0.0.1:{gs.web_port}" in gs.sh("systemctl show -p Listen gpusched-web.socket").stdout
     assert gs.sh("test -x /lib/systemd/system-generators/gpusched-web-generator && "
                  "test -e /run/systemd/generator/gpusched-web.socket.d/50-listen.conf", check=False).returncode == 0
     assert gs.sh(f"stat -c '%a %U' {SPOOL} {STATE}").stdout.split("\n")[:2] == ["1733 root", "755 root"]
