@@ -309,36 +309,39 @@ def test_sockets_from_systemd_are_taken_only_when_meant_for_this_process():
     assert out.stdout.strip() == f"[('127.0.0.1', {port})] None", out.stderr
 
 
-def test_the_generator_writes_web_listen_into_the_socket_unit(tmp_path, monkeypatch):
+def _generate(tmp_path, monkeypatch, config: str, out: str) -> list[str] | None:
+    """Run the generator on this config into tmp_path/out: the drop-in's lines after its comment, or None
+    when it wrote none. It must exit 0 whatever happens (it runs at boot)."""
     conf = tmp_path / "gpusched.toml"
-    conf.write_text('[web]\nlisten = ["127.0.0.1", "::1", "10.1.2.3"]\nport = 9443\n'
-                    'tls_cert = "/etc/c.pem"\ntls_key = "/etc/k.pem"\n')
+    conf.write_text(config)
     monkeypatch.setenv("GPUSCHED_CONFIG", str(conf))
-    assert generator.main(["gen", str(tmp_path / "out")]) == 0
-    text = (tmp_path / "out" / generator.DROPIN).read_text()
-    assert text.splitlines()[1:] == ["[Socket]", "ListenStream=", "ListenStream=127.0.0.1:9443",
-                                     "ListenStream=[::1]:9443", "ListenStream=10.1.2.3:9443"]
-    conf.write_text("[web]\nport = 0\n")                  # invalid: nothing written, the boot goes on
-    assert generator.main(["gen", str(tmp_path / "bad")]) == 0
-    assert not (tmp_path / "bad").exists()
+    assert generator.main(["gen", str(tmp_path / out)]) == 0
+    dropin = tmp_path / out / generator.DROPIN
+    return dropin.read_text().splitlines()[1:] if dropin.exists() else None
+
+
+TLS = 'tls_cert = "/etc/c.pem"\ntls_key = "/etc/k.pem"\n'
+
+
+def test_the_generator_writes_web_listen_into_the_socket_unit(tmp_path, monkeypatch):
+    lines = _generate(tmp_path, monkeypatch, '[web]\nlisten = ["127.0.0.1", "::1", "10.1.2.3"]\nport = 9443\n' + TLS,
+                      "out")
+    assert lines == ["[Socket]", "ListenStream=", "ListenStream=127.0.0.1:9443", "ListenStream=[::1]:9443",
+                     "ListenStream=10.1.2.3:9443"]
+    # invalid: nothing written, the boot goes on
+    assert _generate(tmp_path, monkeypatch, "[web]\nport = 0\n", "bad") is None
 
 
 def test_the_generator_leaves_out_what_systemd_would_misread_and_never_fails(tmp_path, monkeypatch, capsys):
     # a scope is a % in a unit file, one of systemd's specifiers: %i (empty) made fe80::1%ib0 into fe80::1b0
-    conf = tmp_path / "gpusched.toml"
-    conf.write_text('[web]\nlisten = ["127.0.0.1", "fe80::1%ib0", "::1%lo"]\nport = 9443\n'
-                    'tls_cert = "/etc/c.pem"\ntls_key = "/etc/k.pem"\n')
-    monkeypatch.setenv("GPUSCHED_CONFIG", str(conf))
-    assert generator.main(["gen", str(tmp_path / "out")]) == 0
-    text = (tmp_path / "out" / generator.DROPIN).read_text()
-    assert text.splitlines()[1:] == ["[Socket]", "ListenStream=", "ListenStream=127.0.0.1:9443"]
+    lines = _generate(tmp_path, monkeypatch,
+                      '[web]\nlisten = ["127.0.0.1", "fe80::1%ib0", "::1%lo"]\nport = 9443\n' + TLS, "out")
+    assert lines == ["[Socket]", "ListenStream=", "ListenStream=127.0.0.1:9443"]
     assert "'fe80::1%ib0'" in capsys.readouterr().err
-    conf.write_text('[web]\nlisten = ["::1%lo"]\n')    # nothing left for systemd: its unit's own addresses
-    assert generator.main(["gen", str(tmp_path / "none")]) == 0
-    assert not (tmp_path / "none").exists()
+    # nothing left for systemd: its unit's own addresses
+    assert _generate(tmp_path, monkeypatch, '[web]\nlisten = ["::1%lo"]\n', "none") is None
     (tmp_path / "file").write_text("")                 # an output directory that can't be made: still 0
-    conf.write_text('[web]\nport = 9000\n')
-    assert generator.main(["gen", str(tmp_path / "file")]) == 0
+    assert _generate(tmp_path, monkeypatch, "[web]\nport = 9000\n", "file") is None
 
 
 def _dashboard():
