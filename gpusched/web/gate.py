@@ -38,6 +38,8 @@ import struct
 import termios
 from typing import Any, Callable, Hashable
 
+from gpusched.web.peer import normal
+
 FAR = "address"       # the kind of owner of a connection from beyond loopback (far_owner)
 PER_OWNER = 64        # a browser opens about 6 per site, plus the followed logs (8 at most per uid)
 TOTAL = 4096          # everyone together; gpusched-web.service's LimitNOFILE is twice that
@@ -48,7 +50,7 @@ HANDSHAKE = 10.0      # seconds a TLS handshake may take
 CHUNK = 16384         # bytes handed to aiohttp's parser at a time (so a burst is checked as it is parsed)
 
 
-def refusal(owner: Hashable, per_owner: int, total: bool) -> bytes:
+def refusal(per_owner: int, total: bool) -> bytes:
     """The 503 a connection over its cap gets (before it has sent anything: a browser shows it anyway)."""
     why = ("the dashboard has too many connections open; try again in a minute" if total else
            f"you have {per_owner} connections to the dashboard open already (the most one person may hold); "
@@ -107,10 +109,10 @@ class Gate:
         kind = _kind(owner)
         if len(self._conns) >= self.total or self.kinds.get(kind, 0) >= self.kind_totals.get(kind, self.total):
             self.refused += 1
-            return refusal(owner, self.per_owner, total=True)
+            return refusal(self.per_owner, total=True)
         if self.open.get(owner, 0) >= self.per_owner:
             self.refused += 1
-            return refusal(owner, self.per_owner, total=False)
+            return refusal(self.per_owner, total=False)
         self.open[owner] = self.open.get(owner, 0) + 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         conn = self._conns[transport] = _Conn(owner)
@@ -193,10 +195,8 @@ def _kind(owner: Hashable) -> Hashable:
 def far_owner(host: str) -> tuple[str, str]:
     """Whom a connection from beyond loopback counts against: its IPv4 address, or its IPv6 address's /64
     (an IPv4-mapped one as IPv4)."""
-    ip = ipaddress.ip_address(host.split("%")[0])
+    ip = ipaddress.ip_address(normal(host))          # no scope; an IPv4-mapped one as IPv4
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped:
-            return FAR, str(ip.ipv4_mapped)
         return FAR, str(ipaddress.IPv6Network((ip, 64), strict=False))
     return FAR, str(ip)
 
@@ -301,7 +301,6 @@ class _Door(asyncio.Protocol):
         while len(queued) > keep:
             queued.pop()
         self.gate.cut_off(self.transport, now=not keep)
-
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.inner is not None else None
