@@ -253,8 +253,9 @@ def web_idle(seconds: int) -> dict:
     served over `seconds`, with gpusched-web stopped (the limit), running with nobody connected, with a real
     Chromium of alice's sitting on the queue page, then on the GPUs page, then on the page of a running job
     that prints nothing (its live log is followed: a call every LOG_POLL doubling to LOG_POLL_MAX while quiet,
-    by design), then nobody connected again after the browser quit (no follower left behind), then stopped again (the limit's noise). One quiet
-    job of alice's runs through every phase, so that only the dashboard differs between them."""
+    by design), then nobody connected again after the browser quit (no follower left behind), then stopped
+    again (the limit's noise). One quiet job of alice's runs through every phase, so that only the dashboard
+    differs between them."""
     import tomllib
     from gpusched.web.server import LOG_POLL, LOG_POLL_MAX
     with open(WEB_CONFIG, "rb") as f:

@@ -6,7 +6,8 @@ TERM, --color); everything else here is pure, on text that listing.printable has
 functions add only their own colour codes, never a user's).
 
 Colour: only on a terminal, never when NO_COLOR is set (to anything, the empty string too: the issue's
-"never with NO_COLOR", stricter than no-color.org's non-empty rule, and what `top` does), never for TERM=dumb; --color=always and --color=never overrule that (always: even piped).
+"never with NO_COLOR", stricter than no-color.org's non-empty rule, and what `top` does), never for
+TERM=dumb; --color=always and --color=never overrule that (always: even piped).
 """
 
 from __future__ import annotations

@@ -315,7 +315,8 @@ def login_page(token: str, user: str = "", problem: str = "", after: str = "/") 
     err = f'<p class="error" id="error">{e(problem)}</p>' if problem else ""
     body = (f'{err}<p>Sign in with your account on this server (your login password).</p>'
             f'<form method="post" action="/login" class="login"><input type="hidden" name="csrf" '
-            f'value="{e(token)}"><input type="hidden" name="next" value="{e(after)}"><label>user <input name="user" id="user" value="{e(user)}" size="20" '
+            f'value="{e(token)}"><input type="hidden" name="next" value="{e(after)}">'
+            f'<label>user <input name="user" id="user" value="{e(user)}" size="20" '
             f'maxlength="32" autocomplete="username" autocapitalize="none" required></label><br>'
             f'<label>password <input type="password" name="password" id="password" size="20" '
             f'autocomplete="current-password" required></label><br><button id="do-login">Sign in</button></form>'

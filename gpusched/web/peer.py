@@ -36,7 +36,8 @@ NLM_F_REQUEST = 1
 NLMSG_ERROR = 2
 NLMSG_HDR = struct.Struct("=IHHII")          # len, type, flags, seq, pid
 DIAG_REQ = struct.Struct("=BBBxI")           # family, protocol, ext, pad, states: then an inet_diag_sockid
-DIAG_MSG = struct.Struct("=BBBB48xIIIII")    # family, state, timer, retrans, sockid, expires, rqueue, wqueue, uid, inode
+# family, state, timer, retrans, sockid (skipped), expires, rqueue, wqueue, uid, inode
+DIAG_MSG = struct.Struct("=BBBB48xIIIII")
 TCP_ESTABLISHED = 1
 NOCOOKIE = 0xFFFFFFFF
 

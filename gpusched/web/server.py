@@ -23,9 +23,9 @@ are for the server's users, not the network's). Host names and origins are then 
 
 Bounds: a followed log costs the single-threaded daemon a call every LOG_POLL to LOG_POLL_MAX while the job is
 quiet, so a uid may follow at most FOLLOW_PER_UID logs at once and everyone together FOLLOW_TOTAL (429 beyond):
-a user opening thousands of streams would otherwise keep the daemon busy for everyone. Connections themselves are counted
-per owner and closed when idle by gate.py, before aiohttp reads a byte; a POST's body must arrive whole
-within BODY_SECONDS.
+a user opening thousands of streams would otherwise keep the daemon busy for everyone. Connections themselves
+are counted per owner and closed when idle by gate.py, before aiohttp reads a byte; a POST's body must arrive
+whole within BODY_SECONDS.
 """
 
 from __future__ import annotations
