@@ -375,3 +375,33 @@ def test_a_post_that_is_not_a_form_or_whose_body_never_comes_is_refused(monkeypa
         finally:
             await runner.cleanup()
     asyncio.run(go())
+
+
+def test_the_viewer_is_the_owner_the_gate_found_at_accept_not_a_second_lookup():
+    # the gate asked the kernel once, when it admitted the connection; each request on it reuses that answer
+    asked = []
+
+    class Daemon:
+        async def as_user(self, uid, verb, *args):
+            return {"uid": uid, "name": {1000: "alice"}[uid], "admin": False}
+
+    def lookup(peer, sock):
+        asked.append(peer)
+        return 1001                                   # what a second look would wrongly say
+
+    async def go():
+        door = gate.Gate(lambda t: (gate.LOOPBACK, 1000), per_owner=10, total=100, idle=30)
+        dash = Dashboard(Daemon(), 8765, own_uid=999, secret=b"s" * 32, lookup=lookup, person=lambda u: True,
+                         gate=door)
+        runner = web.AppRunner(dash.app())
+        await runner.setup()
+        sock = listeners.bind("127.0.0.1", 0)
+        await listeners.GatedSite(runner, sock, door).start()
+        try:
+            reader, writer = await _connect(sock.getsockname()[1])
+            writer.write(b"GET /submit HTTP/1.1\r\nHost: localhost:8765\r\nConnection: close\r\n\r\n")
+            page = await asyncio.wait_for(reader.read(), 5)
+            assert b"signed in as <b>alice</b>" in page and not asked, page[-300:]
+        finally:
+            await runner.cleanup()
+    asyncio.run(go())

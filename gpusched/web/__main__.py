@@ -54,13 +54,13 @@ def far_names(cfg: configmod.Config) -> tuple[str, ...]:
 def owner(transport) -> tuple:
     """Whom a connection counts against at the gate: on loopback the uid that made it (None if unknown: those
     share one count), beyond loopback its remote address (gate.far_owner: an IPv6 one by its /64)."""
-    from gpusched.web.gate import far_owner
+    from gpusched.web.gate import LOOPBACK, far_owner
     from gpusched.web.peer import is_loopback, owner_uid
     peer, sock = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
     if not peer or not sock:
         return ("unknown",)
     if is_loopback(str(sock[0])):
-        return ("uid", owner_uid(peer, sock))
+        return (LOOPBACK, owner_uid(peer, sock))
     return far_owner(str(peer[0]))
 
 

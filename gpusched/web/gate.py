@@ -41,6 +41,7 @@ from typing import Any, Callable, Hashable
 from gpusched.web.peer import normal
 
 FAR = "address"       # the kind of owner of a connection from beyond loopback (far_owner)
+LOOPBACK = "uid"      # the kind of owner of a loopback connection: (LOOPBACK, the uid the kernel names, or None)
 PER_OWNER = 64        # a browser opens about 6 per site, plus the followed logs (8 at most per uid)
 TOTAL = 4096          # everyone together; gpusched-web.service's LimitNOFILE is twice that
 FAR_TOTAL = TOTAL // 2  # of those, everything from beyond loopback together
@@ -100,6 +101,11 @@ class Gate:
             self._conns[new] = conn
             if conn.timer:
                 self._arm(new, conn)
+
+    def owner_of(self, transport: Any) -> Hashable | None:
+        """Whom an admitted connection counts against, as found when it was accepted (None: not admitted)."""
+        conn = self._conns.get(transport)
+        return conn.owner if conn is not None else None
 
     # --- called by the door -------------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from gpusched import people
 from gpusched.listing import printable
 from gpusched.web import csrf, pages
 from gpusched.web.daemon import Daemon, DaemonError
+from gpusched.web.gate import LOOPBACK
 from gpusched.web.login import Login
 from gpusched.web.peer import is_loopback, owner_uid
 
@@ -102,7 +103,13 @@ class Dashboard:
             session = self.login.session(request)
             uid, subject = (session.uid, self.login.subject(session)) if session else (None, "")
         else:
-            uid = self.lookup(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
+            # the gate asked the kernel when it accepted the connection (a socket's owner can't change while
+            # it is held); without a gate (unit tests), ask now
+            known = self.gate.owner_of(transport) if self.gate is not None else None
+            if isinstance(known, tuple) and len(known) == 2 and known[0] == LOOPBACK:
+                uid = known[1]
+            else:
+                uid = self.lookup(transport.get_extra_info("peername"), transport.get_extra_info("sockname"))
             subject = uid
         if uid is None or uid == self.own_uid or not self.person(uid):
             return pages.Viewer(None, far=far)
